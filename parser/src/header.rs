@@ -1,0 +1,312 @@
+//! Header names: the known SIP header fields as an enum, looked up
+//! case-insensitively, with RFC 3261 §7.3.3 compact forms (and the later RFCs'
+//! one-letter forms) mapped to the same name as the long form.
+
+/// A header field: its name and its raw value, both borrowed from the message.
+///
+/// The value has leading and trailing LWS removed; a folded value (RFC 3261
+/// §7.3.1) keeps its inner CRLF + WSP, which every typed decoder treats as LWS.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// The normalised name.
+    pub name: HeaderName,
+    /// The name as it appeared on the wire.
+    pub raw_name: &'a [u8],
+    /// The value as it appeared on the wire, trimmed.
+    pub value: &'a [u8],
+}
+
+/// A caller-provided slot that [`parse`](crate::parse) fills with one header's
+/// name and the spans of its raw name and value (offsets into the message).
+/// Slots hold no borrow, so one array serves every datagram of a receive loop.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct HeaderSlot {
+    pub(crate) name: HeaderName,
+    pub(crate) name_at: u16,
+    pub(crate) name_len: u16,
+    pub(crate) value_at: u16,
+    pub(crate) value_len: u16,
+}
+
+// Offsets into a message fit u16 because a message never exceeds 65,535 bytes.
+const _: () = assert!(crate::limits::MAX_MESSAGE_BYTES <= u16::MAX as usize);
+
+impl HeaderSlot {
+    /// An unused slot: build the array as `[HeaderSlot::EMPTY; Message::SLOTS]`.
+    pub const EMPTY: HeaderSlot =
+        HeaderSlot { name: HeaderName::Other, name_at: 0, name_len: 0, value_at: 0, value_len: 0 };
+
+    /// The header this slot describes, borrowing `buf`.
+    pub(crate) fn view<'a>(&self, buf: &'a [u8]) -> Header<'a> {
+        let span = |at: u16, len: u16| &buf[usize::from(at)..usize::from(at) + usize::from(len)];
+        Header {
+            name: self.name,
+            raw_name: span(self.name_at, self.name_len),
+            value: span(self.value_at, self.value_len),
+        }
+    }
+}
+
+impl Header<'_> {
+    /// The header's name in its canonical long form, or as written when unknown.
+    pub fn name_str(&self) -> &str {
+        match self.name {
+            HeaderName::Other => core::str::from_utf8(self.raw_name).unwrap_or("?"),
+            known => known.as_str(),
+        }
+    }
+}
+
+macro_rules! header_names {
+    ($($variant:ident => $text:literal,)*) => {
+        /// A header field name; compact forms map to their long form.
+        #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum HeaderName {
+            $(#[doc = concat!("`", $text, "`")] $variant,)*
+            /// Any header this crate does not know by name.
+            Other,
+        }
+
+        impl HeaderName {
+            /// The canonical long form (`"Other"` for unknown names).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(HeaderName::$variant => $text,)*
+                    HeaderName::Other => "Other",
+                }
+            }
+        }
+    };
+}
+
+header_names! {
+    Accept => "Accept",
+    AcceptContact => "Accept-Contact",
+    AcceptEncoding => "Accept-Encoding",
+    AcceptLanguage => "Accept-Language",
+    AlertInfo => "Alert-Info",
+    Allow => "Allow",
+    AllowEvents => "Allow-Events",
+    AuthenticationInfo => "Authentication-Info",
+    Authorization => "Authorization",
+    CallId => "Call-ID",
+    CallInfo => "Call-Info",
+    Contact => "Contact",
+    ContentDisposition => "Content-Disposition",
+    ContentEncoding => "Content-Encoding",
+    ContentLanguage => "Content-Language",
+    ContentLength => "Content-Length",
+    ContentType => "Content-Type",
+    CSeq => "CSeq",
+    Date => "Date",
+    ErrorInfo => "Error-Info",
+    Event => "Event",
+    Expires => "Expires",
+    From => "From",
+    Identity => "Identity",
+    IdentityInfo => "Identity-Info",
+    InReplyTo => "In-Reply-To",
+    MaxForwards => "Max-Forwards",
+    MimeVersion => "MIME-Version",
+    MinExpires => "Min-Expires",
+    MinSe => "Min-SE",
+    Organization => "Organization",
+    Path => "Path",
+    Priority => "Priority",
+    ProxyAuthenticate => "Proxy-Authenticate",
+    ProxyAuthorization => "Proxy-Authorization",
+    ProxyRequire => "Proxy-Require",
+    RAck => "RAck",
+    RecordRoute => "Record-Route",
+    ReferTo => "Refer-To",
+    ReferredBy => "Referred-By",
+    RejectContact => "Reject-Contact",
+    ReplyTo => "Reply-To",
+    RequestDisposition => "Request-Disposition",
+    Require => "Require",
+    RetryAfter => "Retry-After",
+    Route => "Route",
+    RSeq => "RSeq",
+    Server => "Server",
+    SessionExpires => "Session-Expires",
+    Subject => "Subject",
+    SubscriptionState => "Subscription-State",
+    Supported => "Supported",
+    Timestamp => "Timestamp",
+    To => "To",
+    Unsupported => "Unsupported",
+    UserAgent => "User-Agent",
+    Via => "Via",
+    Warning => "Warning",
+    WwwAuthenticate => "WWW-Authenticate",
+}
+
+impl HeaderName {
+    /// Looks a wire name up, case-insensitively, compact forms included.
+    pub fn from_bytes(name: &[u8]) -> HeaderName {
+        use HeaderName::*;
+        let Some(&first) = name.first() else { return Other };
+        if name.len() == 1 {
+            return Self::from_compact(first);
+        }
+        // Dispatch on the first letter so a lookup compares two or three names, not sixty.
+        let candidates: &[HeaderName] = match first | 0x20 {
+            b'a' => &[
+                Accept,
+                AcceptContact,
+                AcceptEncoding,
+                AcceptLanguage,
+                AlertInfo,
+                Allow,
+                AllowEvents,
+                AuthenticationInfo,
+                Authorization,
+            ],
+            b'c' => &[
+                CallId,
+                CSeq,
+                Contact,
+                ContentLength,
+                ContentType,
+                CallInfo,
+                ContentDisposition,
+                ContentEncoding,
+                ContentLanguage,
+            ],
+            b'd' => &[Date],
+            b'e' => &[Expires, Event, ErrorInfo],
+            b'f' => &[From],
+            b'i' => &[Identity, IdentityInfo, InReplyTo],
+            b'm' => &[MaxForwards, MinExpires, MinSe, MimeVersion],
+            b'o' => &[Organization],
+            b'p' => &[ProxyAuthorization, ProxyAuthenticate, ProxyRequire, Path, Priority],
+            b'r' => &[
+                Route,
+                RecordRoute,
+                Require,
+                RetryAfter,
+                RAck,
+                RSeq,
+                ReferTo,
+                ReferredBy,
+                RejectContact,
+                ReplyTo,
+                RequestDisposition,
+            ],
+            b's' => &[Supported, Server, SubscriptionState, SessionExpires, Subject],
+            b't' => &[To, Timestamp],
+            b'u' => &[UserAgent, Unsupported],
+            b'v' => &[Via],
+            b'w' => &[WwwAuthenticate, Warning],
+            _ => &[],
+        };
+        for &candidate in candidates {
+            let text = candidate.as_str().as_bytes();
+            if text.len() == name.len() && text.eq_ignore_ascii_case(name) {
+                return candidate;
+            }
+        }
+        Other
+    }
+
+    /// The long form of a one-letter compact name (RFC 3261 §7.3.3 and later RFCs).
+    pub fn from_compact(letter: u8) -> HeaderName {
+        use HeaderName::*;
+        match letter | 0x20 {
+            b'a' => AcceptContact,
+            b'b' => ReferredBy,
+            b'c' => ContentType,
+            b'd' => RequestDisposition,
+            b'e' => ContentEncoding,
+            b'f' => From,
+            b'i' => CallId,
+            b'j' => RejectContact,
+            b'k' => Supported,
+            b'l' => ContentLength,
+            b'm' => Contact,
+            b'n' => IdentityInfo,
+            b'o' => Event,
+            b'r' => ReferTo,
+            b's' => Subject,
+            b't' => To,
+            b'u' => AllowEvents,
+            b'v' => Via,
+            b'x' => SessionExpires,
+            b'y' => Identity,
+            _ => Other,
+        }
+    }
+
+    /// Whether the header's value may be a comma-separated list (RFC 3261 §7.3.1).
+    pub const fn is_list(self) -> bool {
+        use HeaderName::*;
+        matches!(
+            self,
+            Accept
+                | AcceptEncoding
+                | AcceptLanguage
+                | AlertInfo
+                | Allow
+                | AllowEvents
+                | CallInfo
+                | Contact
+                | ContentEncoding
+                | ContentLanguage
+                | ErrorInfo
+                | InReplyTo
+                | Path
+                | ProxyRequire
+                | RecordRoute
+                | Require
+                | Route
+                | Supported
+                | Unsupported
+                | Via
+                | Warning
+                | AcceptContact
+                | RejectContact
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeaderName::{self, *};
+
+    #[test]
+    fn names_match_case_insensitively_and_compact_forms_map_to_long_names() {
+        let cases: &[(&[u8], HeaderName)] = &[
+            (b"Via", Via),
+            (b"v", Via),
+            (b"V", Via),
+            (b"MaX-fOrWaRdS", MaxForwards),
+            (b"call-id", CallId),
+            (b"i", CallId),
+            (b"l", ContentLength),
+            (b"m", Contact),
+            (b"k", Supported),
+            (b"CSEQ", CSeq),
+            (b"www-authenticate", WwwAuthenticate),
+            (b"X-Custom", Other),
+            (b"", Other),
+            (b"C%6Fntact", Other),
+        ];
+        for &(wire, expected) in cases {
+            assert_eq!(HeaderName::from_bytes(wire), expected, "{:?}", core::str::from_utf8(wire));
+        }
+    }
+
+    #[test]
+    fn every_long_name_round_trips_through_lookup() {
+        for letter in b'a'..=b'z' {
+            let name = HeaderName::from_compact(letter);
+            if name != Other {
+                assert_eq!(HeaderName::from_bytes(name.as_str().as_bytes()), name);
+            }
+        }
+        for name in [Accept, AuthenticationInfo, ContentLanguage, MinSe, MimeVersion, RSeq, RAck, ReplyTo, Warning] {
+            assert_eq!(HeaderName::from_bytes(name.as_str().as_bytes()), name);
+        }
+    }
+}

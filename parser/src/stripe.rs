@@ -1,0 +1,123 @@
+//! Call-ID routing shared by the server and the bench: a fast scan that finds
+//! the Call-ID without a full parse, and the stable hash that maps a Call-ID to
+//! its stripe.
+//!
+//! **The stripe hash is a wire contract**: every node of a cluster and every
+//! sipbench instance must compute the same stripe for the same Call-ID, so the
+//! function below never changes. It is 64-bit FNV-1a over the Call-ID's octets
+//! exactly as they appear (Call-IDs compare case-sensitively, RFC 3261 §20.8),
+//! followed by the murmur3 `fmix64` finaliser (so that the low bits used by
+//! the modulo are well mixed), taken modulo the stripe count.
+
+use crate::grammar::is_lws;
+use crate::header::HeaderName;
+use crate::limits::MAX_HEADERS;
+
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The stripe of a Call-ID: `fmix64(fnv1a64(call_id)) % stripe_count`.
+///
+/// # Panics
+/// If `stripe_count` is zero (a configuration invariant, checked at start-up).
+pub fn stripe_of(call_id: &[u8], stripe_count: u32) -> u32 {
+    assert!(stripe_count > 0, "invariant: stripe_count > 0");
+    let mut hash = FNV_OFFSET_BASIS;
+    for &byte in call_id {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
+    (hash % u64::from(stripe_count)) as u32
+}
+
+/// Finds the Call-ID value in a datagram without parsing it fully: walks the
+/// header lines (folded lines joined), matches `Call-ID` or `i`
+/// case-insensitively, and returns the value with LWS trimmed. Stops at the
+/// end of the headers; returns `None` when there is no Call-ID.
+pub fn peek_call_id(datagram: &[u8]) -> Option<&[u8]> {
+    let mut pos = memchr::memchr(b'\n', datagram)? + 1;
+    for _ in 0..MAX_HEADERS {
+        let line_end = pos + memchr::memchr(b'\n', datagram.get(pos..)?)?;
+        let line = &datagram[pos..line_end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return None;
+        }
+        let mut next = line_end + 1;
+        let is_call_id = match line.first() {
+            Some(b'i' | b'I') | Some(b'c' | b'C') => {
+                let colon = memchr::memchr(b':', line)?;
+                let name = line[..colon].trim_ascii_end();
+                HeaderName::from_bytes(name) == HeaderName::CallId
+            }
+            _ => false,
+        };
+        // Join continuation lines (RFC 3261 §7.3.1) so the scan stays aligned.
+        let mut value_end = line_end;
+        while matches!(datagram.get(next), Some(b' ' | b'\t')) {
+            value_end = next + memchr::memchr(b'\n', &datagram[next..])?;
+            next = value_end + 1;
+        }
+        if is_call_id {
+            let colon = pos + memchr::memchr(b':', line)?;
+            let mut value = &datagram[colon + 1..value_end];
+            while let [first, rest @ ..] = value {
+                if !is_lws(*first) {
+                    break;
+                }
+                value = rest;
+            }
+            while let [rest @ .., last] = value {
+                if !is_lws(*last) {
+                    break;
+                }
+                value = rest;
+            }
+            return Some(value);
+        }
+        pos = next;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripe_hash_is_stable() {
+        // The contract between nodes and sipbench: never change these. They were
+        // computed independently (a 6-line Python FNV-1a + fmix64), not read back from Rust.
+        assert_eq!(stripe_of(b"", 1024), 294);
+        assert_eq!(stripe_of(b"a84b4c76e66710@pc33.atlanta.com", 1024), 521);
+        assert_eq!(stripe_of(b"1-1234@127.0.0.1", 1024), 718);
+        assert_eq!(stripe_of(b"a84b4c76e66710@pc33.atlanta.com", 7), 0);
+        assert_eq!(stripe_of(b"x", 1), 0);
+    }
+
+    #[test]
+    fn stripes_spread_evenly() {
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            let id = format!("{i}-bench@127.0.0.1");
+            counts[stripe_of(id.as_bytes(), 16) as usize] += 1;
+        }
+        for (stripe, &count) in counts.iter().enumerate() {
+            assert!((850..1150).contains(&count), "stripe {stripe} got {count} of 16000");
+        }
+    }
+
+    #[test]
+    fn peek_finds_long_compact_and_folded_call_ids() {
+        assert_eq!(peek_call_id(b"INVITE sip:a SIP/2.0\r\nVia: x\r\nCall-ID: abc@h\r\n\r\n"), Some(&b"abc@h"[..]));
+        assert_eq!(peek_call_id(b"BYE sip:a SIP/2.0\r\ni:  x1 \r\n\r\n"), Some(&b"x1"[..]));
+        assert_eq!(peek_call_id(b"BYE sip:a SIP/2.0\r\nCALL-ID :\r\n  folded\r\n\r\n"), Some(&b"folded"[..]));
+        assert_eq!(peek_call_id(b"BYE sip:a SIP/2.0\r\nContact: <sip:i@x>\r\n\r\ni: body\r\n"), None);
+        assert_eq!(peek_call_id(b"garbage"), None);
+    }
+}

@@ -1,0 +1,730 @@
+//! Typed header decoding, on demand: each decoder reads one header value (or
+//! one element of a comma-separated list) into a struct that borrows the
+//! message. Nothing is decoded until asked, nothing is allocated.
+
+use nom::bytes::complete::take_while1;
+
+use crate::error::{ErrorKind, ParseError};
+use crate::grammar::{
+    GrammarError, PResult, complete, digits, expect, fail, header_params, is_lws, is_token_char, is_word_char, lws,
+    number_at_most, quoted_string, separator, sws, tail_at, token,
+};
+use crate::header::HeaderName;
+use crate::limits::{MAX_MESSAGE_BYTES, MAX_VALUES_PER_HEADER, MAX_VIAS};
+use crate::message::{Headers, Message};
+use crate::method::Method;
+use crate::params::Params;
+use crate::uri::Uri;
+
+/// The transport of a Via (`SIP/2.0/UDP`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Transport<'a> {
+    /// UDP
+    Udp,
+    /// TCP
+    Tcp,
+    /// TLS
+    Tls,
+    /// SCTP
+    Sctp,
+    /// WebSocket (RFC 7118)
+    Ws,
+    /// Secure WebSocket (RFC 7118)
+    Wss,
+    /// Anything else, as written.
+    Other(&'a str),
+}
+
+impl<'a> Transport<'a> {
+    fn from_token(token: &'a str) -> Self {
+        match token {
+            t if t.eq_ignore_ascii_case("UDP") => Transport::Udp,
+            t if t.eq_ignore_ascii_case("TCP") => Transport::Tcp,
+            t if t.eq_ignore_ascii_case("TLS") => Transport::Tls,
+            t if t.eq_ignore_ascii_case("SCTP") => Transport::Sctp,
+            t if t.eq_ignore_ascii_case("WS") => Transport::Ws,
+            t if t.eq_ignore_ascii_case("WSS") => Transport::Wss,
+            other => Transport::Other(other),
+        }
+    }
+
+    /// The transport as text, upper-case for the known ones.
+    pub fn as_str(&self) -> &'a str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Sctp => "SCTP",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
+            Transport::Other(t) => t,
+        }
+    }
+
+    /// Whether the transport is reliable (RFC 3261 §17: timers differ).
+    pub fn is_reliable(&self) -> bool {
+        !matches!(self, Transport::Udp | Transport::Other(_))
+    }
+}
+
+/// The branch magic cookie of RFC 3261 §8.1.1.7.
+pub const MAGIC_COOKIE: &str = "z9hG4bK";
+
+/// One Via value: `sent-protocol LWS sent-by *( SEMI via-params )`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Via<'a> {
+    /// Protocol name (`SIP`).
+    pub protocol_name: &'a str,
+    /// Protocol version (`2.0`).
+    pub protocol_version: &'a str,
+    /// Transport.
+    pub transport: Transport<'a>,
+    /// sent-by host (IPv6 references keep their brackets).
+    pub host: &'a str,
+    /// sent-by port, if given.
+    pub port: Option<u16>,
+    /// `branch` parameter.
+    pub branch: Option<&'a str>,
+    /// `received` parameter.
+    pub received: Option<&'a str>,
+    /// `rport` (RFC 3581): `Some(None)` when present without a value.
+    pub rport: Option<Option<u16>>,
+    /// `maddr` parameter.
+    pub maddr: Option<&'a str>,
+    /// `ttl` parameter.
+    pub ttl: Option<u8>,
+    /// All parameters, the ones above included.
+    pub params: Params<'a>,
+}
+
+impl<'a> Via<'a> {
+    /// Decodes exactly one via-parm.
+    pub fn parse(value: &'a str) -> Result<Via<'a>, ParseError> {
+        complete(value, via_parm)
+    }
+
+    /// Whether the branch starts with the RFC 3261 magic cookie (and has more after it),
+    /// so §17.2.3 matching applies rather than the RFC 2543 fallback.
+    pub fn has_rfc3261_branch(&self) -> bool {
+        self.branch.is_some_and(|b| b.len() > MAGIC_COOKIE.len() && b.starts_with(MAGIC_COOKIE))
+    }
+}
+
+/// `host` of a sent-by: hostname, IPv4 address or IPv6 reference.
+fn sent_by_host(input: &str) -> PResult<'_, &str> {
+    if input.starts_with('[') {
+        let Some(close) = input.find(']') else { return fail(input, ErrorKind::ExpectedHost) };
+        let inner = &input[1..close];
+        if inner.is_empty() || !inner.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.') {
+            return fail(input, ErrorKind::ExpectedHost);
+        }
+        return Ok((&input[close + 1..], &input[..close + 1]));
+    }
+    expect(ErrorKind::ExpectedHost, take_while1(|c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))(
+        input,
+    )
+}
+
+/// `port = 1*DIGIT` (0-65535).
+fn port(input: &str) -> PResult<'_, u16> {
+    let (rest, n) = expect(ErrorKind::ExpectedPort, number_at_most(u64::from(u16::MAX)))(input)?;
+    Ok((rest, n as u16))
+}
+
+/// `via-parm = sent-protocol LWS sent-by *( SEMI via-params )`.
+pub(crate) fn via_parm(input: &str) -> PResult<'_, Via<'_>> {
+    let i = sws(input);
+    let (i, protocol_name) = expect(ErrorKind::ExpectedSentProtocol, token)(i)?;
+    let (i, ()) = expect(ErrorKind::ExpectedSentProtocol, separator('/'))(i)?;
+    let (i, protocol_version) = expect(ErrorKind::ExpectedSentProtocol, token)(i)?;
+    let (i, ()) = expect(ErrorKind::ExpectedSentProtocol, separator('/'))(i)?;
+    let (i, transport) = expect(ErrorKind::ExpectedSentProtocol, token)(i)?;
+    let (i, _) = expect(ErrorKind::ExpectedHost, lws)(i)?;
+    let (i, host) = sent_by_host(i)?;
+    let (i, port) = match separator(':')(i) {
+        Ok((after, ())) => {
+            let (after, p) = port(after)?;
+            (after, Some(p))
+        }
+        Err(_) => (i, None),
+    };
+    let mut via = Via {
+        protocol_name,
+        protocol_version,
+        transport: Transport::from_token(transport),
+        host,
+        port,
+        branch: None,
+        received: None,
+        rport: None,
+        maddr: None,
+        ttl: None,
+        params: Params::default(),
+    };
+    let (rest, raw) = header_params(i, |name, value| {
+        // The first occurrence of a parameter wins.
+        if name.eq_ignore_ascii_case("branch") {
+            via.branch = via.branch.or(value);
+        } else if name.eq_ignore_ascii_case("received") {
+            via.received = via.received.or(value);
+        } else if name.eq_ignore_ascii_case("maddr") {
+            via.maddr = via.maddr.or(value);
+        } else if name.eq_ignore_ascii_case("rport") {
+            via.rport = Some(match value {
+                None => None,
+                Some(v) => Some(v.parse::<u16>().map_err(|_| GrammarError::new(v, ErrorKind::ExpectedPort))?),
+            });
+        } else if name.eq_ignore_ascii_case("ttl") {
+            let v = value.ok_or(GrammarError::new(name, ErrorKind::ExpectedNumber))?;
+            via.ttl = Some(v.parse::<u8>().map_err(|_| GrammarError::new(v, ErrorKind::ExpectedNumber))?);
+        }
+        Ok(())
+    })?;
+    via.params = Params::semicolon(raw);
+    Ok((rest, via))
+}
+
+/// `name-addr / addr-spec` followed by header parameters, as in From, To, Contact,
+/// Route and Record-Route.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NameAddr<'a> {
+    /// Display name: a quoted string's content (quoted-pairs still escaped) or the tokens.
+    pub display_name: Option<&'a str>,
+    /// The URI.
+    pub uri: Uri<'a>,
+    /// Whether the URI was written in `<>` (name-addr form).
+    pub bracketed: bool,
+    /// Header parameters after the address (`;tag=...;expires=...`).
+    pub params: Params<'a>,
+}
+
+impl<'a> NameAddr<'a> {
+    /// Decodes one value: `( name-addr / addr-spec ) *( SEMI generic-param )`.
+    pub fn parse(value: &'a str) -> Result<NameAddr<'a>, ParseError> {
+        complete(value, name_addr_params)
+    }
+
+    /// The `tag` parameter (From and To).
+    pub fn tag(&self) -> Option<&'a str> {
+        self.params.value("tag")
+    }
+}
+
+/// `name-addr = [ display-name ] LAQUOT addr-spec RAQUOT` or a bare `addr-spec`.
+fn name_addr_or_spec(input: &str) -> PResult<'_, (Option<&str>, &str, bool)> {
+    let i = sws(input);
+    let (display, after_lt) = if i.starts_with('"') {
+        let (rest, display) = quoted_string(i)?;
+        let rest = sws(rest);
+        match rest.strip_prefix('<') {
+            Some(after) => (Some(display), after),
+            None => return fail(rest, ErrorKind::ExpectedAngleBracket),
+        }
+    } else {
+        // `display-name = *(token LWS)`; RFC 4475 §3.1.1.6 accepts no LWS before '<'.
+        let words = i.bytes().take_while(|&c| is_token_char(c) || is_lws(c)).count();
+        match i[words..].strip_prefix('<') {
+            Some(after) => {
+                let name = i[..words].trim_end_matches([' ', '\t', '\r', '\n']);
+                (if name.is_empty() { None } else { Some(name) }, after)
+            }
+            None => {
+                // addr-spec: the URI ends where header parameters or the next value begin.
+                let len =
+                    i.bytes().take_while(|&c| !matches!(c, b';' | b',' | b'<' | b'>' | b'"') && !is_lws(c)).count();
+                if len == 0 {
+                    return fail(i, ErrorKind::ExpectedUri);
+                }
+                return Ok((&i[len..], (None, &i[..len], false)));
+            }
+        }
+    };
+    let Some(close) = after_lt.find('>') else { return fail(after_lt, ErrorKind::ExpectedAngleBracket) };
+    Ok((&after_lt[close + 1..], (display, &after_lt[..close], true)))
+}
+
+fn uri_in<'a>(text: &'a str) -> Result<Uri<'a>, nom::Err<GrammarError<'a>>> {
+    Uri::parse(text).map_err(|e| nom::Err::Error(GrammarError::new(tail_at(text, e.offset as usize), e.kind)))
+}
+
+/// One From/To/Contact/Route element with its parameters.
+pub(crate) fn name_addr_params(input: &str) -> PResult<'_, NameAddr<'_>> {
+    let (rest, (display_name, uri_text, bracketed)) = name_addr_or_spec(input)?;
+    let uri = uri_in(uri_text)?;
+    if !bracketed && uri.headers.is_some() {
+        // RFC 3261 §20: a URI with '?', ';' or ',' must be enclosed in <>.
+        return fail(uri_text, ErrorKind::ExpectedAngleBracket);
+    }
+    let (rest, raw) = header_params(rest, |_, _| Ok(()))?;
+    Ok((rest, NameAddr { display_name, uri, bracketed, params: Params::semicolon(raw) }))
+}
+
+/// One Contact value: `*` or an address with `expires` and `q`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Contact<'a> {
+    /// `Contact: *` (remove all bindings, with Expires: 0).
+    Wildcard,
+    /// An address.
+    Address {
+        /// The address and all its parameters.
+        addr: NameAddr<'a>,
+        /// `expires` parameter in seconds (overlarge values saturate).
+        expires: Option<u32>,
+        /// `q` parameter in thousandths (0-1000).
+        q: Option<u16>,
+    },
+}
+
+/// `qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )` in thousandths.
+fn qvalue(text: &str) -> Option<u16> {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if frac.len() > 3 || !frac.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths =
+        frac.bytes().chain(core::iter::repeat(b'0')).take(3).fold(0u16, |a, d| a * 10 + u16::from(d - b'0'));
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+fn contact_value(input: &str) -> PResult<'_, Contact<'_>> {
+    let i = sws(input);
+    if let Some(rest) = i.strip_prefix('*') {
+        return Ok((rest, Contact::Wildcard));
+    }
+    let (rest, addr) = name_addr_params(i)?;
+    let expires = match addr.params.value("expires") {
+        None => None,
+        Some(v) => match digits(v) {
+            Ok(("", n)) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            Ok(_) => return fail(v, ErrorKind::ExpectedNumber),
+            Err(nom::Err::Error(GrammarError { kind: Some(ErrorKind::NumberTooLarge), .. })) => Some(u32::MAX),
+            Err(_) => return fail(v, ErrorKind::ExpectedNumber),
+        },
+    };
+    let q = match addr.params.value("q") {
+        None => None,
+        Some(v) => Some(qvalue(v).ok_or(nom::Err::Error(GrammarError::new(v, ErrorKind::ExpectedParam)))?),
+    };
+    Ok((rest, Contact::Address { addr, expires, q }))
+}
+
+/// `CSeq = 1*DIGIT LWS Method`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CSeq<'a> {
+    /// Sequence number.
+    pub seq: u32,
+    /// Method.
+    pub method: Method<'a>,
+}
+
+impl<'a> CSeq<'a> {
+    /// Decodes a CSeq value.
+    pub fn parse(value: &'a str) -> Result<CSeq<'a>, ParseError> {
+        complete(value, cseq)
+    }
+}
+
+fn cseq(input: &str) -> PResult<'_, CSeq<'_>> {
+    let (i, seq) = number_at_most(u64::from(u32::MAX))(sws(input))?;
+    let (i, _) = expect(ErrorKind::ExpectedToken, lws)(i)?;
+    let (i, method) = expect(ErrorKind::ExpectedMethod, token)(i)?;
+    Ok((i, CSeq { seq: seq as u32, method: Method::from_token(method) }))
+}
+
+/// `callid = word [ "@" word ]`.
+fn call_id(input: &str) -> PResult<'_, &str> {
+    let word = |i| take_while1(|c: char| c.is_ascii() && is_word_char(c as u8))(i);
+    let (rest, first) = expect(ErrorKind::ExpectedToken, word)(input)?;
+    let rest = match rest.strip_prefix('@') {
+        Some(after) => expect(ErrorKind::ExpectedToken, word)(after)?.0,
+        None => rest,
+    };
+    let _ = first;
+    Ok((rest, &input[..input.len() - rest.len()]))
+}
+
+/// `media-type = m-type SLASH m-subtype *(SEMI m-parameter)`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct MediaType<'a> {
+    /// Type (`application`).
+    pub kind: &'a str,
+    /// Subtype (`sdp`).
+    pub subtype: &'a str,
+    /// Parameters.
+    pub params: Params<'a>,
+}
+
+fn media_type(input: &str) -> PResult<'_, MediaType<'_>> {
+    let (i, kind) = token(sws(input))?;
+    let (i, ()) = separator('/')(i)?;
+    let (i, subtype) = token(i)?;
+    let (i, raw) = header_params(i, |_, _| Ok(()))?;
+    Ok((i, MediaType { kind, subtype, params: Params::semicolon(raw) }))
+}
+
+/// A token with parameters: `Event` (event-type) and `Subscription-State` (substate-value).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct TokenParams<'a> {
+    /// The token (event package, or subscription state).
+    pub value: &'a str,
+    /// Parameters (`id`, `expires`, `reason`, `retry-after`, ...).
+    pub params: Params<'a>,
+}
+
+fn token_params(input: &str) -> PResult<'_, TokenParams<'_>> {
+    let (i, value) = token(sws(input))?;
+    let (i, raw) = header_params(i, |_, _| Ok(()))?;
+    Ok((i, TokenParams { value, params: Params::semicolon(raw) }))
+}
+
+/// Credentials or a challenge: `auth-scheme LWS auth-param *(COMMA auth-param)`
+/// (Authorization, Proxy-Authorization, WWW-Authenticate, Proxy-Authenticate).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Auth<'a> {
+    /// The scheme (`Digest`).
+    pub scheme: &'a str,
+    /// The auth-params, comma-separated.
+    pub params: Params<'a>,
+}
+
+impl<'a> Auth<'a> {
+    /// Decodes credentials or a challenge.
+    pub fn parse(value: &'a str) -> Result<Auth<'a>, ParseError> {
+        complete(value, auth)
+    }
+
+    /// Whether the scheme is Digest (RFC 3261 §22.4).
+    pub fn is_digest(&self) -> bool {
+        self.scheme.eq_ignore_ascii_case("Digest")
+    }
+
+    /// The value of a digest parameter, unquoted (`username`, `realm`, `nonce`, `uri`,
+    /// `response`, `algorithm`, `cnonce`, `opaque`, `qop`, `nc`, `stale`, `domain`).
+    pub fn param(&self, name: &str) -> Option<&'a str> {
+        self.params.value(name)
+    }
+}
+
+/// `auth-param = auth-param-name EQUAL ( token / quoted-string )`.
+fn auth_param(input: &str) -> PResult<'_, ()> {
+    let (i, _) = expect(ErrorKind::ExpectedParam, token)(sws(input))?;
+    let (i, ()) = expect(ErrorKind::ExpectedParam, separator('='))(i)?;
+    let i = sws(i);
+    let (i, _) = if i.starts_with('"') { quoted_string(i)? } else { expect(ErrorKind::ExpectedParam, token)(i)? };
+    Ok((i, ()))
+}
+
+fn auth(input: &str) -> PResult<'_, Auth<'_>> {
+    let (i, scheme) = token(sws(input))?;
+    let (i, _) = expect(ErrorKind::ExpectedParam, lws)(i)?;
+    let start = i;
+    let (mut i, ()) = auth_param(i)?;
+    let mut count = 1;
+    while let Ok((after, ())) = separator(',')(i) {
+        count += 1;
+        if count > crate::limits::MAX_PARAMS {
+            return fail(i, ErrorKind::TooManyValues);
+        }
+        i = auth_param(after)?.0;
+    }
+    let raw = &start[..start.len() - i.len()];
+    Ok((i, Auth { scheme, params: Params::comma(raw) }))
+}
+
+/// Decoded values of every header field with one name, in order, comma-separated
+/// lists flattened. Yields an error (and then stops) at the first bad value.
+#[derive(Clone)]
+pub struct Values<'a, T> {
+    headers: Headers<'a>,
+    name: HeaderName,
+    buf: &'a [u8],
+    current: Option<&'a str>,
+    decode: fn(&'a str) -> PResult<'a, T>,
+    count: usize,
+    limit: (usize, ErrorKind),
+    done: bool,
+}
+
+impl<'a, T> Values<'a, T> {
+    fn new(msg: &Message<'a>, name: HeaderName, decode: fn(&'a str) -> PResult<'a, T>) -> Self {
+        Values {
+            headers: msg.headers(),
+            name,
+            buf: msg.as_bytes(),
+            current: None,
+            decode,
+            count: 0,
+            limit: (MAX_VALUES_PER_HEADER, ErrorKind::TooManyValues),
+            done: false,
+        }
+    }
+
+    fn stop(&mut self, error: ParseError) -> Option<Result<T, ParseError>> {
+        self.done = true;
+        Some(Err(error))
+    }
+}
+
+impl<'a, T> Iterator for Values<'a, T> {
+    type Item = Result<T, ParseError>;
+
+    fn next(&mut self) -> Option<Result<T, ParseError>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let Some(text) = self.current else {
+                let header = self.headers.find(|h| h.name == self.name)?;
+                match core::str::from_utf8(header.value) {
+                    Ok(text) => self.current = Some(text),
+                    Err(e) => {
+                        let at = offset(self.buf, header.value) + e.valid_up_to();
+                        return self.stop(ParseError::new(ErrorKind::InvalidUtf8, at));
+                    }
+                }
+                continue;
+            };
+            if self.count == self.limit.0 {
+                return self.stop(GrammarError::new(text, self.limit.1).locate(self.buf));
+            }
+            self.count += 1;
+            return match (self.decode)(text) {
+                Ok((rest, value)) => {
+                    let rest = sws(rest);
+                    if rest.is_empty() {
+                        self.current = None;
+                    } else if let Some(next) = rest.strip_prefix(',') {
+                        self.current = Some(sws(next));
+                    } else {
+                        return self.stop(GrammarError::new(rest, ErrorKind::TrailingData).locate(self.buf));
+                    }
+                    Some(Ok(value))
+                }
+                Err(nom::Err::Error(e) | nom::Err::Failure(e)) => self.stop(e.locate(self.buf)),
+                Err(nom::Err::Incomplete(_)) => {
+                    self.stop(ParseError::new(ErrorKind::ExpectedToken, offset(self.buf, text.as_bytes())))
+                }
+            };
+        }
+    }
+}
+
+fn offset(buf: &[u8], part: &[u8]) -> usize {
+    (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize)
+}
+
+fn method_token(input: &str) -> PResult<'_, Method<'_>> {
+    let (rest, t) = token(sws(input))?;
+    Ok((rest, Method::from_token(t)))
+}
+
+fn option_tag(input: &str) -> PResult<'_, &str> {
+    token(sws(input))
+}
+
+/// Typed accessors. Each returns `Ok(None)` when the header is absent and an
+/// error (offset from the start of the message) when it is present but broken.
+impl<'a> Message<'a> {
+    fn single<T>(&self, name: HeaderName, decode: fn(&'a str) -> PResult<'a, T>) -> Result<Option<T>, ParseError> {
+        let Some(value) = self.header(name) else { return Ok(None) };
+        let at = self.offset_of(value);
+        let text =
+            core::str::from_utf8(value).map_err(|e| ParseError::new(ErrorKind::InvalidUtf8, at + e.valid_up_to()))?;
+        complete(text, decode).map(Some).map_err(|e| e.shifted(at))
+    }
+
+    /// The Request-URI, decoded (requests only).
+    pub fn request_uri(&self) -> Option<Result<Uri<'a>, ParseError>> {
+        let line = self.request_line()?;
+        let at = self.offset_of(line.uri.as_bytes());
+        Some(Uri::parse(line.uri).map_err(|e| e.shifted(at)))
+    }
+
+    /// Every Via value, top first (at most [`MAX_VIAS`]).
+    pub fn vias(&self) -> Values<'a, Via<'a>> {
+        let mut values = Values::new(self, HeaderName::Via, via_parm);
+        values.limit = (MAX_VIAS, ErrorKind::TooManyVias);
+        values
+    }
+
+    /// The topmost Via value.
+    pub fn top_via(&self) -> Result<Option<Via<'a>>, ParseError> {
+        self.vias().next().transpose()
+    }
+
+    /// `Call-ID`.
+    pub fn call_id(&self) -> Result<Option<&'a str>, ParseError> {
+        self.single(HeaderName::CallId, call_id)
+    }
+
+    /// `CSeq`.
+    pub fn cseq(&self) -> Result<Option<CSeq<'a>>, ParseError> {
+        self.single(HeaderName::CSeq, cseq)
+    }
+
+    /// `From`.
+    pub fn from(&self) -> Result<Option<NameAddr<'a>>, ParseError> {
+        self.single(HeaderName::From, name_addr_params)
+    }
+
+    /// `To`.
+    pub fn to(&self) -> Result<Option<NameAddr<'a>>, ParseError> {
+        self.single(HeaderName::To, name_addr_params)
+    }
+
+    /// `Max-Forwards` (0-255).
+    pub fn max_forwards(&self) -> Result<Option<u8>, ParseError> {
+        self.single(HeaderName::MaxForwards, |i| {
+            let (rest, n) = number_at_most(255)(sws(i))?;
+            Ok((rest, n as u8))
+        })
+    }
+
+    /// `Content-Length`.
+    pub fn content_length(&self) -> Result<Option<u32>, ParseError> {
+        self.single(HeaderName::ContentLength, |i| {
+            let (rest, n) = number_at_most(MAX_MESSAGE_BYTES as u64)(sws(i))?;
+            Ok((rest, n as u32))
+        })
+    }
+
+    /// `Expires` in seconds.
+    pub fn expires(&self) -> Result<Option<u32>, ParseError> {
+        self.single(HeaderName::Expires, |i| {
+            let (rest, n) = number_at_most(u64::from(u32::MAX))(sws(i))?;
+            Ok((rest, n as u32))
+        })
+    }
+
+    /// `Content-Type`.
+    pub fn content_type(&self) -> Result<Option<MediaType<'a>>, ParseError> {
+        self.single(HeaderName::ContentType, media_type)
+    }
+
+    /// `Event` (RFC 6665).
+    pub fn event(&self) -> Result<Option<TokenParams<'a>>, ParseError> {
+        self.single(HeaderName::Event, token_params)
+    }
+
+    /// `Subscription-State` (RFC 6665).
+    pub fn subscription_state(&self) -> Result<Option<TokenParams<'a>>, ParseError> {
+        self.single(HeaderName::SubscriptionState, token_params)
+    }
+
+    /// Every Contact value (`*` included).
+    pub fn contacts(&self) -> Values<'a, Contact<'a>> {
+        Values::new(self, HeaderName::Contact, contact_value)
+    }
+
+    /// Every Route value, top first.
+    pub fn routes(&self) -> Values<'a, NameAddr<'a>> {
+        Values::new(self, HeaderName::Route, name_addr_params)
+    }
+
+    /// Every Record-Route value, top first.
+    pub fn record_routes(&self) -> Values<'a, NameAddr<'a>> {
+        Values::new(self, HeaderName::RecordRoute, name_addr_params)
+    }
+
+    /// Option tags of `Require`, `Supported`, `Proxy-Require` or `Unsupported`.
+    pub fn option_tags(&self, name: HeaderName) -> Values<'a, &'a str> {
+        Values::new(self, name, option_tag)
+    }
+
+    /// Methods listed in `Allow`.
+    pub fn allow(&self) -> Values<'a, Method<'a>> {
+        Values::new(self, HeaderName::Allow, method_token)
+    }
+
+    /// Credentials or challenges of an auth header (`Authorization`,
+    /// `Proxy-Authorization`, `WWW-Authenticate`, `Proxy-Authenticate`), one per header field.
+    pub fn auth(&self, name: HeaderName) -> impl Iterator<Item = Result<Auth<'a>, ParseError>> + 'a {
+        let buf = self.as_bytes();
+        self.headers_named(name).map(move |h| {
+            let at = offset(buf, h.value);
+            let text = core::str::from_utf8(h.value)
+                .map_err(|e| ParseError::new(ErrorKind::InvalidUtf8, at + e.valid_up_to()))?;
+            Auth::parse(text).map_err(|e| e.shifted(at))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_with_folding_and_spaces_around_slashes() {
+        let via = Via::parse("SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw").expect("parses");
+        assert_eq!((via.protocol_name, via.protocol_version, via.transport), ("SIP", "2.0", Transport::Udp));
+        assert_eq!(via.host, "192.0.2.2");
+        assert_eq!(via.branch, Some("390skdjuw"));
+        assert!(!via.has_rfc3261_branch());
+    }
+
+    #[test]
+    fn via_params_are_typed() {
+        let via =
+            Via::parse("SIP/2.0/TCP [2001:db8::1]:5070;branch=z9hG4bKx;rport;received=10.0.0.1;ttl=16;maddr=224.2.0.1")
+                .expect("parses");
+        assert_eq!(via.host, "[2001:db8::1]");
+        assert_eq!(via.port, Some(5070));
+        assert_eq!(via.rport, Some(None));
+        assert_eq!(via.received, Some("10.0.0.1"));
+        assert_eq!(via.ttl, Some(16));
+        assert_eq!(via.maddr, Some("224.2.0.1"));
+        assert!(via.has_rfc3261_branch());
+        assert!(Via::parse("SIP/2.0/UDP 192.0.2.15;;,;,,").is_err());
+    }
+
+    #[test]
+    fn name_addr_forms() {
+        let quoted =
+            NameAddr::parse(r#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#).expect("parses");
+        assert_eq!(quoted.display_name, Some(r#"J Rosenberg \\\""#));
+        assert_eq!(quoted.tag(), Some("98asjd8"));
+        let no_space = NameAddr::parse("caller<sip:caller@example.com>;tag=323").expect("parses");
+        assert_eq!(no_space.display_name, Some("caller"));
+        let spec = NameAddr::parse("sip:+19725552222@gw1.example.net;unknownparam").expect("parses");
+        assert!(!spec.bracketed);
+        assert!(spec.uri.params.is_empty());
+        assert!(spec.params.contains("unknownparam"));
+        assert_eq!(
+            NameAddr::parse(r#""Watson, Thomas" < sip:t.watson@example.org >"#).unwrap_err().kind,
+            ErrorKind::ExpectedUri
+        );
+        assert_eq!(
+            NameAddr::parse("sip:user@example.com?Route=%3Csip:sip.example.com%3E").unwrap_err().kind,
+            ErrorKind::ExpectedAngleBracket
+        );
+    }
+
+    #[test]
+    fn cseq_and_qvalues() {
+        assert_eq!(CSeq::parse("0009\r\n  INVITE"), Ok(CSeq { seq: 9, method: Method::Invite }));
+        assert_eq!(CSeq::parse("9292394834772304023312 OPTIONS").unwrap_err().kind, ErrorKind::NumberTooLarge);
+        assert_eq!(qvalue("0.33"), Some(330));
+        assert_eq!(qvalue("1"), Some(1000));
+        assert_eq!(qvalue("1.5"), None);
+    }
+
+    #[test]
+    fn digest_credentials() {
+        let auth = Auth::parse(
+            r#"Digest username="bob", realm="atlanta.example.com", nonce="ea9c8e88df84f1cec4341ae6cbe5a359", uri="sip:ss2.biloxi.example.com", response="dfe56131d1958046689d83306477ecc", algorithm=MD5, nc=00000001"#,
+        )
+        .expect("parses");
+        assert!(auth.is_digest());
+        assert_eq!(auth.param("username"), Some("bob"));
+        assert_eq!(auth.param("uri"), Some("sip:ss2.biloxi.example.com"));
+        assert_eq!(auth.param("nc"), Some("00000001"));
+        assert_eq!(
+            Auth::parse("NoOneKnowsThisScheme opaque-data=here").expect("parses").scheme,
+            "NoOneKnowsThisScheme"
+        );
+    }
+}

@@ -1,0 +1,493 @@
+//! Writing messages into caller-provided buffers, without allocation.
+//!
+//! - [`write_message`] serialises a parsed message canonically: start line,
+//!   each header as `Long-Name: value` (compact names expanded), the body,
+//!   Content-Length set to the body written.
+//! - [`Editor`] writes a parsed message with edits applied, without
+//!   re-parsing it: push/pop the top Via, add Record-Route, pop the top Route,
+//!   decrement Max-Forwards, rewrite the Request-URI, add/replace/remove
+//!   headers, replace the body (Content-Length follows).
+//! - [`write_response`] builds a response to a request (RFC 3261 §8.2.6).
+
+use core::fmt;
+
+use crate::grammar::split_first_value;
+use crate::header::{Header, HeaderName};
+use crate::limits::MAX_EDITS;
+use crate::message::{Message, StartLine};
+
+/// Why a write failed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// The output buffer is too small.
+    BufferTooSmall,
+    /// More edits than [`MAX_EDITS`].
+    TooManyEdits,
+    /// Max-Forwards is already 0 (the proxy must answer 483 instead, RFC 3261 §16.3).
+    MaxForwardsExhausted,
+    /// Max-Forwards does not decode, so it cannot be decremented.
+    InvalidMaxForwards,
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WriteError::BufferTooSmall => "output buffer too small",
+            WriteError::TooManyEdits => "too many edits",
+            WriteError::MaxForwardsExhausted => "Max-Forwards is 0",
+            WriteError::InvalidMaxForwards => "invalid Max-Forwards",
+        })
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// A cursor over a caller's buffer.
+struct Out<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl Out<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
+        let end = self.len + bytes.len();
+        self.buf.get_mut(self.len..end).ok_or(WriteError::BufferTooSmall)?.copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+
+    fn put_u32(&mut self, mut n: u32) -> Result<(), WriteError> {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.put(&digits[i..])
+    }
+
+    fn header(&mut self, name: &str, value: &[u8]) -> Result<(), WriteError> {
+        self.put(name.as_bytes())?;
+        self.put(b": ")?;
+        self.put(value)?;
+        self.put(b"\r\n")
+    }
+
+    fn start_line(&mut self, msg: &Message<'_>, uri: Option<&str>) -> Result<(), WriteError> {
+        let version = msg.version();
+        let put_version = |out: &mut Self| -> Result<(), WriteError> {
+            out.put(b"SIP/")?;
+            out.put_u32(u32::from(version.major))?;
+            out.put(b".")?;
+            out.put_u32(u32::from(version.minor))
+        };
+        match msg.start_line() {
+            StartLine::Request(line) => {
+                self.put(line.method.as_str().as_bytes())?;
+                self.put(b" ")?;
+                self.put(uri.unwrap_or(line.uri).as_bytes())?;
+                self.put(b" ")?;
+                put_version(self)?;
+            }
+            StartLine::Response(line) => {
+                put_version(self)?;
+                self.put(b" ")?;
+                self.put_u32(u32::from(line.code))?;
+                self.put(b" ")?;
+                self.put(line.reason.as_bytes())?;
+            }
+        }
+        self.put(b"\r\n")
+    }
+}
+
+/// A header name an edit applies to: a known name, or any other name compared case-insensitively.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Name<'e> {
+    Known(HeaderName),
+    Other(&'e str),
+}
+
+impl<'e> Name<'e> {
+    fn new(name: &'e str) -> Self {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            HeaderName::Other => Name::Other(name),
+            known => Name::Known(known),
+        }
+    }
+
+    fn matches(&self, header: &Header<'_>) -> bool {
+        match self {
+            Name::Known(name) => header.name == *name,
+            Name::Other(name) => {
+                header.name == HeaderName::Other && header.raw_name.eq_ignore_ascii_case(name.as_bytes())
+            }
+        }
+    }
+
+    fn as_str(&self) -> &'e str {
+        match self {
+            Name::Known(name) => name.as_str(),
+            Name::Other(name) => name,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug)]
+enum Edit<'e> {
+    RequestUri(&'e str),
+    PushVia(&'e [u8]),
+    PopVia,
+    PushRecordRoute(&'e [u8]),
+    PopRoute,
+    DecrementMaxForwards,
+    Add(Name<'e>, &'e [u8]),
+    Replace(Name<'e>, &'e [u8]),
+    Remove(Name<'e>),
+    Body(&'e [u8]),
+}
+
+/// Edits to apply while writing a parsed message; the message is not re-parsed.
+///
+/// Values given to the editor are written as they are: the caller formats them
+/// (a Via with a fresh branch, a Record-Route with `;lr`).
+pub struct Editor<'m, 'e> {
+    msg: &'m Message<'m>,
+    edits: [Option<Edit<'e>>; MAX_EDITS],
+    len: usize,
+}
+
+impl<'m, 'e> Editor<'m, 'e> {
+    /// An editor with no edits: writing it gives the canonical form of `msg`.
+    pub fn new(msg: &'m Message<'m>) -> Self {
+        Editor { msg, edits: [None; MAX_EDITS], len: 0 }
+    }
+
+    fn push(&mut self, edit: Edit<'e>) -> Result<&mut Self, WriteError> {
+        let slot = self.edits.get_mut(self.len).ok_or(WriteError::TooManyEdits)?;
+        *slot = Some(edit);
+        self.len += 1;
+        Ok(self)
+    }
+
+    fn edits(&self) -> impl Iterator<Item = Edit<'e>> + '_ {
+        self.edits[..self.len].iter().flatten().copied()
+    }
+
+    /// Rewrites the Request-URI (requests only).
+    pub fn set_request_uri(&mut self, uri: &'e str) -> Result<&mut Self, WriteError> {
+        self.push(Edit::RequestUri(uri))
+    }
+
+    /// Adds a Via value on top (`SIP/2.0/UDP host:port;branch=z9hG4bK...`).
+    pub fn push_via(&mut self, via: &'e [u8]) -> Result<&mut Self, WriteError> {
+        self.push(Edit::PushVia(via))
+    }
+
+    /// Removes the top Via value (a response going upstream, RFC 3261 §16.7 step 3).
+    pub fn pop_via(&mut self) -> Result<&mut Self, WriteError> {
+        self.push(Edit::PopVia)
+    }
+
+    /// Adds a Record-Route value above the existing ones (RFC 3261 §16.6 step 4).
+    pub fn push_record_route(&mut self, value: &'e [u8]) -> Result<&mut Self, WriteError> {
+        self.push(Edit::PushRecordRoute(value))
+    }
+
+    /// Removes the top Route value (loose routing, RFC 3261 §16.4).
+    pub fn pop_route(&mut self) -> Result<&mut Self, WriteError> {
+        self.push(Edit::PopRoute)
+    }
+
+    /// Decrements Max-Forwards, or adds `Max-Forwards: 70` when absent (RFC 3261 §16.6 step 3).
+    pub fn decrement_max_forwards(&mut self) -> Result<&mut Self, WriteError> {
+        self.push(Edit::DecrementMaxForwards)
+    }
+
+    /// Appends a header after the existing ones.
+    pub fn add_header(&mut self, name: &'e str, value: &'e [u8]) -> Result<&mut Self, WriteError> {
+        self.push(Edit::Add(Name::new(name), value))
+    }
+
+    /// Replaces every header of this name by one with `value` (added if absent).
+    pub fn replace_header(&mut self, name: &'e str, value: &'e [u8]) -> Result<&mut Self, WriteError> {
+        self.push(Edit::Replace(Name::new(name), value))
+    }
+
+    /// Removes every header of this name.
+    pub fn remove_header(&mut self, name: &'e str) -> Result<&mut Self, WriteError> {
+        self.push(Edit::Remove(Name::new(name)))
+    }
+
+    /// Replaces the body; Content-Length follows it.
+    pub fn set_body(&mut self, body: &'e [u8]) -> Result<&mut Self, WriteError> {
+        self.push(Edit::Body(body))
+    }
+
+    /// Writes the edited message into `out`; returns the bytes written.
+    pub fn write(&self, out: &mut [u8]) -> Result<usize, WriteError> {
+        let msg = self.msg;
+        let mut out = Out { buf: out, len: 0 };
+        let mut request_uri = None;
+        let mut body = msg.body();
+        let mut pop_via = false;
+        let mut pop_route = false;
+        let mut record_route: Option<&[u8]> = None;
+        let mut decrement = false;
+        for edit in self.edits() {
+            match edit {
+                Edit::RequestUri(uri) => request_uri = Some(uri),
+                Edit::Body(b) => body = b,
+                Edit::PopVia => pop_via = true,
+                Edit::PopRoute => pop_route = true,
+                Edit::PushRecordRoute(v) => record_route = Some(v),
+                Edit::DecrementMaxForwards => decrement = true,
+                Edit::PushVia(_) | Edit::Add(..) | Edit::Replace(..) | Edit::Remove(_) => {}
+            }
+        }
+        out.start_line(msg, request_uri)?;
+        for edit in self.edits() {
+            if let Edit::PushVia(via) = edit {
+                out.header("Via", via)?;
+            }
+        }
+        let mut wrote_length = false;
+        let mut replaced = [false; MAX_EDITS];
+        for header in msg.headers() {
+            if self.edits().any(|e| matches!(e, Edit::Remove(name) if name.matches(&header))) {
+                continue;
+            }
+            if let Some(i) = self.edits().position(|e| matches!(e, Edit::Replace(name, _) if name.matches(&header))) {
+                if !replaced[i] {
+                    replaced[i] = true;
+                    if let Some(Edit::Replace(name, value)) = self.edits[i] {
+                        out.header(name.as_str(), value)?;
+                    }
+                }
+                continue;
+            }
+            let name = header.name_str();
+            match header.name {
+                HeaderName::ContentLength => {
+                    if !wrote_length {
+                        wrote_length = true;
+                        out.put(b"Content-Length: ")?;
+                        out.put_u32(body.len() as u32)?;
+                        out.put(b"\r\n")?;
+                    }
+                }
+                HeaderName::Via if pop_via => {
+                    pop_via = false;
+                    write_rest_of_list(&mut out, name, header.value)?;
+                }
+                HeaderName::Route if pop_route => {
+                    pop_route = false;
+                    write_rest_of_list(&mut out, name, header.value)?;
+                }
+                HeaderName::RecordRoute if record_route.is_some() => {
+                    out.header(name, record_route.take().unwrap_or_default())?;
+                    out.header(name, header.value)?;
+                }
+                HeaderName::MaxForwards if decrement => {
+                    decrement = false;
+                    let hops = msg.max_forwards().map_err(|_| WriteError::InvalidMaxForwards)?.unwrap_or(70);
+                    let hops = hops.checked_sub(1).ok_or(WriteError::MaxForwardsExhausted)?;
+                    out.put(b"Max-Forwards: ")?;
+                    out.put_u32(u32::from(hops))?;
+                    out.put(b"\r\n")?;
+                }
+                _ => out.header(name, header.value)?,
+            }
+        }
+        if decrement {
+            out.header("Max-Forwards", b"70")?;
+        }
+        if let Some(value) = record_route {
+            out.header("Record-Route", value)?;
+        }
+        for (i, edit) in self.edits().enumerate() {
+            match edit {
+                Edit::Add(name, value) => out.header(name.as_str(), value)?,
+                Edit::Replace(name, value) if !replaced[i] => out.header(name.as_str(), value)?,
+                _ => {}
+            }
+        }
+        if !wrote_length {
+            out.put(b"Content-Length: ")?;
+            out.put_u32(body.len() as u32)?;
+            out.put(b"\r\n")?;
+        }
+        out.put(b"\r\n")?;
+        out.put(body)?;
+        Ok(out.len)
+    }
+}
+
+/// Writes a list header without its first value (nothing if it had one value).
+fn write_rest_of_list(out: &mut Out<'_>, name: &str, value: &[u8]) -> Result<(), WriteError> {
+    // Values are ASCII in practice; a non-UTF-8 list is written without its whole line.
+    let Ok(text) = core::str::from_utf8(value) else { return Ok(()) };
+    match split_first_value(text) {
+        (_, Some(rest)) if !rest.is_empty() => out.header(name, rest.as_bytes()),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `msg` canonically into `out` (see the module docs); returns the bytes written.
+pub fn write_message(msg: &Message<'_>, out: &mut [u8]) -> Result<usize, WriteError> {
+    Editor::new(msg).write(out)
+}
+
+/// What [`write_response`] needs besides the request.
+#[derive(Copy, Clone, Debug)]
+pub struct ResponseSpec<'e> {
+    /// Status code.
+    pub code: u16,
+    /// Reason phrase.
+    pub reason: &'e str,
+    /// Tag to add to To when the request's To has none (RFC 3261 §8.2.6.2).
+    pub to_tag: Option<&'e str>,
+    /// Extra headers, written after the copied ones.
+    pub headers: &'e [(&'e str, &'e [u8])],
+    /// Body (Content-Length follows it).
+    pub body: &'e [u8],
+}
+
+/// Builds a response to `request` (RFC 3261 §8.2.6): status line; Via (all, in
+/// order), From, To (with `to_tag` added if it has no tag), Call-ID and CSeq
+/// copied; Timestamp copied on 100; then the extra headers and the body.
+pub fn write_response(request: &Message<'_>, spec: &ResponseSpec<'_>, out: &mut [u8]) -> Result<usize, WriteError> {
+    let mut out = Out { buf: out, len: 0 };
+    out.put(b"SIP/2.0 ")?;
+    out.put_u32(u32::from(spec.code))?;
+    out.put(b" ")?;
+    out.put(spec.reason.as_bytes())?;
+    out.put(b"\r\n")?;
+    for header in request.headers() {
+        match header.name {
+            HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
+                out.header(header.name.as_str(), header.value)?;
+            }
+            HeaderName::Timestamp if spec.code == 100 => out.header("Timestamp", header.value)?,
+            HeaderName::To => {
+                out.header("To", header.value)?;
+                let has_tag = request.to().ok().flatten().is_some_and(|to| to.tag().is_some());
+                if let (Some(tag), false) = (spec.to_tag, has_tag) {
+                    // Undo the CRLF just written to append the tag to the same line.
+                    out.len -= 2;
+                    out.put(b";tag=")?;
+                    out.put(tag.as_bytes())?;
+                    out.put(b"\r\n")?;
+                }
+            }
+            _ => {}
+        }
+    }
+    for (name, value) in spec.headers {
+        out.header(name, value)?;
+    }
+    out.put(b"Content-Length: ")?;
+    out.put_u32(spec.body.len() as u32)?;
+    out.put(b"\r\n\r\n")?;
+    out.put(spec.body)?;
+    Ok(out.len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::HeaderSlot;
+    use crate::message::parse;
+
+    const INVITE: &[u8] = b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP client.atlanta.example.com:5060;branch=z9hG4bK74bf9, SIP/2.0/UDP proxy.example.com;branch=z9hG4bKx\r\n\
+Max-Forwards: 70\r\n\
+Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>\r\n\
+From: Alice <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n\
+To: Bob <sip:bob@biloxi.example.com>\r\n\
+Call-ID: 3848276298220188511@atlanta.example.com\r\n\
+CSeq: 1 INVITE\r\n\
+Record-Route: <sip:p0.example.com;lr>\r\n\
+X-Drop: me\r\n\
+l: 4\r\n\
+\r\n\
+v=0\r";
+
+    fn edited(edit: impl FnOnce(&mut Editor<'_, '_>)) -> String {
+        let mut slots = [HeaderSlot::EMPTY; 16];
+        let msg = parse(INVITE, &mut slots).expect("parses");
+        let mut editor = Editor::new(&msg);
+        edit(&mut editor);
+        let mut out = [0u8; 2048];
+        let n = editor.write(&mut out).expect("writes");
+        String::from_utf8(out[..n].to_vec()).expect("utf8")
+    }
+
+    #[test]
+    fn proxy_edits_apply_in_one_pass() {
+        let text = edited(|e| {
+            e.push_via(b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKnew").unwrap();
+            e.decrement_max_forwards().unwrap();
+            e.push_record_route(b"<sip:127.0.0.1:5060;lr>").unwrap();
+            e.pop_route().unwrap();
+            e.set_request_uri("sip:bob@192.0.2.4:5062").unwrap();
+            e.remove_header("x-drop").unwrap();
+            e.replace_header("Subject", b"hello").unwrap();
+        });
+        assert!(text.starts_with("INVITE sip:bob@192.0.2.4:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKnew\r\nVia: SIP/2.0/UDP client"));
+        assert!(text.contains("Max-Forwards: 69\r\n"));
+        assert!(text.contains("Route: <sip:p2.example.com;lr>\r\n"));
+        assert!(!text.contains("p1.example.com"));
+        assert!(text.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\nRecord-Route: <sip:p0.example.com;lr>\r\n"));
+        assert!(!text.contains("X-Drop"));
+        assert!(text.contains("Subject: hello\r\n"));
+        assert!(text.contains("Content-Length: 4\r\n"));
+        assert!(text.ends_with("\r\n\r\nv=0\r"));
+    }
+
+    #[test]
+    fn pop_via_keeps_the_rest_of_the_list() {
+        let text = edited(|e| {
+            e.pop_via().unwrap();
+        });
+        assert!(text.contains("\r\nVia: SIP/2.0/UDP proxy.example.com;branch=z9hG4bKx\r\n"));
+        assert!(!text.contains("client.atlanta"));
+    }
+
+    #[test]
+    fn response_copies_the_dialog_headers_and_adds_a_to_tag() {
+        let mut slots = [HeaderSlot::EMPTY; 16];
+        let msg = parse(INVITE, &mut slots).expect("parses");
+        let mut out = [0u8; 1024];
+        let spec = ResponseSpec {
+            code: 180,
+            reason: "Ringing",
+            to_tag: Some("a6c85cf"),
+            headers: &[("Contact", b"<sip:bob@192.0.2.4>")],
+            body: b"",
+        };
+        let n = write_response(&msg, &spec, &mut out).expect("writes");
+        let text = core::str::from_utf8(&out[..n]).expect("utf8");
+        assert!(text.starts_with("SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP client.atlanta.example.com:5060;branch=z9hG4bK74bf9, SIP/2.0/UDP proxy"));
+        assert!(text.contains("To: Bob <sip:bob@biloxi.example.com>;tag=a6c85cf\r\n"));
+        assert!(text.contains("CSeq: 1 INVITE\r\n"));
+        assert!(text.ends_with("Contact: <sip:bob@192.0.2.4>\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!text.contains("Route"));
+        let mut tiny = [0u8; 10];
+        assert_eq!(write_response(&msg, &spec, &mut tiny), Err(WriteError::BufferTooSmall));
+    }
+
+    #[test]
+    fn max_forwards_at_zero_cannot_be_decremented() {
+        let zero = b"OPTIONS sip:a@b SIP/2.0\r\nMax-Forwards: 0\r\nContent-Length: 0\r\n\r\n";
+        let mut slots = [HeaderSlot::EMPTY; 4];
+        let msg = parse(zero, &mut slots).expect("parses");
+        let mut editor = Editor::new(&msg);
+        editor.decrement_max_forwards().unwrap();
+        assert_eq!(editor.write(&mut [0u8; 256]), Err(WriteError::MaxForwardsExhausted));
+    }
+}

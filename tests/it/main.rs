@@ -1,0 +1,5 @@
+//! sipshard's integration tests, built as one binary (STYLE.md: ripgrep/tokio
+//! habit): the CLI end to end, and the workspace's tidy rules.
+
+mod cli_parse;
+mod tidy;
