@@ -7,7 +7,6 @@
 //! so CR and LF count as LWS here.
 
 use nom::IResult;
-use nom::bytes::complete::take_while1;
 use nom::error::ParseError as NomParseError;
 
 use crate::error::{ErrorKind, ParseError};
@@ -81,41 +80,120 @@ pub(crate) fn complete<'a, O>(
     }
 }
 
-/// `alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~"` (token characters).
-pub(crate) const fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
+/// Character classes of RFC 3261 §25, one bit each in the class table.
+pub(crate) mod class {
+    /// `token`: alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~"
+    pub(crate) const TOKEN: u8 = 1;
+    /// `word`: token characters plus ( ) < > : \ DQUOTE / [ ] ? { }
+    pub(crate) const WORD: u8 = 2;
+    /// `unreserved = alphanum / mark`, `mark = "-" / "_" / "." / "!" / "~" / "*" / "'" / "(" / ")"`
+    pub(crate) const UNRESERVED: u8 = 4;
+    /// URI user: unreserved / `user-unreserved = "&" / "=" / "+" / "$" / "," / ";" / "?" / "/"`
+    pub(crate) const USER: u8 = 8;
+    /// URI password: unreserved / "&" / "=" / "+" / "$" / ","
+    pub(crate) const PASSWORD: u8 = 16;
+    /// URI `paramchar`: unreserved / `param-unreserved = "[" / "]" / "/" / ":" / "&" / "+" / "$"`
+    pub(crate) const PARAM: u8 = 32;
+    /// URI headers: unreserved / `hnv-unreserved` / "=" / "&"
+    pub(crate) const URI_HEADER: u8 = 64;
+    /// `uric = reserved / unreserved` (absolute URIs), plus "#"
+    pub(crate) const URIC: u8 = 128;
+}
+
+const fn build_class_table() -> [u8; 256] {
+    use class::*;
+    let mut table = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let alnum = b.is_ascii_alphanumeric();
+        let mut bits = 0;
+        if alnum || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~') {
+            bits |= TOKEN | WORD;
+        }
+        if matches!(b, b'(' | b')' | b'<' | b'>' | b':' | b'\\' | b'"' | b'/' | b'[' | b']' | b'?' | b'{' | b'}') {
+            bits |= WORD;
+        }
+        if alnum || matches!(b, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')') {
+            bits |= UNRESERVED | USER | PASSWORD | PARAM | URI_HEADER | URIC;
+        }
+        if matches!(b, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/') {
+            bits |= USER;
+        }
+        if matches!(b, b'&' | b'=' | b'+' | b'$' | b',') {
+            bits |= PASSWORD;
+        }
+        if matches!(b, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$') {
+            bits |= PARAM;
+        }
+        if matches!(b, b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'=' | b'&') {
+            bits |= URI_HEADER;
+        }
+        if matches!(b, b';' | b'/' | b'?' | b':' | b'@' | b'&' | b'=' | b'+' | b'$' | b',' | b'#') {
+            bits |= URIC;
+        }
+        table[c] = bits;
+        c += 1;
+    }
+    table
+}
+
+/// The class bits of every octet (non-ASCII octets belong to no class).
+static CLASS: [u8; 256] = build_class_table();
+
+/// Whether octet `c` belongs to any of the classes in `mask`.
+#[inline(always)]
+pub(crate) fn is(c: u8, mask: u8) -> bool {
+    CLASS[usize::from(c)] & mask != 0
+}
+
+/// Splits `input` after its longest prefix of octets in `mask`. Every class is
+/// ASCII, so the split is a char boundary. Returns (prefix, rest).
+#[inline]
+pub(crate) fn take_class(input: &str, mask: u8) -> (&str, &str) {
+    let n = input.bytes().position(|c| !is(c, mask)).unwrap_or(input.len());
+    input.split_at(n)
+}
+
+/// A non-empty run of octets in `mask`, or `kind` expected.
+#[inline]
+pub(crate) fn class1(mask: u8, kind: ErrorKind) -> impl Fn(&str) -> PResult<'_, &str> {
+    move |input| match take_class(input, mask) {
+        ("", _) => fail(input, kind),
+        (taken, rest) => Ok((rest, taken)),
+    }
+}
+
+/// Token characters.
+#[inline(always)]
+pub(crate) fn is_token_char(c: u8) -> bool {
+    is(c, class::TOKEN)
 }
 
 /// Whitespace inside a (possibly folded) value: SP, HTAB, CR, LF.
+#[inline(always)]
 pub(crate) const fn is_lws(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-/// `mark = "-" / "_" / "." / "!" / "~" / "*" / "'" / "(" / ")"`; `unreserved = alphanum / mark`.
-pub(crate) const fn is_unreserved(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')')
-}
-
-/// `word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" /
-/// "(" / ")" / "<" / ">" / ":" / "\" / DQUOTE / "/" / "[" / "]" / "?" / "{" / "}" )`.
-pub(crate) const fn is_word_char(c: u8) -> bool {
-    is_token_char(c)
-        || matches!(c, b'(' | b')' | b'<' | b'>' | b':' | b'\\' | b'"' | b'/' | b'[' | b']' | b'?' | b'{' | b'}')
-}
-
 /// `SWS = [LWS]`: skips optional whitespace, folds included.
+#[inline]
 pub(crate) fn sws(input: &str) -> &str {
-    input.trim_start_matches([' ', '\t', '\r', '\n'])
+    let n = input.bytes().position(|c| !is_lws(c)).unwrap_or(input.len());
+    &input[n..]
 }
 
 /// `LWS = [*WSP CRLF] 1*WSP`: at least one whitespace character.
 pub(crate) fn lws(input: &str) -> PResult<'_, &str> {
-    take_while1(|c: char| c.is_ascii() && is_lws(c as u8))(input)
+    match input.bytes().position(|c| !is_lws(c)).unwrap_or(input.len()) {
+        0 => fail(input, ErrorKind::ExpectedToken),
+        n => Ok((&input[n..], &input[..n])),
+    }
 }
 
 /// `token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )`.
 pub(crate) fn token(input: &str) -> PResult<'_, &str> {
-    expect(ErrorKind::ExpectedToken, take_while1(|c: char| c.is_ascii() && is_token_char(c as u8)))(input)
+    class1(class::TOKEN, ErrorKind::ExpectedToken)(input)
 }
 
 /// A separator with optional LWS around it: `SEMI`, `COMMA`, `EQUAL`, `SLASH`, `COLON`.
@@ -168,10 +246,10 @@ pub(crate) fn gen_value(input: &str) -> PResult<'_, &str> {
         let consumed = input.len() - rest.len();
         return Ok((rest, &input[..consumed]));
     }
-    expect(
-        ErrorKind::ExpectedParam,
-        take_while1(|c: char| c.is_ascii() && (is_token_char(c as u8) || matches!(c, ':' | '[' | ']'))),
-    )(input)
+    match input.bytes().position(|c| !(is_token_char(c) || matches!(c, b':' | b'[' | b']'))).unwrap_or(input.len()) {
+        0 => fail(input, ErrorKind::ExpectedParam),
+        n => Ok((&input[n..], &input[..n])),
+    }
 }
 
 /// `generic-param = token [ EQUAL gen-value ]`.
@@ -210,7 +288,11 @@ pub(crate) fn header_params<'a>(
 
 /// `1*DIGIT` parsed into a `u64`, refusing values that overflow it.
 pub(crate) fn digits(input: &str) -> PResult<'_, u64> {
-    let (rest, text) = expect(ErrorKind::ExpectedNumber, take_while1(|c: char| c.is_ascii_digit()))(input)?;
+    let n = input.bytes().position(|c| !c.is_ascii_digit()).unwrap_or(input.len());
+    if n == 0 {
+        return fail(input, ErrorKind::ExpectedNumber);
+    }
+    let (text, rest) = input.split_at(n);
     let mut value: u64 = 0;
     for b in text.bytes() {
         value = match value.checked_mul(10).and_then(|v| v.checked_add(u64::from(b - b'0'))) {

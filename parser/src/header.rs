@@ -57,6 +57,28 @@ impl Header<'_> {
     }
 }
 
+/// Case-insensitive equality of two token strings, eight octets at a time.
+///
+/// On token characters `| 0x20` folds exactly the letters: the only other
+/// token character it changes is `_` (to 0x7F), which no token character
+/// equals, so two tokens are equal ignoring case iff their folded octets are.
+#[inline]
+fn eq_token_folded(a: &[u8], b: &[u8]) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut a8).zip(&mut b8) {
+        let x = u64::from_le_bytes(x.try_into().expect("invariant: chunks of 8"));
+        let y = u64::from_le_bytes(y.try_into().expect("invariant: chunks of 8"));
+        if x | FOLD != y | FOLD {
+            return false;
+        }
+    }
+    a8.remainder().iter().zip(b8.remainder()).all(|(x, y)| x | 0x20 == y | 0x20)
+}
+
 macro_rules! header_names {
     ($($variant:ident => $text:literal,)*) => {
         /// A header field name; compact forms map to their long form.
@@ -68,13 +90,16 @@ macro_rules! header_names {
             Other,
         }
 
+        /// Canonical long forms, indexed by `HeaderName as usize`.
+        static NAMES: [&str; HeaderName::COUNT] = [$($text,)* "Other"];
+
         impl HeaderName {
+            /// How many names there are, [`HeaderName::Other`] included.
+            pub(crate) const COUNT: usize = [$($text,)*].len() + 1;
+
             /// The canonical long form (`"Other"` for unknown names).
             pub const fn as_str(self) -> &'static str {
-                match self {
-                    $(HeaderName::$variant => $text,)*
-                    HeaderName::Other => "Other",
-                }
+                NAMES[self as usize]
             }
         }
     };
@@ -151,59 +176,64 @@ impl HeaderName {
             return Self::from_compact(first);
         }
         // Dispatch on the first letter so a lookup compares two or three names, not sixty.
-        let candidates: &[HeaderName] = match first | 0x20 {
-            b'a' => &[
-                Accept,
-                AcceptContact,
-                AcceptEncoding,
-                AcceptLanguage,
-                AlertInfo,
-                Allow,
-                AllowEvents,
-                AuthenticationInfo,
-                Authorization,
-            ],
-            b'c' => &[
-                CallId,
-                CSeq,
-                Contact,
-                ContentLength,
-                ContentType,
-                CallInfo,
-                ContentDisposition,
-                ContentEncoding,
-                ContentLanguage,
-            ],
-            b'd' => &[Date],
-            b'e' => &[Expires, Event, ErrorInfo],
-            b'f' => &[From],
-            b'i' => &[Identity, IdentityInfo, InReplyTo],
-            b'm' => &[MaxForwards, MinExpires, MinSe, MimeVersion],
-            b'o' => &[Organization],
-            b'p' => &[ProxyAuthorization, ProxyAuthenticate, ProxyRequire, Path, Priority],
-            b'r' => &[
-                Route,
-                RecordRoute,
-                Require,
-                RetryAfter,
-                RAck,
-                RSeq,
-                ReferTo,
-                ReferredBy,
-                RejectContact,
-                ReplyTo,
-                RequestDisposition,
-            ],
-            b's' => &[Supported, Server, SubscriptionState, SessionExpires, Subject],
-            b't' => &[To, Timestamp],
-            b'u' => &[UserAgent, Unsupported],
-            b'v' => &[Via],
-            b'w' => &[WwwAuthenticate, Warning],
+        // Dispatch on (length, first letter): almost always one candidate to compare.
+        let candidates: &[HeaderName] = match (name.len(), first | 0x20) {
+            (2, b't') => &[To],
+            (3, b'v') => &[Via],
+            (4, b'c') => &[CSeq],
+            (4, b'd') => &[Date],
+            (4, b'f') => &[From],
+            (4, b'p') => &[Path],
+            (4, b'r') => &[RAck, RSeq],
+            (5, b'a') => &[Allow],
+            (5, b'e') => &[Event],
+            (5, b'r') => &[Route],
+            (6, b'a') => &[Accept],
+            (6, b'm') => &[MinSe],
+            (6, b's') => &[Server],
+            (7, b'c') => &[CallId, Contact],
+            (7, b'e') => &[Expires],
+            (7, b'r') => &[Require],
+            (7, b's') => &[Subject],
+            (7, b'w') => &[Warning],
+            (8, b'i') => &[Identity],
+            (8, b'p') => &[Priority],
+            (8, b'r') => &[ReferTo, ReplyTo],
+            (9, b'c') => &[CallInfo],
+            (9, b's') => &[Supported],
+            (9, b't') => &[Timestamp],
+            (10, b'a') => &[AlertInfo],
+            (10, b'e') => &[ErrorInfo],
+            (10, b'u') => &[UserAgent],
+            (11, b'i') => &[InReplyTo],
+            (11, b'm') => &[MinExpires],
+            (11, b'r') => &[ReferredBy, RetryAfter],
+            (11, b'u') => &[Unsupported],
+            (12, b'a') => &[AllowEvents],
+            (12, b'c') => &[ContentType],
+            (12, b'm') => &[MaxForwards, MimeVersion],
+            (12, b'o') => &[Organization],
+            (12, b'r') => &[RecordRoute],
+            (13, b'a') => &[Authorization],
+            (13, b'i') => &[IdentityInfo],
+            (13, b'p') => &[ProxyRequire],
+            (14, b'a') => &[AcceptContact],
+            (14, b'c') => &[ContentLength],
+            (14, b'r') => &[RejectContact],
+            (15, b'a') => &[AcceptEncoding, AcceptLanguage],
+            (15, b's') => &[SessionExpires],
+            (16, b'c') => &[ContentEncoding, ContentLanguage],
+            (16, b'w') => &[WwwAuthenticate],
+            (18, b'p') => &[ProxyAuthenticate],
+            (18, b's') => &[SubscriptionState],
+            (19, b'a') => &[AuthenticationInfo],
+            (19, b'c') => &[ContentDisposition],
+            (19, b'p') => &[ProxyAuthorization],
+            (19, b'r') => &[RequestDisposition],
             _ => &[],
         };
         for &candidate in candidates {
-            let text = candidate.as_str().as_bytes();
-            if text.len() == name.len() && text.eq_ignore_ascii_case(name) {
+            if eq_token_folded(name, NAMES[candidate as usize].as_bytes()) {
                 return candidate;
             }
         }
@@ -291,6 +321,12 @@ mod tests {
             (b"X-Custom", Other),
             (b"", Other),
             (b"C%6Fntact", Other),
+            (b"Call_ID", Other),
+            (b"Content-Lengt", Other),
+            (b"Content-Length_", Other),
+            (b"CONTENT-LENGTH", ContentLength),
+            (b"proxy-authorization", ProxyAuthorization),
+            (b"Proxy-Authorizatioo", Other),
         ];
         for &(wire, expected) in cases {
             assert_eq!(HeaderName::from_bytes(wire), expected, "{:?}", core::str::from_utf8(wire));

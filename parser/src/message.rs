@@ -79,6 +79,8 @@ pub struct Message<'a> {
     buf: &'a [u8],
     start_line: StartLine<'a>,
     headers: &'a [HeaderSlot],
+    /// Slot index of the first header of each name ([`NO_SLOT`] if absent): O(1) lookups.
+    first: [u8; HeaderName::COUNT],
     body: &'a [u8],
     content_length: Option<u32>,
     len: usize,
@@ -106,6 +108,10 @@ impl<'a> Iterator for Headers<'a> {
 
 impl ExactSizeIterator for Headers<'_> {}
 
+/// Marks a header name absent from [`Message`]'s first-slot index.
+const NO_SLOT: u8 = u8::MAX;
+const _: () = assert!(MAX_HEADERS < NO_SLOT as usize);
+
 /// One header field as the scanner sees it, before lookup.
 struct RawField<'a> {
     name: &'a [u8],
@@ -128,8 +134,13 @@ impl<'a> FieldScanner<'a> {
     /// Finds the next line: (content end without CR LF, offset after LF).
     /// `UnterminatedHeaders` means "need more bytes".
     fn line_at(&self, start: usize) -> Result<(usize, usize), ParseError> {
+        self.line_from(start, start)
+    }
+
+    /// Like [`Self::line_at`] for a line that starts at `start`, searching from `from`.
+    fn line_from(&self, start: usize, from: usize) -> Result<(usize, usize), ParseError> {
         let window_end = self.buf.len().min(start + MAX_LINE_BYTES + 2);
-        match memchr(b'\n', &self.buf[start..window_end]) {
+        match memchr(b'\n', &self.buf[from.min(window_end)..window_end]).map(|i| i + from - start) {
             Some(i) => {
                 let nl = start + i;
                 let end = if nl > start && self.buf[nl - 1] == b'\r' { nl - 1 } else { nl };
@@ -141,29 +152,48 @@ impl<'a> FieldScanner<'a> {
     }
 
     fn next_field(&mut self) -> Result<Scanned<'a>, ParseError> {
+        let buf = self.buf;
         let start = self.pos;
-        let (end, next) = self.line_at(start)?;
-        if end == start {
-            self.pos = next;
-            return Ok(Scanned::End(next));
+        let unterminated = ParseError::new(ErrorKind::UnterminatedHeaders, buf.len());
+        match (buf.get(start), buf.get(start + 1)) {
+            (None, _) | (Some(b'\r'), None) => return Err(unterminated),
+            (Some(b'\r'), Some(b'\n')) => {
+                self.pos = start + 2;
+                return Ok(Scanned::End(start + 2));
+            }
+            (Some(b'\n'), _) => {
+                self.pos = start + 1;
+                return Ok(Scanned::End(start + 1));
+            }
+            _ => {}
         }
-        let line = &self.buf[start..end];
-        let colon = memchr(b':', line).ok_or(ParseError::new(ErrorKind::ExpectedColon, end))?;
-        // `HCOLON = *( SP / HTAB ) ":" SWS`: whitespace may precede the colon.
-        let mut name_end = colon;
-        while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
-            name_end -= 1;
+        // `header-name HCOLON`, with `HCOLON = *( SP / HTAB ) ":" SWS`: one pass over the name.
+        let window = &buf[start..buf.len().min(start + MAX_LINE_BYTES)];
+        let name_len = window.iter().position(|&c| !is_token_char(c)).unwrap_or(window.len());
+        if name_len == window.len() {
+            return Err(if window.len() == MAX_LINE_BYTES {
+                ParseError::new(ErrorKind::LineTooLong, start)
+            } else {
+                unterminated
+            });
         }
-        let name = &line[..name_end];
-        if name.is_empty() || !name.iter().all(|&c| is_token_char(c)) {
+        if name_len == 0 {
             return Err(ParseError::new(ErrorKind::ExpectedHeaderName, start));
         }
-        let value_start = start + colon + 1;
-        let mut value_end = end;
-        let mut after = next;
+        let mut colon = start + name_len;
+        while matches!(buf.get(colon), Some(b' ' | b'\t')) {
+            colon += 1;
+        }
+        match buf.get(colon) {
+            Some(b':') => {}
+            Some(_) => return Err(ParseError::new(ErrorKind::ExpectedColon, colon)),
+            None => return Err(unterminated),
+        }
+        let value_start = colon + 1;
+        let (mut value_end, mut after) = self.line_from(start, value_start)?;
         // Folded lines (RFC 3261 §7.3.1): a line starting with WSP continues the value.
         loop {
-            match self.buf.get(after) {
+            match buf.get(after) {
                 Some(b' ' | b'\t') => {
                     let (cont_end, cont_next) = self.line_at(after)?;
                     value_end = cont_end;
@@ -173,11 +203,14 @@ impl<'a> FieldScanner<'a> {
                     }
                 }
                 Some(_) => break,
-                None => return Err(ParseError::new(ErrorKind::UnterminatedHeaders, self.buf.len())),
+                None => return Err(unterminated),
             }
         }
         self.pos = after;
-        Ok(Scanned::Field(RawField { name, value: trim_lws(&self.buf[value_start..value_end]) }))
+        Ok(Scanned::Field(RawField {
+            name: &buf[start..start + name_len],
+            value: trim_lws(&buf[value_start..value_end]),
+        }))
     }
 }
 
@@ -269,7 +302,7 @@ fn start_line<'a>(buf: &'a [u8], line: &'a [u8], notes: &mut FramingNotes) -> Re
     if uri.is_empty() {
         return Err(ParseError::new(ErrorKind::ExpectedRequestUri, at + method_end + 1));
     }
-    if uri.len() != uri_raw.len() || uri.iter().any(|&c| is_lws(c)) {
+    if uri.len() != uri_raw.len() || memchr::memchr2(b' ', b'\t', uri).is_some() {
         notes.start_line_whitespace = true;
     }
     let method = Method::from_token(utf8(method_bytes, at)?);
@@ -326,6 +359,7 @@ pub fn parse<'a>(buf: &'a [u8], slots: &'a mut [HeaderSlot]) -> Result<Message<'
 
     let slot_limit = slots.len().min(MAX_HEADERS);
     let mut count = 0;
+    let mut first = [NO_SLOT; HeaderName::COUNT];
     let mut content_length: Option<u32> = None;
     let body_start = loop {
         match scanner.next_field()? {
@@ -342,6 +376,10 @@ pub fn parse<'a>(buf: &'a [u8], slots: &'a mut [HeaderSlot]) -> Result<Message<'
                         Some(_) => {}
                         None => content_length = Some(n),
                     }
+                }
+                let first_of_name = &mut first[name as usize];
+                if *first_of_name == NO_SLOT {
+                    *first_of_name = count as u8;
                 }
                 // Offsets fit u16: the buffer is at most MAX_MESSAGE_BYTES (checked above).
                 slots[count] = HeaderSlot {
@@ -367,7 +405,7 @@ pub fn parse<'a>(buf: &'a [u8], slots: &'a mut [HeaderSlot]) -> Result<Message<'
         }
         None => (&buf[body_start..], buf.len()),
     };
-    Ok(Message { buf, start_line, headers: &slots[..count], body, content_length, len, notes })
+    Ok(Message { buf, start_line, headers: &slots[..count], first, body, content_length, len, notes })
 }
 
 /// What [`frame`] found at the start of a stream buffer.
@@ -498,19 +536,33 @@ impl<'a> Message<'a> {
         self.headers.len()
     }
 
+    /// The slots from the first header with this name on (empty if there is none).
+    pub(crate) fn slots_from_first(&self, name: HeaderName) -> &'a [HeaderSlot] {
+        match self.first[name as usize] {
+            NO_SLOT => &[],
+            i => &self.headers[usize::from(i)..],
+        }
+    }
+
+    /// The message buffer (the whole datagram, trailing octets included).
+    pub(crate) fn buffer(&self) -> &'a [u8] {
+        self.buf
+    }
+
     /// The value of the first header with this name.
     pub fn header(&self, name: HeaderName) -> Option<&'a [u8]> {
-        self.headers.iter().find(|h| h.name == name).map(|h| h.view(self.buf).value)
+        self.slots_from_first(name).first().map(|slot| slot.view(self.buf).value)
     }
 
     /// Every header field with this name, in order.
     pub fn headers_named(&self, name: HeaderName) -> impl Iterator<Item = Header<'a>> + 'a {
-        self.headers().filter(move |h| h.name == name)
+        let buf = self.buf;
+        self.slots_from_first(name).iter().filter(move |s| s.name == name).map(move |s| s.view(buf))
     }
 
     /// How many header fields carry this name.
     pub fn count(&self, name: HeaderName) -> usize {
-        self.headers.iter().filter(|h| h.name == name).count()
+        self.slots_from_first(name).iter().filter(|s| s.name == name).count()
     }
 
     /// The body: Content-Length octets, or the rest of the datagram without one.

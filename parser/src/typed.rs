@@ -2,16 +2,15 @@
 //! one element of a comma-separated list) into a struct that borrows the
 //! message. Nothing is decoded until asked, nothing is allocated.
 
-use nom::bytes::complete::take_while1;
-
 use crate::error::{ErrorKind, ParseError};
 use crate::grammar::{
-    GrammarError, PResult, complete, digits, expect, fail, header_params, is_lws, is_token_char, is_word_char, lws,
+    GrammarError, PResult, class, class1, complete, digits, expect, fail, header_params, is_lws, is_token_char, lws,
     number_at_most, quoted_string, separator, sws, tail_at, token,
 };
 use crate::header::HeaderName;
+use crate::header::HeaderSlot;
 use crate::limits::{MAX_MESSAGE_BYTES, MAX_VALUES_PER_HEADER, MAX_VIAS};
-use crate::message::{Headers, Message};
+use crate::message::Message;
 use crate::method::Method;
 use crate::params::Params;
 use crate::uri::Uri;
@@ -120,9 +119,14 @@ fn sent_by_host(input: &str) -> PResult<'_, &str> {
         }
         return Ok((&input[close + 1..], &input[..close + 1]));
     }
-    expect(ErrorKind::ExpectedHost, take_while1(|c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))(
-        input,
-    )
+    match input
+        .bytes()
+        .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_')))
+        .unwrap_or(input.len())
+    {
+        0 => fail(input, ErrorKind::ExpectedHost),
+        n => Ok((&input[n..], &input[..n])),
+    }
 }
 
 /// `port = 1*DIGIT` (0-65535).
@@ -337,13 +341,12 @@ fn cseq(input: &str) -> PResult<'_, CSeq<'_>> {
 
 /// `callid = word [ "@" word ]`.
 fn call_id(input: &str) -> PResult<'_, &str> {
-    let word = |i| take_while1(|c: char| c.is_ascii() && is_word_char(c as u8))(i);
-    let (rest, first) = expect(ErrorKind::ExpectedToken, word)(input)?;
+    let word = class1(class::WORD, ErrorKind::ExpectedToken);
+    let (rest, _) = word(input)?;
     let rest = match rest.strip_prefix('@') {
-        Some(after) => expect(ErrorKind::ExpectedToken, word)(after)?.0,
+        Some(after) => word(after)?.0,
         None => rest,
     };
-    let _ = first;
     Ok((rest, &input[..input.len() - rest.len()]))
 }
 
@@ -439,7 +442,7 @@ fn auth(input: &str) -> PResult<'_, Auth<'_>> {
 /// lists flattened. Yields an error (and then stops) at the first bad value.
 #[derive(Clone)]
 pub struct Values<'a, T> {
-    headers: Headers<'a>,
+    slots: core::slice::Iter<'a, HeaderSlot>,
     name: HeaderName,
     buf: &'a [u8],
     current: Option<&'a str>,
@@ -452,9 +455,9 @@ pub struct Values<'a, T> {
 impl<'a, T> Values<'a, T> {
     fn new(msg: &Message<'a>, name: HeaderName, decode: fn(&'a str) -> PResult<'a, T>) -> Self {
         Values {
-            headers: msg.headers(),
+            slots: msg.slots_from_first(name).iter(),
             name,
-            buf: msg.as_bytes(),
+            buf: msg.buffer(),
             current: None,
             decode,
             count: 0,
@@ -478,7 +481,7 @@ impl<'a, T> Iterator for Values<'a, T> {
         }
         loop {
             let Some(text) = self.current else {
-                let header = self.headers.find(|h| h.name == self.name)?;
+                let header = self.slots.find(|s| s.name == self.name)?.view(self.buf);
                 match core::str::from_utf8(header.value) {
                     Ok(text) => self.current = Some(text),
                     Err(e) => {
@@ -643,7 +646,7 @@ impl<'a> Message<'a> {
     /// Credentials or challenges of an auth header (`Authorization`,
     /// `Proxy-Authorization`, `WWW-Authenticate`, `Proxy-Authenticate`), one per header field.
     pub fn auth(&self, name: HeaderName) -> impl Iterator<Item = Result<Auth<'a>, ParseError>> + 'a {
-        let buf = self.as_bytes();
+        let buf = self.buffer();
         self.headers_named(name).map(move |h| {
             let at = offset(buf, h.value);
             let text = core::str::from_utf8(h.value)

@@ -5,7 +5,7 @@
 //! [`unescape`] is asked.
 
 use crate::error::{ErrorKind, ParseError};
-use crate::grammar::is_unreserved;
+use crate::grammar::{class, is};
 use crate::params::Params;
 
 /// A URI scheme.
@@ -60,7 +60,7 @@ pub struct Uri<'a> {
 }
 
 /// `escaped = "%" HEXDIG HEXDIG`; checks every `%` in `text` starts one.
-fn escapes_valid(text: &str, pos: &mut usize, allowed: impl Fn(u8) -> bool) -> bool {
+fn escapes_valid(text: &str, pos: &mut usize, allowed: u8) -> bool {
     let bytes = text.as_bytes();
     while *pos < bytes.len() {
         match bytes[*pos] {
@@ -73,14 +73,14 @@ fn escapes_valid(text: &str, pos: &mut usize, allowed: impl Fn(u8) -> bool) -> b
                 }
                 *pos += 3;
             }
-            c if allowed(c) => *pos += 1,
+            c if is(c, allowed) => *pos += 1,
             _ => return false,
         }
     }
     true
 }
 
-fn check(text: &str, base: usize, kind: ErrorKind, allowed: impl Fn(u8) -> bool) -> Result<(), ParseError> {
+fn check(text: &str, base: usize, kind: ErrorKind, allowed: u8) -> Result<(), ParseError> {
     let mut pos = 0;
     if escapes_valid(text, &mut pos, allowed) {
         Ok(())
@@ -88,31 +88,6 @@ fn check(text: &str, base: usize, kind: ErrorKind, allowed: impl Fn(u8) -> bool)
         let kind = if text.as_bytes().get(pos) == Some(&b'%') { ErrorKind::InvalidEscape } else { kind };
         Err(ParseError::new(kind, base + pos))
     }
-}
-
-/// `user-unreserved = "&" / "=" / "+" / "$" / "," / ";" / "?" / "/"`.
-const fn is_user_char(c: u8) -> bool {
-    is_unreserved(c) || matches!(c, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/')
-}
-
-/// `password = *( unreserved / escaped / "&" / "=" / "+" / "$" / "," )`.
-const fn is_password_char(c: u8) -> bool {
-    is_unreserved(c) || matches!(c, b'&' | b'=' | b'+' | b'$' | b',')
-}
-
-/// `paramchar = param-unreserved / unreserved / escaped`.
-const fn is_param_char(c: u8) -> bool {
-    is_unreserved(c) || matches!(c, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$')
-}
-
-/// `hname`/`hvalue` characters, plus the `=` and `&` that join them.
-const fn is_header_char(c: u8) -> bool {
-    is_unreserved(c) || matches!(c, b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'=' | b'&')
-}
-
-/// `uric = reserved / unreserved / escaped` (absolute URIs).
-const fn is_uric(c: u8) -> bool {
-    is_unreserved(c) || matches!(c, b';' | b'/' | b'?' | b':' | b'@' | b'&' | b'=' | b'+' | b'$' | b',' | b'#')
 }
 
 /// `hostname / IPv4address / IPv6reference`; returns the host's length.
@@ -170,7 +145,7 @@ impl<'a> Uri<'a> {
                 if end == 0 {
                     return Err(ParseError::new(ErrorKind::ExpectedUri, rest_at));
                 }
-                check(&rest[..end], rest_at, ErrorKind::ExpectedUri, |c| is_unreserved(c) || matches!(c, b'+' | b'#'))?;
+                check(&rest[..end], rest_at, ErrorKind::ExpectedUri, class::URIC)?;
                 uri.user = Some(&rest[..end]);
                 uri.parse_uri_params(&rest[end..], rest_at + end)?;
             }
@@ -178,7 +153,7 @@ impl<'a> Uri<'a> {
                 if rest.is_empty() {
                     return Err(ParseError::new(ErrorKind::ExpectedUri, rest_at));
                 }
-                check(rest, rest_at, ErrorKind::ExpectedUri, is_uric)?;
+                check(rest, rest_at, ErrorKind::ExpectedUri, class::URIC)?;
             }
         }
         Ok(uri)
@@ -197,10 +172,10 @@ impl<'a> Uri<'a> {
             if user.is_empty() {
                 return Err(ParseError::new(ErrorKind::ExpectedUri, base));
             }
-            check(user, base, ErrorKind::ExpectedUri, is_user_char)?;
+            check(user, base, ErrorKind::ExpectedUri, class::USER)?;
             self.user = Some(user);
             if let Some((password, p_at)) = password {
-                check(password, base + p_at, ErrorKind::ExpectedUri, is_password_char)?;
+                check(password, base + p_at, ErrorKind::ExpectedUri, class::PASSWORD)?;
                 self.password = Some(password);
             }
             at = amp + 1;
@@ -219,7 +194,7 @@ impl<'a> Uri<'a> {
         let after_params = self.parse_uri_params(&rest[at..], base + at)?;
         at += after_params;
         if let Some(headers) = rest[at..].strip_prefix('?') {
-            check(headers, base + at + 1, ErrorKind::ExpectedUri, is_header_char)?;
+            check(headers, base + at + 1, ErrorKind::ExpectedUri, class::URI_HEADER)?;
             self.headers = Some(headers);
             at = rest.len();
         }
@@ -239,7 +214,7 @@ impl<'a> Uri<'a> {
                 return Err(ParseError::new(ErrorKind::TooManyValues, base + at));
             }
             let start = at + 1;
-            let len = text[start..].bytes().take_while(|&c| is_param_char(c) || c == b'%' || c == b'=').count();
+            let len = text[start..].bytes().take_while(|&c| is(c, class::PARAM) || c == b'%' || c == b'=').count();
             let param = &text[start..start + len];
             let (name, value) = match param.find('=') {
                 Some(eq) => (&param[..eq], Some((&param[eq + 1..], eq + 1))),
@@ -248,12 +223,12 @@ impl<'a> Uri<'a> {
             if name.is_empty() {
                 return Err(ParseError::new(ErrorKind::ExpectedParam, base + start));
             }
-            check(name, base + start, ErrorKind::ExpectedParam, is_param_char)?;
+            check(name, base + start, ErrorKind::ExpectedParam, class::PARAM)?;
             if let Some((value, v_at)) = value {
                 if value.is_empty() {
                     return Err(ParseError::new(ErrorKind::ExpectedParam, base + start + v_at));
                 }
-                check(value, base + start + v_at, ErrorKind::ExpectedParam, is_param_char)?;
+                check(value, base + start + v_at, ErrorKind::ExpectedParam, class::PARAM)?;
             }
             at = start + len;
         }
