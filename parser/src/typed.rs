@@ -200,6 +200,10 @@ pub struct NameAddr<'a> {
     pub bracketed: bool,
     /// Header parameters after the address (`;tag=...;expires=...`).
     pub params: Params<'a>,
+    /// The `tag` parameter (From and To), picked out while the parameters were validated.
+    tag: Option<&'a str>,
+    /// The raw `expires` and `q` parameters (Contact), picked out the same way.
+    expires_q: (Option<&'a str>, Option<&'a str>),
 }
 
 impl<'a> NameAddr<'a> {
@@ -210,7 +214,7 @@ impl<'a> NameAddr<'a> {
 
     /// The `tag` parameter (From and To).
     pub fn tag(&self) -> Option<&'a str> {
-        self.params.value("tag")
+        self.tag
     }
 }
 
@@ -259,8 +263,32 @@ pub(crate) fn name_addr_params(input: &str) -> PResult<'_, NameAddr<'_>> {
         // RFC 3261 §20: a URI with '?', ';' or ',' must be enclosed in <>.
         return fail(uri_text, ErrorKind::ExpectedAngleBracket);
     }
-    let (rest, raw) = header_params(rest, |_, _| Ok(()))?;
-    Ok((rest, NameAddr { display_name, uri, bracketed, params: Params::semicolon(raw) }))
+    let (mut tag, mut expires, mut q) = (None, None, None);
+    let (rest, raw) = header_params(rest, |name, value| {
+        // The first occurrence wins; the three are the parameters the roles read on every message.
+        let slot = match name.len() {
+            3 if name.eq_ignore_ascii_case("tag") => &mut tag,
+            7 if name.eq_ignore_ascii_case("expires") => &mut expires,
+            1 if name.eq_ignore_ascii_case("q") => &mut q,
+            _ => return Ok(()),
+        };
+        if slot.is_none() {
+            *slot = Some(value.map(crate::params::unquote));
+        }
+        Ok(())
+    })?;
+    let params = Params::semicolon(raw);
+    Ok((
+        rest,
+        NameAddr {
+            display_name,
+            uri,
+            bracketed,
+            params,
+            tag: tag.flatten(),
+            expires_q: (expires.flatten(), q.flatten()),
+        },
+    ))
 }
 
 /// One Contact value: `*` or an address with `expires` and `q`.
@@ -300,7 +328,7 @@ fn contact_value(input: &str) -> PResult<'_, Contact<'_>> {
         return Ok((rest, Contact::Wildcard));
     }
     let (rest, addr) = name_addr_params(i)?;
-    let expires = match addr.params.value("expires") {
+    let expires = match addr.expires_q.0 {
         None => None,
         Some(v) => match digits(v) {
             Ok(("", n)) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
@@ -309,7 +337,7 @@ fn contact_value(input: &str) -> PResult<'_, Contact<'_>> {
             Err(_) => return fail(v, ErrorKind::ExpectedNumber),
         },
     };
-    let q = match addr.params.value("q") {
+    let q = match addr.expires_q.1 {
         None => None,
         Some(v) => Some(qvalue(v).ok_or(nom::Err::Error(GrammarError::new(v, ErrorKind::ExpectedParam)))?),
     };
