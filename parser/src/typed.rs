@@ -293,6 +293,7 @@ pub(crate) fn name_addr_params(input: &str) -> PResult<'_, NameAddr<'_>> {
 
 /// One Contact value: `*` or an address with `expires` and `q`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // Boxing the address would allocate; values live briefly on the stack.
 pub enum Contact<'a> {
     /// `Contact: *` (remove all bindings, with Expires: 0).
     Wildcard,
