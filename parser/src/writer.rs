@@ -374,15 +374,14 @@ pub fn write_response(request: &Message<'_>, spec: &ResponseSpec<'_>, out: &mut 
             }
             HeaderName::Timestamp if spec.code == 100 => out.header("Timestamp", header.value)?,
             HeaderName::To => {
-                out.header("To", header.value)?;
+                out.put(b"To: ")?;
+                out.put(header.value)?;
                 let has_tag = request.to().ok().flatten().is_some_and(|to| to.tag().is_some());
                 if let (Some(tag), false) = (spec.to_tag, has_tag) {
-                    // Undo the CRLF just written to append the tag to the same line.
-                    out.len -= 2;
                     out.put(b";tag=")?;
                     out.put(tag.as_bytes())?;
-                    out.put(b"\r\n")?;
                 }
+                out.put(b"\r\n")?;
             }
             _ => {}
         }
