@@ -6,6 +6,8 @@
 //! stripe of a Call-ID. The call tables, timer wheel and transaction layer
 //! are the subject of the shard-core issue.
 
+pub mod timer;
+
 use sipshard_parser::stripe_of;
 
 /// Default number of stripes per cluster (a power of two, fixed per cluster).
