@@ -7,6 +7,7 @@
 //! are the subject of the shard-core issue.
 
 pub mod timer;
+pub mod transaction;
 
 use sipshard_parser::stripe_of;
 

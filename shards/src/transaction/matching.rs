@@ -1,0 +1,195 @@
+//! Which transaction a message belongs to.
+//!
+//! - A response matches a client transaction by its top Via branch and its
+//!   CSeq method (RFC 3261 §17.1.3): [`ClientKey`].
+//! - A request matches a server transaction (§17.2.3) by the top Via branch,
+//!   the sent-by and the method, an ACK matching its INVITE, when the branch
+//!   carries the magic cookie `z9hG4bK`; otherwise by the RFC 2543 fields
+//!   (Request-URI, From tag, Call-ID, CSeq number, top Via, and for everything
+//!   but ACK the To tag): [`ServerKey`].
+//!
+//! Keys own their text: they outlive the datagram, in the shard's tables.
+
+use serde::{Deserialize, Serialize};
+use sipshard_parser::{Message, Method, ParseError};
+
+/// The method part of a key: ACK and CANCEL are distinguished from the rest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyMethod {
+    /// INVITE (and, for server matching, the ACK of a non-2xx).
+    Invite,
+    /// CANCEL: its own transaction, same branch as the INVITE (§9.2).
+    Cancel,
+    /// ACK, in a client key (never a client transaction of its own).
+    Ack,
+    /// Any other method.
+    Other(Box<str>),
+}
+
+impl KeyMethod {
+    fn of(method: Method<'_>) -> KeyMethod {
+        match method {
+            Method::Invite => KeyMethod::Invite,
+            Method::Cancel => KeyMethod::Cancel,
+            Method::Ack => KeyMethod::Ack,
+            other => KeyMethod::Other(other.as_str().into()),
+        }
+    }
+}
+
+/// Identifies a client transaction; responses carry it back (§17.1.3).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClientKey {
+    /// The branch this element put in its Via.
+    pub branch: Box<str>,
+    /// The request's method.
+    pub method: KeyMethod,
+}
+
+/// Identifies a server transaction (§17.2.3).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ServerKey {
+    /// The branch has the magic cookie.
+    Rfc3261 {
+        /// Top Via branch.
+        branch: Box<str>,
+        /// Top Via sent-by, `host[:port]`, host lower-cased.
+        sent_by: Box<str>,
+        /// Method, ACK folded into INVITE.
+        method: KeyMethod,
+    },
+    /// RFC 2543 peers: no magic cookie.
+    Rfc2543 {
+        /// Request-URI as written.
+        request_uri: Box<str>,
+        /// From tag.
+        from_tag: Box<str>,
+        /// Call-ID.
+        call_id: Box<str>,
+        /// CSeq number.
+        cseq: u32,
+        /// Method, ACK folded into INVITE.
+        method: KeyMethod,
+        /// The top Via value as written.
+        top_via: Box<str>,
+    },
+}
+
+/// Why a message has no transaction key.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum KeyError {
+    /// A header the key needs is missing.
+    Missing(&'static str),
+    /// A header the key needs does not decode.
+    Invalid(ParseError),
+}
+
+impl From<ParseError> for KeyError {
+    fn from(e: ParseError) -> Self {
+        KeyError::Invalid(e)
+    }
+}
+
+/// The client transaction a response belongs to.
+pub fn client_key(response: &Message<'_>) -> Result<ClientKey, KeyError> {
+    let via = response.top_via()?.ok_or(KeyError::Missing("Via"))?;
+    let branch = via.branch.ok_or(KeyError::Missing("branch"))?;
+    let cseq = response.cseq()?.ok_or(KeyError::Missing("CSeq"))?;
+    Ok(ClientKey { branch: branch.into(), method: KeyMethod::of(cseq.method) })
+}
+
+/// The server transaction a request belongs to.
+pub fn server_key(request: &Message<'_>) -> Result<ServerKey, KeyError> {
+    let method = request.method().ok_or(KeyError::Missing("request line"))?;
+    // An ACK for a non-2xx final response belongs to the INVITE's transaction.
+    let method = match method {
+        Method::Ack => KeyMethod::Invite,
+        other => KeyMethod::of(other),
+    };
+    let via = request.top_via()?.ok_or(KeyError::Missing("Via"))?;
+    if via.has_rfc3261_branch() {
+        let branch = via.branch.unwrap_or_default();
+        let mut sent_by = String::with_capacity(via.host.len() + 6);
+        sent_by.push_str(&via.host.to_ascii_lowercase());
+        if let Some(port) = via.port {
+            sent_by.push(':');
+            sent_by.push_str(&port.to_string());
+        }
+        return Ok(ServerKey::Rfc3261 { branch: branch.into(), sent_by: sent_by.into(), method });
+    }
+    let line = request.request_line().ok_or(KeyError::Missing("request line"))?;
+    let from = request.from()?.ok_or(KeyError::Missing("From"))?;
+    let call_id = request.call_id()?.ok_or(KeyError::Missing("Call-ID"))?;
+    let cseq = request.cseq()?.ok_or(KeyError::Missing("CSeq"))?;
+    let top_via = request.header(sipshard_parser::HeaderName::Via).ok_or(KeyError::Missing("Via"))?;
+    let (top_via, _) = split_first(top_via);
+    Ok(ServerKey::Rfc2543 {
+        request_uri: line.uri.into(),
+        from_tag: from.tag().unwrap_or_default().into(),
+        call_id: call_id.into(),
+        cseq: cseq.seq,
+        method,
+        top_via: String::from_utf8_lossy(top_via).into(),
+    })
+}
+
+/// The first comma-separated value of a Via header line.
+fn split_first(value: &[u8]) -> (&[u8], &[u8]) {
+    match value.iter().position(|&c| c == b',') {
+        Some(i) => (value[..i].trim_ascii(), &value[i + 1..]),
+        None => (value.trim_ascii(), &[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sipshard_parser::{HeaderSlot, parse};
+
+    fn with<R>(bytes: &[u8], f: impl FnOnce(&Message<'_>) -> R) -> R {
+        let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
+        f(&parse(bytes, &mut slots).expect("parses"))
+    }
+
+    const INVITE: &[u8] =
+        b"INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP PC33.example:5060;branch=z9hG4bK776\r\n\
+From: <sip:a@a.example>;tag=1\r\nTo: <sip:bob@b.example>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    const ACK: &[u8] = b"ACK sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP pc33.example:5060;branch=z9hG4bK776\r\n\
+From: <sip:a@a.example>;tag=1\r\nTo: <sip:bob@b.example>;tag=x\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n";
+    const CANCEL: &[u8] =
+        b"CANCEL sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP pc33.example:5060;branch=z9hG4bK776\r\n\
+From: <sip:a@a.example>;tag=1\r\nTo: <sip:bob@b.example>\r\nCall-ID: c1\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn ack_matches_its_invite_and_cancel_does_not() {
+        let invite = with(INVITE, |m| server_key(m).unwrap());
+        let ack = with(ACK, |m| server_key(m).unwrap());
+        let cancel = with(CANCEL, |m| server_key(m).unwrap());
+        assert_eq!(invite, ack, "sent-by host compares case-insensitively; ACK folds into INVITE");
+        assert_ne!(invite, cancel);
+    }
+
+    #[test]
+    fn rfc2543_requests_match_on_dialog_fields() {
+        let old = b"INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1\r\nFrom: <sip:a@a>\r\n\
+To: <sip:b@b>\r\nCall-ID: x@y\r\nCSeq: 4 INVITE\r\n\r\n";
+        let key = with(old, |m| server_key(m).unwrap());
+        let ServerKey::Rfc2543 { call_id, cseq, top_via, .. } = &key else { panic!("fallback key expected") };
+        assert_eq!((&**call_id, *cseq, &**top_via), ("x@y", 4, "SIP/2.0/UDP 192.0.2.1"));
+        let bare_cookie = b"OPTIONS sip:b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK\r\nFrom: <sip:a@a>;tag=2\r\n\
+To: <sip:b@b>\r\nCall-ID: q\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        assert!(matches!(with(bare_cookie, |m| server_key(m).unwrap()), ServerKey::Rfc2543 { .. }));
+    }
+
+    #[test]
+    fn responses_match_by_branch_and_cseq_method() {
+        let ok =
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKabc\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            with(ok, |m| client_key(m).unwrap()),
+            ClientKey { branch: "z9hG4bKabc".into(), method: KeyMethod::Cancel }
+        );
+        let no_via = b"SIP/2.0 200 OK\r\nCSeq: 1 BYE\r\n\r\n";
+        assert_eq!(with(no_via, client_key), Err(KeyError::Missing("Via")));
+    }
+}
