@@ -1,0 +1,228 @@
+//! Stripes and who owns them. Every node keeps a [`StripeMap`]: for each
+//! stripe, the owner (node, shard) that processes it now and the replicas
+//! that hold copies, stamped with an epoch. A map with an older epoch than the
+//! one held is ignored (Seastar/Redpanda style), so updates can arrive in any
+//! order. Routing is a pure function of the map and the Call-ID.
+
+use serde::{Deserialize, Serialize};
+use sipshard_parser::stripe_of;
+
+/// Default number of stripes per cluster (a power of two, fixed per cluster).
+pub const DEFAULT_STRIPES: u32 = 1024;
+
+/// Most replicas (owner included) a stripe can have.
+pub const MAX_REPLICAS: usize = 4;
+
+/// A stripe: a fixed slice of the Call-ID space.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StripeId(pub u32);
+
+impl StripeId {
+    /// The stripe of a Call-ID among `stripe_count` stripes (the parser's stable hash).
+    pub fn of_call_id(call_id: &[u8], stripe_count: u32) -> StripeId {
+        StripeId(stripe_of(call_id, stripe_count))
+    }
+}
+
+/// A node of the cluster.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub u16);
+
+/// A shard (core) of a node.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ShardId(pub u16);
+
+/// Where a stripe is processed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    /// The node.
+    pub node: NodeId,
+    /// The shard on that node.
+    pub shard: ShardId,
+}
+
+/// One stripe's placement: the owner first, then the backups.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    replicas: [Option<NodeId>; MAX_REPLICAS],
+    shard: ShardId,
+}
+
+impl Placement {
+    /// The node processing the stripe.
+    pub fn owner_node(&self) -> NodeId {
+        self.replicas[0].expect("invariant: a placement has an owner")
+    }
+
+    /// The backups, in takeover order.
+    pub fn backups(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.replicas[1..].iter().flatten().copied()
+    }
+}
+
+/// Where an input must go.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// This shard owns the stripe.
+    Local,
+    /// Another shard of this node owns it.
+    Shard(ShardId),
+    /// Another node owns it.
+    Node(NodeId),
+}
+
+/// The versioned stripe → owner map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StripeMap {
+    epoch: u64,
+    placements: Vec<Placement>,
+}
+
+impl StripeMap {
+    /// The map for `nodes` nodes of `shards` shards each with `replicas` copies of every stripe,
+    /// computed the same way on every node: stripe `s` lives on shard `s % shards` of node
+    /// `s % nodes`, backed up on the next `replicas - 1` nodes in ring order.
+    pub fn balanced(epoch: u64, stripes: u32, nodes: &[NodeId], shards: u16, replicas: usize) -> StripeMap {
+        assert!(stripes > 0 && !nodes.is_empty() && shards > 0, "invariant: non-empty cluster");
+        let copies = replicas.clamp(1, MAX_REPLICAS).min(nodes.len());
+        let placements = (0..stripes)
+            .map(|s| {
+                let mut replicas = [None; MAX_REPLICAS];
+                for (i, slot) in replicas.iter_mut().take(copies).enumerate() {
+                    *slot = Some(nodes[(s as usize + i) % nodes.len()]);
+                }
+                Placement { replicas, shard: ShardId((s % u32::from(shards)) as u16) }
+            })
+            .collect();
+        StripeMap { epoch, placements }
+    }
+
+    /// The map's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// How many stripes.
+    pub fn stripe_count(&self) -> u32 {
+        self.placements.len() as u32
+    }
+
+    /// Installs `newer` if its epoch is higher; returns whether it was installed.
+    pub fn update(&mut self, newer: StripeMap) -> bool {
+        if newer.epoch <= self.epoch || newer.placements.len() != self.placements.len() {
+            return false;
+        }
+        *self = newer;
+        true
+    }
+
+    /// A stripe's placement.
+    pub fn placement(&self, stripe: StripeId) -> &Placement {
+        &self.placements[stripe.0 as usize]
+    }
+
+    /// The owner of a stripe.
+    pub fn owner(&self, stripe: StripeId) -> Owner {
+        let placement = self.placement(stripe);
+        Owner { node: placement.owner_node(), shard: placement.shard }
+    }
+
+    /// Where an input for `stripe` received by (`node`, `shard`) must go.
+    pub fn route(&self, stripe: StripeId, node: NodeId, shard: ShardId) -> Route {
+        let owner = self.owner(stripe);
+        if owner.node != node {
+            Route::Node(owner.node)
+        } else if owner.shard != shard {
+            Route::Shard(owner.shard)
+        } else {
+            Route::Local
+        }
+    }
+
+    /// A new map (epoch + 1) where every stripe owned by `dead` moves to its first live backup.
+    pub fn without(&self, dead: NodeId) -> StripeMap {
+        let placements = self
+            .placements
+            .iter()
+            .map(|p| {
+                let mut replicas = [None; MAX_REPLICAS];
+                let live = p.replicas.iter().flatten().copied().filter(|&n| n != dead);
+                for (slot, node) in replicas.iter_mut().zip(live) {
+                    *slot = Some(node);
+                }
+                // A stripe whose every copy was on the dead node stays put: nobody can take it.
+                if replicas[0].is_none() {
+                    return *p;
+                }
+                Placement { replicas, shard: p.shard }
+            })
+            .collect();
+        StripeMap { epoch: self.epoch + 1, placements }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: u16) -> Vec<NodeId> {
+        (0..n).map(NodeId).collect()
+    }
+
+    #[test]
+    fn stripe_id_agrees_with_the_parser_hash() {
+        let id = b"3848276298220188511@atlanta.example.com";
+        assert_eq!(StripeId::of_call_id(id, DEFAULT_STRIPES).0, stripe_of(id, DEFAULT_STRIPES));
+        assert_eq!(StripeId::of_call_id(b"a84b4c76e66710@pc33.atlanta.com", 1024), StripeId(521));
+    }
+
+    #[test]
+    fn balanced_maps_spread_owners_and_backups() {
+        let map = StripeMap::balanced(1, 1024, &nodes(3), 2, 2);
+        let mut per_owner = std::collections::HashMap::new();
+        for s in 0..1024 {
+            let placement = map.placement(StripeId(s));
+            let backups: Vec<_> = placement.backups().collect();
+            assert_eq!(backups.len(), 1);
+            assert_ne!(backups[0], placement.owner_node());
+            *per_owner.entry(map.owner(StripeId(s))).or_insert(0) += 1;
+        }
+        assert_eq!(per_owner.len(), 6, "3 nodes x 2 shards all own stripes");
+        assert!(per_owner.values().all(|&n| (160..=180).contains(&n)), "{per_owner:?}");
+    }
+
+    #[test]
+    fn stale_updates_are_ignored() {
+        let mut map = StripeMap::balanced(5, 64, &nodes(3), 2, 2);
+        assert!(!map.update(StripeMap::balanced(4, 64, &nodes(2), 2, 2)));
+        assert!(!map.update(StripeMap::balanced(5, 64, &nodes(2), 2, 2)));
+        assert_eq!(map.epoch(), 5);
+        assert!(map.update(map.without(NodeId(1))));
+        assert_eq!(map.epoch(), 6);
+    }
+
+    #[test]
+    fn a_dead_nodes_stripes_move_to_their_backup() {
+        let map = StripeMap::balanced(1, 64, &nodes(3), 2, 2);
+        let after = map.without(NodeId(2));
+        for s in (0..64).map(StripeId) {
+            let before = map.placement(s);
+            let now = after.owner(s);
+            assert_ne!(now.node, NodeId(2));
+            if before.owner_node() == NodeId(2) {
+                assert_eq!(Some(now.node), before.backups().next(), "backup takes over");
+            } else {
+                assert_eq!(now, map.owner(s), "other stripes do not move");
+            }
+        }
+    }
+
+    #[test]
+    fn routing_is_local_shard_or_node() {
+        let map = StripeMap::balanced(1, 8, &nodes(2), 2, 2);
+        let stripe = StripeId(3); // node 1, shard 1
+        assert_eq!(map.route(stripe, NodeId(1), ShardId(1)), Route::Local);
+        assert_eq!(map.route(stripe, NodeId(1), ShardId(0)), Route::Shard(ShardId(1)));
+        assert_eq!(map.route(stripe, NodeId(0), ShardId(1)), Route::Node(NodeId(1)));
+    }
+}
