@@ -10,5 +10,6 @@ pub mod timer;
 pub mod transaction;
 
 pub mod stripe;
+pub mod table;
 
 pub use stripe::{DEFAULT_STRIPES, NodeId, Owner, Route, ShardId, StripeId, StripeMap};

@@ -1,0 +1,422 @@
+//! Call tables: per-stripe hashbrown maps of versioned records with the
+//! "library book" contract (US 8,001,250): [`CallTable::get_and_lock`] checks
+//! a record out, a second checkout of the same key is refused until
+//! [`CallTable::put_and_unlock`] checks it back in. Every check-in and removal
+//! bumps the version and emits one [`Change`] on the change feed, which
+//! replication, geo shipping and the cold path consume.
+//!
+//! Bounded: at most `capacity` live records per shard; a new key beyond it is
+//! refused ([`TableError::Full`], the role answers 503 with Retry-After) and
+//! existing records are never evicted. Records cross the wire and the disk in
+//! one format ([`codec`]).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::stripe::StripeId;
+
+/// Flags on a check-in: what just became true of the record (a transaction boundary).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Hints(pub u8);
+
+impl Hints {
+    /// No hint: the state is still changing.
+    pub const NONE: Hints = Hints(0);
+    /// A dialog was confirmed (2xx/ACK): steady state, worth shipping to the other site.
+    pub const DIALOG_CONFIRMED: Hints = Hints(1);
+    /// The call ended.
+    pub const CALL_ENDED: Hints = Hints(2);
+    /// The record was removed.
+    pub const REMOVED: Hints = Hints(4);
+
+    /// Whether all flags of `other` are set.
+    pub fn contains(self, other: Hints) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for Hints {
+    type Output = Hints;
+    fn bitor(self, rhs: Hints) -> Hints {
+        Hints(self.0 | rhs.0)
+    }
+}
+
+/// One entry of the change feed: a check-in or a removal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The record's stripe.
+    pub stripe: StripeId,
+    /// The record's key.
+    pub key: Box<[u8]>,
+    /// The version after this change.
+    pub version: u64,
+    /// What the role said about this change.
+    pub hints: Hints,
+    /// The encoded record ([`codec`]); empty for a removal.
+    pub bytes: Vec<u8>,
+}
+
+/// A record checked out of the table.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Checkout<R> {
+    /// The record (`None` when the key is new).
+    pub record: Option<R>,
+    /// Its version (0 for a new key).
+    pub version: u64,
+}
+
+/// Why a table operation was refused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TableError {
+    /// The record is checked out (library-book rule): retry after its check-in.
+    Busy,
+    /// The shard holds its maximum of live records: refuse the new call.
+    Full,
+    /// The key is not checked out (put/unlock without get).
+    NotCheckedOut,
+}
+
+#[derive(Debug)]
+struct Slot<R> {
+    version: u64,
+    /// `None` while checked out, or while a new key awaits its first check-in.
+    record: Option<R>,
+    checked_out: bool,
+}
+
+/// A shard's call table.
+#[derive(Debug)]
+pub struct CallTable<R> {
+    stripes: hashbrown::HashMap<StripeId, hashbrown::HashMap<Box<[u8]>, Slot<R>>>,
+    live: usize,
+    capacity: usize,
+    feed: std::collections::VecDeque<Change>,
+}
+
+impl<R: Serialize + DeserializeOwned> CallTable<R> {
+    /// A table for at most `capacity` live records.
+    pub fn new(capacity: usize) -> Self {
+        CallTable { stripes: hashbrown::HashMap::new(), live: 0, capacity, feed: std::collections::VecDeque::new() }
+    }
+
+    /// Live records (checked out ones included).
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether the table holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// The configured maximum of live records.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Checks out the record under `key`, creating an empty slot when `create` and the key is new.
+    pub fn get_and_lock(&mut self, stripe: StripeId, key: &[u8], create: bool) -> Result<Checkout<R>, TableError> {
+        if let Some(slot) = self.stripes.get_mut(&stripe).and_then(|s| s.get_mut(key)) {
+            if slot.checked_out {
+                return Err(TableError::Busy);
+            }
+            slot.checked_out = true;
+            return Ok(Checkout { record: slot.record.take(), version: slot.version });
+        }
+        if !create {
+            return Ok(Checkout { record: None, version: 0 });
+        }
+        if self.live >= self.capacity {
+            return Err(TableError::Full);
+        }
+        self.live += 1;
+        self.stripes
+            .entry(stripe)
+            .or_default()
+            .insert(key.into(), Slot { version: 0, record: None, checked_out: true });
+        Ok(Checkout { record: None, version: 0 })
+    }
+
+    /// Checks a record back in: bumps its version and emits one change. Returns the new version.
+    pub fn put_and_unlock(&mut self, stripe: StripeId, key: &[u8], record: R, hints: Hints) -> Result<u64, TableError> {
+        let slot = self.checked_out_slot(stripe, key)?;
+        slot.version += 1;
+        let version = slot.version;
+        let bytes = codec::encode(stripe, version, &record);
+        slot.record = Some(record);
+        slot.checked_out = false;
+        self.feed.push_back(Change { stripe, key: key.into(), version, hints, bytes });
+        Ok(version)
+    }
+
+    /// Returns a checked-out record unchanged: no version bump, no change. A new key with
+    /// nothing to store is dropped.
+    pub fn unlock(&mut self, stripe: StripeId, key: &[u8], record: Option<R>) -> Result<(), TableError> {
+        let slot = self.checked_out_slot(stripe, key)?;
+        match record {
+            Some(record) => {
+                slot.record = Some(record);
+                slot.checked_out = false;
+            }
+            None if slot.version == 0 => {
+                self.drop_slot(stripe, key);
+            }
+            None => return Err(TableError::NotCheckedOut),
+        }
+        Ok(())
+    }
+
+    /// Removes a record (checked out or not) and emits a removal change.
+    pub fn remove(&mut self, stripe: StripeId, key: &[u8], hints: Hints) -> Option<u64> {
+        let version = self.stripes.get(&stripe)?.get(key)?.version + 1;
+        self.drop_slot(stripe, key);
+        self.feed.push_back(Change {
+            stripe,
+            key: key.into(),
+            version,
+            hints: hints | Hints::REMOVED,
+            bytes: Vec::new(),
+        });
+        Some(version)
+    }
+
+    /// The next change of the feed.
+    pub fn poll_change(&mut self) -> Option<Change> {
+        self.feed.pop_front()
+    }
+
+    /// Installs a record received from a replica or the cold store, unless this table
+    /// already has that version or a newer one. Returns whether it was installed.
+    pub fn install(&mut self, stripe: StripeId, key: &[u8], version: u64, record: R) -> Result<bool, TableError> {
+        let table = self.stripes.entry(stripe).or_default();
+        match table.get_mut(key) {
+            Some(slot) if slot.checked_out => Err(TableError::Busy),
+            Some(slot) if slot.version >= version => Ok(false),
+            Some(slot) => {
+                slot.version = version;
+                slot.record = Some(record);
+                Ok(true)
+            }
+            None if self.live >= self.capacity => Err(TableError::Full),
+            None => {
+                self.live += 1;
+                table.insert(key.into(), Slot { version, record: Some(record), checked_out: false });
+                Ok(true)
+            }
+        }
+    }
+
+    /// Reads a record that is not checked out (for inspection; roles use get_and_lock).
+    pub fn peek(&self, stripe: StripeId, key: &[u8]) -> Option<(&R, u64)> {
+        let slot = self.stripes.get(&stripe)?.get(key)?;
+        slot.record.as_ref().map(|r| (r, slot.version))
+    }
+
+    /// Every record of a stripe that is not checked out, for snapshots.
+    pub fn stripe_records(&self, stripe: StripeId) -> impl Iterator<Item = (&[u8], &R, u64)> {
+        self.stripes
+            .get(&stripe)
+            .into_iter()
+            .flat_map(|t| t.iter())
+            .filter_map(|(k, s)| s.record.as_ref().map(|r| (&**k, r, s.version)))
+    }
+
+    fn checked_out_slot(&mut self, stripe: StripeId, key: &[u8]) -> Result<&mut Slot<R>, TableError> {
+        match self.stripes.get_mut(&stripe).and_then(|s| s.get_mut(key)) {
+            Some(slot) if slot.checked_out => Ok(slot),
+            _ => Err(TableError::NotCheckedOut),
+        }
+    }
+
+    fn drop_slot(&mut self, stripe: StripeId, key: &[u8]) {
+        if let Some(table) = self.stripes.get_mut(&stripe) {
+            if table.remove(key).is_some() {
+                self.live -= 1;
+            }
+            if table.is_empty() {
+                self.stripes.remove(&stripe);
+            }
+        }
+    }
+}
+
+/// The record format, on the replica wire and on disk:
+///
+/// ```text
+/// format:u8 (=1) | stripe:u32 LE | version:u64 LE | length:u32 LE | postcard body | crc32:u32 LE
+/// ```
+///
+/// The CRC-32 covers everything before it. Encode asserts the result decodes
+/// back to the same header; decode checks format, length and checksum before
+/// trusting a byte (TigerBeetle: assert on both sides).
+pub mod codec {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use crate::stripe::StripeId;
+
+    /// The current format byte.
+    pub const FORMAT: u8 = 1;
+    const HEADER: usize = 1 + 4 + 8 + 4;
+    const TRAILER: usize = 4;
+
+    /// Why a record did not decode.
+    #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+    pub enum CodecError {
+        /// Shorter than its header and trailer, or than its stated length.
+        Truncated,
+        /// An unknown format byte.
+        UnknownFormat(u8),
+        /// The checksum does not match (corruption).
+        Checksum,
+        /// The body does not deserialize.
+        Body,
+    }
+
+    /// Header fields of an encoded record.
+    #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+    pub struct RecordHeader {
+        /// Stripe of the record.
+        pub stripe: StripeId,
+        /// Version of the record.
+        pub version: u64,
+    }
+
+    /// Encodes a record.
+    pub fn encode<R: Serialize>(stripe: StripeId, version: u64, record: &R) -> Vec<u8> {
+        let body = postcard::to_stdvec(record).expect("invariant: records serialize");
+        let mut out = Vec::with_capacity(HEADER + body.len() + TRAILER);
+        out.push(FORMAT);
+        out.extend_from_slice(&stripe.0.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(body.len()).expect("invariant: record under 4 GiB").to_le_bytes());
+        out.extend_from_slice(&body);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        debug_assert_eq!(header(&out), Ok(RecordHeader { stripe, version }), "invariant: encode round-trips");
+        out
+    }
+
+    /// Checks framing and checksum and returns the header.
+    pub fn header(bytes: &[u8]) -> Result<RecordHeader, CodecError> {
+        body_span(bytes).map(|(h, _)| h)
+    }
+
+    fn body_span(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), CodecError> {
+        if bytes.len() < HEADER + TRAILER {
+            return Err(CodecError::Truncated);
+        }
+        if bytes[0] != FORMAT {
+            return Err(CodecError::UnknownFormat(bytes[0]));
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("invariant: 4 bytes"));
+        let length = u32_at(13) as usize;
+        if bytes.len() != HEADER + length + TRAILER {
+            return Err(CodecError::Truncated);
+        }
+        let crc_at = HEADER + length;
+        if crc32fast::hash(&bytes[..crc_at]) != u32_at(crc_at) {
+            return Err(CodecError::Checksum);
+        }
+        let stripe = StripeId(u32_at(1));
+        let version = u64::from_le_bytes(bytes[5..13].try_into().expect("invariant: 8 bytes"));
+        Ok((RecordHeader { stripe, version }, &bytes[HEADER..crc_at]))
+    }
+
+    /// Decodes a record after checking framing and checksum.
+    pub fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<(RecordHeader, R), CodecError> {
+        let (header, body) = body_span(bytes)?;
+        let record = postcard::from_bytes(body).map_err(|_| CodecError::Body)?;
+        Ok((header, record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::codec::{CodecError, RecordHeader};
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    struct Call {
+        state: u8,
+        timers: Vec<(u8, u64)>,
+    }
+
+    const S: StripeId = StripeId(7);
+
+    #[test]
+    fn second_checkout_is_refused_until_check_in() {
+        let mut table: CallTable<Call> = CallTable::new(10);
+        let first = table.get_and_lock(S, b"call-1", true).unwrap();
+        assert_eq!(first, Checkout { record: None, version: 0 });
+        assert_eq!(table.get_and_lock(S, b"call-1", true), Err(TableError::Busy));
+        let v = table.put_and_unlock(S, b"call-1", Call { state: 1, timers: vec![] }, Hints::NONE).unwrap();
+        assert_eq!(v, 1);
+        let again = table.get_and_lock(S, b"call-1", false).unwrap();
+        assert_eq!(again.version, 1);
+        assert_eq!(again.record.unwrap().state, 1);
+    }
+
+    #[test]
+    fn every_check_in_bumps_the_version_and_emits_one_change() {
+        let mut table: CallTable<Call> = CallTable::new(10);
+        for expected in 1..=3u64 {
+            table.get_and_lock(S, b"k", true).unwrap();
+            let version = table
+                .put_and_unlock(S, b"k", Call { state: expected as u8, timers: vec![] }, Hints::DIALOG_CONFIRMED)
+                .unwrap();
+            assert_eq!(version, expected);
+            let change = table.poll_change().expect("one change per check-in");
+            assert_eq!((change.stripe, change.version, change.hints), (S, expected, Hints::DIALOG_CONFIRMED));
+            assert_eq!(codec::header(&change.bytes), Ok(RecordHeader { stripe: S, version: expected }));
+            assert_eq!(table.poll_change(), None);
+        }
+        table.get_and_lock(S, b"k", false).unwrap();
+        table.unlock(S, b"k", Some(Call { state: 9, timers: vec![] })).unwrap();
+        assert_eq!(table.poll_change(), None, "unlock without changes emits nothing");
+        assert_eq!(table.remove(S, b"k", Hints::CALL_ENDED), Some(4));
+        let removal = table.poll_change().unwrap();
+        assert!(removal.hints.contains(Hints::REMOVED | Hints::CALL_ENDED));
+        assert!(removal.bytes.is_empty());
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn capacity_refuses_new_keys_and_never_evicts() {
+        let mut table: CallTable<Call> = CallTable::new(2);
+        for key in [&b"a"[..], b"b"] {
+            table.get_and_lock(S, key, true).unwrap();
+            table.put_and_unlock(S, key, Call { state: 0, timers: vec![] }, Hints::NONE).unwrap();
+        }
+        assert_eq!(table.get_and_lock(S, b"c", true), Err(TableError::Full));
+        assert!(table.peek(S, b"a").is_some() && table.peek(S, b"b").is_some());
+        assert_eq!(table.get_and_lock(S, b"a", false).unwrap().version, 1, "existing records still check out");
+        table.remove(S, b"b", Hints::NONE);
+        assert!(table.get_and_lock(S, b"c", true).is_ok(), "room again after a removal");
+    }
+
+    #[test]
+    fn records_survive_the_codec_with_timers_and_corruption_is_detected() {
+        let call = Call { state: 3, timers: vec![(b'B', 32_000), (b'H', 64_000)] };
+        let bytes = codec::encode(S, 42, &call);
+        let (header, back): (RecordHeader, Call) = codec::decode(&bytes).unwrap();
+        assert_eq!(header, RecordHeader { stripe: S, version: 42 });
+        assert_eq!(back, call);
+        for i in 0..bytes.len() {
+            let mut corrupt = bytes.clone();
+            corrupt[i] ^= 0x40;
+            assert!(codec::decode::<Call>(&corrupt).is_err(), "flip at byte {i} went unnoticed");
+        }
+        assert_eq!(codec::decode::<Call>(&bytes[..bytes.len() - 1]), Err(CodecError::Truncated));
+    }
+
+    #[test]
+    fn install_keeps_the_newest_version() {
+        let mut table: CallTable<Call> = CallTable::new(4);
+        assert_eq!(table.install(S, b"k", 5, Call { state: 5, timers: vec![] }), Ok(true));
+        assert_eq!(table.install(S, b"k", 4, Call { state: 4, timers: vec![] }), Ok(false));
+        assert_eq!(table.peek(S, b"k").map(|(c, v)| (c.state, v)), Some((5, 5)));
+        assert_eq!(table.stripe_records(S).count(), 1);
+    }
+}
