@@ -9,7 +9,10 @@
 pub mod timer;
 pub mod transaction;
 
+pub mod shard;
 pub mod stripe;
 pub mod table;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use stripe::{DEFAULT_STRIPES, NodeId, Owner, Route, ShardId, StripeId, StripeMap};

@@ -80,8 +80,8 @@ pub struct StripeMap {
 
 impl StripeMap {
     /// The map for `nodes` nodes of `shards` shards each with `replicas` copies of every stripe,
-    /// computed the same way on every node: stripe `s` lives on shard `s % shards` of node
-    /// `s % nodes`, backed up on the next `replicas - 1` nodes in ring order.
+    /// computed the same way on every node: stripe `s` lives on node `s % nodes`, shard
+    /// `(s / nodes) % shards`, backed up on the next `replicas - 1` nodes in ring order.
     pub fn balanced(epoch: u64, stripes: u32, nodes: &[NodeId], shards: u16, replicas: usize) -> StripeMap {
         assert!(stripes > 0 && !nodes.is_empty() && shards > 0, "invariant: non-empty cluster");
         let copies = replicas.clamp(1, MAX_REPLICAS).min(nodes.len());
@@ -91,7 +91,7 @@ impl StripeMap {
                 for (i, slot) in replicas.iter_mut().take(copies).enumerate() {
                     *slot = Some(nodes[(s as usize + i) % nodes.len()]);
                 }
-                Placement { replicas, shard: ShardId((s % u32::from(shards)) as u16) }
+                Placement { replicas, shard: ShardId(((s / nodes.len() as u32) % u32::from(shards)) as u16) }
             })
             .collect();
         StripeMap { epoch, placements }
@@ -189,6 +189,15 @@ mod tests {
         }
         assert_eq!(per_owner.len(), 6, "3 nodes x 2 shards all own stripes");
         assert!(per_owner.values().all(|&n| (160..=180).contains(&n)), "{per_owner:?}");
+    }
+
+    #[test]
+    fn every_shard_of_every_node_owns_stripes_whatever_the_shape() {
+        for (n, shards) in [(1u16, 1u16), (1, 4), (2, 2), (2, 4), (3, 3), (4, 2), (4, 16)] {
+            let map = StripeMap::balanced(1, 1024, &nodes(n), shards, 2);
+            let owners: std::collections::HashSet<Owner> = (0..1024).map(|s| map.owner(StripeId(s))).collect();
+            assert_eq!(owners.len(), usize::from(n * shards), "{n} nodes x {shards} shards");
+        }
     }
 
     #[test]

@@ -2,4 +2,5 @@
 //! habit): the CLI end to end, and the workspace's tidy rules.
 
 mod cli_parse;
+mod cluster;
 mod tidy;

@@ -1,0 +1,578 @@
+//! One shard: the sans-IO state machine a core runs (STYLE.md rule 1).
+//!
+//! Run loop (the only one, implemented by the driver in `src/` and by the
+//! test `Cluster`): `shard.handle(now, input)`, then `shard.poll_output()`
+//! until `None`, then sleep until `shard.poll_timeout()`.
+//!
+//! What `handle` does with a datagram: find its Call-ID with the parser's
+//! fast scan, compute the stripe, and if another shard or node owns the
+//! stripe, say so ([`Output::Forward`], [`Output::ForwardToNode`]: the driver
+//! moves the buffer it still holds). The owner parses the message, matches it
+//! to a server transaction (§17.2.3), checks the call's record out of the
+//! table, runs the transaction and its user (the role), checks the record
+//! back in, and only then emits the messages and arms the timers the change
+//! caused. Timers are stored in the record as deadlines, so a replica or a
+//! restarted node can re-arm them.
+
+use core::time::Duration;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sipshard_parser::{HeaderSlot, Message, Method, ResponseSpec, peek_call_id, write_response};
+
+use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
+use crate::table::{CallTable, Change, Hints, TableError};
+use crate::timer::{TimerId, TimerWheel};
+use crate::transaction::matching::{ServerKey, server_key};
+use crate::transaction::{
+    Action, Actions, ResponseClass, ServerEvent, ServerInvite, ServerNonInvite, TimerConfig, TxnTimer,
+};
+
+/// How a peer reached us.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Transport {
+    /// UDP: unreliable, retransmissions by the transaction layer.
+    Udp,
+    /// TCP: reliable; responses go back on the same connection (§18.2.2).
+    Tcp,
+}
+
+/// The other end of a message.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Peer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The transport.
+    pub transport: Transport,
+}
+
+/// Something for the shard to handle.
+#[derive(Copy, Clone, Debug)]
+pub enum Input<'a> {
+    /// A datagram (or a framed stream message) received from a peer.
+    Datagram {
+        /// Who sent it.
+        peer: Peer,
+        /// The message.
+        bytes: &'a [u8],
+    },
+    /// A message another shard of this node routed here (its stripe is ours).
+    Forwarded {
+        /// Who sent it originally.
+        peer: Peer,
+        /// The message.
+        bytes: &'a [u8],
+    },
+    /// A message another node routed here.
+    FromNode {
+        /// The node that received it.
+        node: NodeId,
+        /// Who sent it originally.
+        peer: Peer,
+        /// The message.
+        bytes: &'a [u8],
+    },
+    /// Time passed: fire due timers.
+    Timeout,
+}
+
+/// Something for the driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send bytes to a peer.
+    Transmit {
+        /// Destination.
+        peer: Peer,
+        /// The message.
+        bytes: Vec<u8>,
+    },
+    /// Move the input just handled, unchanged, to another shard of this node.
+    Forward {
+        /// The owning shard.
+        shard: ShardId,
+    },
+    /// Move the input just handled, unchanged, to another node.
+    ForwardToNode {
+        /// The owning node.
+        node: NodeId,
+    },
+    /// A change of the call tables, for replication (only when enabled).
+    Replicate(Change),
+}
+
+/// What the transaction user (the role) answers to a new request.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TuAnswer {
+    /// Answer with this status code and reason phrase.
+    Respond(u16, &'static str),
+    /// Do not answer (yet).
+    Nothing,
+}
+
+/// The transaction user: the role above the transaction layer.
+pub trait TransactionUser {
+    /// A request created a server transaction; the shard that runs it is `(node, shard)`.
+    fn on_request(&mut self, node: NodeId, shard: ShardId, request: &Message<'_>) -> TuAnswer;
+    /// A server transaction timed out (timer H) or its transport failed.
+    fn on_failure(&mut self, _call_id: &[u8]) {}
+}
+
+/// A shard's configuration.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// This node.
+    pub node: NodeId,
+    /// This shard.
+    pub shard: ShardId,
+    /// The initial stripe map.
+    pub stripes: StripeMap,
+    /// Most live call records (beyond: 503 with Retry-After).
+    pub max_calls: usize,
+    /// Most armed timers.
+    pub max_timers: usize,
+    /// T1, T2, T4.
+    pub timers: TimerConfig,
+    /// Seed of the per-shard generator of tags and branches.
+    pub seed: u64,
+    /// Whether table changes are emitted as [`Output::Replicate`].
+    pub replicate: bool,
+    /// Retry-After seconds on 503 when full.
+    pub retry_after_s: u32,
+}
+
+/// Counters a shard keeps (no locks: the driver copies them out).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Messages handled here because this shard owns their stripe.
+    pub local: u64,
+    /// Messages moved to another shard of this node.
+    pub forwarded_to_shard: u64,
+    /// Messages moved to another node.
+    pub forwarded_to_node: u64,
+    /// Datagrams without a Call-ID, or that did not parse: dropped.
+    pub dropped_malformed: u64,
+    /// Responses with no transaction here (forwarding them is the proxy's job).
+    pub stray_responses: u64,
+    /// Server transactions created.
+    pub transactions_created: u64,
+    /// Server transactions ended.
+    pub transactions_ended: u64,
+    /// Transactions that timed out (timer H) or whose transport failed.
+    pub transaction_failures: u64,
+    /// Requests absorbed or answered as retransmissions.
+    pub retransmissions_received: u64,
+    /// Responses sent, retransmissions included.
+    pub responses_sent: u64,
+    /// New calls refused with 503 because the table was full.
+    pub refused_full: u64,
+}
+
+/// A server transaction as stored in its call's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerTxn {
+    /// Shard-unique id (names the transaction's timers in the wheel).
+    pub id: u64,
+    /// §17.2.3 key.
+    pub key: ServerKey,
+    /// State machine.
+    pub fsm: ServerFsm,
+    /// Where responses go.
+    pub peer: Peer,
+    /// The latest response, for retransmission.
+    pub response: Vec<u8>,
+    /// Armed timers and their deadlines (ms on the shard's clock).
+    pub timers: Vec<(TxnTimer, u64)>,
+}
+
+/// The state machine of a server transaction.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFsm {
+    /// Figure 7.
+    Invite(ServerInvite),
+    /// Figure 8.
+    NonInvite(ServerNonInvite),
+}
+
+impl ServerFsm {
+    fn on(&mut self, event: ServerEvent, cfg: &TimerConfig) -> Actions {
+        match self {
+            ServerFsm::Invite(fsm) => fsm.on(event, cfg),
+            ServerFsm::NonInvite(fsm) => fsm.on(event, cfg),
+        }
+    }
+}
+
+/// The record of one call (all state of a Call-ID lives in its stripe).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// Live server transactions.
+    pub transactions: Vec<ServerTxn>,
+}
+
+/// Most transactions one call record holds (a call has few at a time).
+pub const MAX_TXNS_PER_CALL: usize = 16;
+
+/// Outputs one `handle` can queue before the driver must drain them.
+const MAX_OUTPUTS: usize = 1_024;
+
+/// One shard.
+pub struct Shard<T> {
+    config: ShardConfig,
+    stripes: StripeMap,
+    table: CallTable<CallRecord>,
+    wheel: TimerWheel<(u64, TxnTimer)>,
+    /// Timers armed in the wheel, by (transaction id, timer).
+    armed: hashbrown::HashMap<(u64, TxnTimer), TimerId>,
+    /// Which call each live transaction belongs to.
+    txn_calls: hashbrown::HashMap<u64, (StripeId, Box<[u8]>)>,
+    outputs: std::collections::VecDeque<Output>,
+    epoch: Instant,
+    next_txn: u64,
+    rng: u64,
+    stats: ShardStats,
+    tu: T,
+}
+
+impl<T: TransactionUser> Shard<T> {
+    /// A shard starting at `now`.
+    pub fn new(config: ShardConfig, tu: T, now: Instant) -> Self {
+        Shard {
+            stripes: config.stripes.clone(),
+            table: CallTable::new(config.max_calls),
+            wheel: TimerWheel::new(config.max_timers, 0),
+            armed: hashbrown::HashMap::new(),
+            txn_calls: hashbrown::HashMap::new(),
+            outputs: std::collections::VecDeque::new(),
+            epoch: now,
+            next_txn: 1,
+            rng: config.seed | 1,
+            stats: ShardStats::default(),
+            tu,
+            config,
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ShardStats {
+        self.stats
+    }
+
+    /// The transaction user.
+    pub fn tu(&self) -> &T {
+        &self.tu
+    }
+
+    /// Live call records.
+    pub fn calls(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Armed timers.
+    pub fn armed_timers(&self) -> usize {
+        self.wheel.len()
+    }
+
+    /// Live server transactions.
+    pub fn transactions(&self) -> usize {
+        self.txn_calls.len()
+    }
+
+    /// The stripe map in force.
+    pub fn stripe_map(&self) -> &StripeMap {
+        &self.stripes
+    }
+
+    /// Installs a newer stripe map (stale ones are ignored).
+    pub fn update_stripes(&mut self, map: StripeMap) -> bool {
+        self.stripes.update(map)
+    }
+
+    /// The next output, until `None`.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When to call `handle(_, Input::Timeout)` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.wheel.next_deadline_ms().map(|ms| self.epoch + Duration::from_millis(ms))
+    }
+
+    /// A fresh token for tags and branches, from the seeded per-shard generator.
+    pub fn next_token(&mut self) -> u64 {
+        // xorshift64*: deterministic per seed, so tests replay exactly.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Handles one input; then drain [`Self::poll_output`].
+    pub fn handle(&mut self, now: Instant, input: Input<'_>) {
+        assert!(self.outputs.len() < MAX_OUTPUTS, "invariant: the driver drains outputs after every input");
+        let now_ms = self.now_ms(now);
+        match input {
+            Input::Timeout => self.fire_timers(now_ms),
+            Input::Datagram { peer, bytes } => self.receive(now_ms, peer, bytes, true),
+            Input::Forwarded { peer, bytes } | Input::FromNode { peer, bytes, .. } => {
+                self.receive(now_ms, peer, bytes, false)
+            }
+        }
+        while let Some(change) = self.table.poll_change() {
+            if self.config.replicate {
+                self.outputs.push_back(Output::Replicate(change));
+            }
+        }
+    }
+
+    fn receive(&mut self, now_ms: u64, peer: Peer, bytes: &[u8], may_forward: bool) {
+        let Some(call_id) = peek_call_id(bytes) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let stripe = StripeId::of_call_id(call_id, self.stripes.stripe_count());
+        match self.stripes.route(stripe, self.config.node, self.config.shard) {
+            Route::Local => {}
+            // A message routed here by a peer with an older map is processed anyway: the
+            // sender believed we own it, and bouncing it could loop until the maps agree.
+            _ if !may_forward => {}
+            Route::Shard(shard) => {
+                self.stats.forwarded_to_shard += 1;
+                self.outputs.push_back(Output::Forward { shard });
+                return;
+            }
+            Route::Node(node) => {
+                self.stats.forwarded_to_node += 1;
+                self.outputs.push_back(Output::ForwardToNode { node });
+                return;
+            }
+        }
+        self.stats.local += 1;
+        let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
+        let Ok(msg) = sipshard_parser::parse(bytes, &mut slots) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        if !msg.is_request() {
+            self.stats.stray_responses += 1;
+            return;
+        }
+        let Ok(key) = server_key(&msg) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        self.on_request(now_ms, stripe, call_id, peer, &msg, key);
+    }
+
+    fn on_request(
+        &mut self,
+        now_ms: u64,
+        stripe: StripeId,
+        call_id: &[u8],
+        peer: Peer,
+        msg: &Message<'_>,
+        key: ServerKey,
+    ) {
+        let is_ack = msg.method() == Some(Method::Ack);
+        let mut record = match self.table.get_and_lock(stripe, call_id, !is_ack) {
+            Ok(checkout) => checkout.record.unwrap_or_default(),
+            Err(TableError::Full) => {
+                self.stats.refused_full += 1;
+                self.respond_stateless(msg, peer, 503, "Service Unavailable");
+                return;
+            }
+            Err(e) => panic!("invariant: a shard never holds a checkout across inputs ({e:?})"),
+        };
+        let mut sends: Vec<(Peer, Vec<u8>)> = Vec::new();
+        let mut timer_ops: Vec<TimerOp> = Vec::new();
+        let existing = record.transactions.iter().position(|t| t.key == key);
+        match existing {
+            Some(i) => {
+                self.stats.retransmissions_received += u64::from(!is_ack);
+                let event = if is_ack { ServerEvent::Ack } else { ServerEvent::Request };
+                let actions = record.transactions[i].fsm.on(event, &self.config.timers);
+                self.apply(now_ms, &mut record, i, actions, &mut sends, &mut timer_ops);
+            }
+            None if is_ack => {
+                // An ACK for a 2xx (its own transaction, §17.1.1.3) or for nothing we know: the TU's business.
+                if record.transactions.is_empty() {
+                    self.table.unlock(stripe, call_id, None).expect("invariant: checked out above");
+                } else {
+                    self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out above");
+                }
+                return;
+            }
+            None if record.transactions.len() >= MAX_TXNS_PER_CALL => {
+                self.check_in(stripe, call_id, record, Hints::NONE);
+                self.respond_stateless(msg, peer, 503, "Service Unavailable");
+                return;
+            }
+            None => {
+                let id = self.next_txn;
+                self.next_txn += 1;
+                let reliable = peer.transport == Transport::Tcp;
+                let fsm = if msg.method() == Some(Method::Invite) {
+                    ServerFsm::Invite(ServerInvite::new(reliable, &self.config.timers))
+                } else {
+                    ServerFsm::NonInvite(ServerNonInvite::new(reliable))
+                };
+                record.transactions.push(ServerTxn { id, key, fsm, peer, response: Vec::new(), timers: Vec::new() });
+                self.txn_calls.insert(id, (stripe, call_id.into()));
+                self.stats.transactions_created += 1;
+                let i = record.transactions.len() - 1;
+                match self.tu.on_request(self.config.node, self.config.shard, msg) {
+                    TuAnswer::Respond(code, reason) => {
+                        let tag = format!("{:x}", self.next_token());
+                        let spec = ResponseSpec { code, reason, to_tag: Some(&tag), headers: &[], body: b"" };
+                        let mut out = vec![0u8; msg.len() + 256];
+                        match write_response(msg, &spec, &mut out) {
+                            Ok(n) => {
+                                out.truncate(n);
+                                record.transactions[i].response = out;
+                                let actions = record.transactions[i]
+                                    .fsm
+                                    .on(ServerEvent::TuResponse(ResponseClass::of(code)), &self.config.timers);
+                                self.apply(now_ms, &mut record, i, actions, &mut sends, &mut timer_ops);
+                            }
+                            Err(_) => self.stats.dropped_malformed += 1,
+                        }
+                    }
+                    TuAnswer::Nothing => {}
+                }
+            }
+        }
+        self.finish(stripe, call_id, record, sends, timer_ops);
+    }
+
+    /// Carries out a transition's actions on the record; sends and timer changes are
+    /// collected, to happen after the check-in.
+    fn apply(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        i: usize,
+        actions: Actions,
+        sends: &mut Vec<(Peer, Vec<u8>)>,
+        timer_ops: &mut Vec<TimerOp>,
+    ) {
+        let txn = &mut record.transactions[i];
+        let mut ended = false;
+        for action in actions.iter() {
+            match action {
+                Action::SendResponse => sends.push((txn.peer, txn.response.clone())),
+                Action::Arm(timer, after) => {
+                    let deadline = now_ms + after.as_millis() as u64;
+                    txn.timers.retain(|(t, _)| *t != timer);
+                    txn.timers.push((timer, deadline));
+                    timer_ops.push(TimerOp::Arm(txn.id, timer, deadline));
+                }
+                Action::Cancel(timer) => {
+                    txn.timers.retain(|(t, _)| *t != timer);
+                    timer_ops.push(TimerOp::Cancel(txn.id, timer));
+                }
+                Action::Timeout(_) | Action::TransportError => {
+                    self.stats.transaction_failures += 1;
+                    if let Some((_, call)) = self.txn_calls.get(&txn.id) {
+                        self.tu.on_failure(call);
+                    }
+                }
+                Action::Terminated => ended = true,
+                // Server transactions never send requests or ACKs, and pass nothing up after creation.
+                Action::SendRequest | Action::SendAck | Action::PassToTu => {}
+            }
+        }
+        if ended {
+            let txn = record.transactions.swap_remove(i);
+            for (timer, _) in &txn.timers {
+                timer_ops.push(TimerOp::Cancel(txn.id, *timer));
+            }
+            self.txn_calls.remove(&txn.id);
+            self.stats.transactions_ended += 1;
+        }
+    }
+
+    /// Check-in first, then the messages and timers the change caused (DESIGN.md §3 step 6).
+    fn finish(
+        &mut self,
+        stripe: StripeId,
+        call_id: &[u8],
+        record: CallRecord,
+        sends: Vec<(Peer, Vec<u8>)>,
+        timer_ops: Vec<TimerOp>,
+    ) {
+        self.check_in(stripe, call_id, record, Hints::NONE);
+        for (peer, bytes) in sends {
+            self.stats.responses_sent += 1;
+            self.outputs.push_back(Output::Transmit { peer, bytes });
+        }
+        for op in timer_ops {
+            match op {
+                TimerOp::Arm(id, timer, deadline) => {
+                    let handle =
+                        self.wheel.arm(deadline, (id, timer)).expect("invariant: max_timers sized for max_calls");
+                    if let Some(old) = self.armed.insert((id, timer), handle) {
+                        self.wheel.cancel(old);
+                    }
+                }
+                TimerOp::Cancel(id, timer) => {
+                    if let Some(handle) = self.armed.remove(&(id, timer)) {
+                        self.wheel.cancel(handle);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_in(&mut self, stripe: StripeId, call_id: &[u8], record: CallRecord, hints: Hints) {
+        if record.transactions.is_empty() {
+            self.table.remove(stripe, call_id, hints | Hints::CALL_ENDED);
+        } else {
+            self.table.put_and_unlock(stripe, call_id, record, hints).expect("invariant: checked out by this input");
+        }
+    }
+
+    fn fire_timers(&mut self, now_ms: u64) {
+        while let Some((_, (id, timer))) = self.wheel.poll_expired(now_ms) {
+            self.armed.remove(&(id, timer));
+            let Some((stripe, call_id)) = self.txn_calls.get(&id).cloned() else { continue };
+            let Ok(checkout) = self.table.get_and_lock(stripe, &call_id, false) else {
+                panic!("invariant: a shard never holds a checkout across inputs");
+            };
+            let Some(mut record) = checkout.record else { continue };
+            let mut sends = Vec::new();
+            let mut timer_ops = Vec::new();
+            if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
+                record.transactions[i].timers.retain(|(t, _)| *t != timer);
+                let actions = record.transactions[i].fsm.on(ServerEvent::Timer(timer), &self.config.timers);
+                self.apply(now_ms, &mut record, i, actions, &mut sends, &mut timer_ops);
+            }
+            self.finish(stripe, &call_id, record, sends, timer_ops);
+        }
+    }
+
+    fn respond_stateless(&mut self, msg: &Message<'_>, peer: Peer, code: u16, reason: &'static str) {
+        if msg.method() == Some(Method::Ack) {
+            return;
+        }
+        let retry_after = self.config.retry_after_s.to_string();
+        let headers: [(&str, &[u8]); 1] = [("Retry-After", retry_after.as_bytes())];
+        let tag = format!("{:x}", self.next_token());
+        let spec = ResponseSpec { code, reason, to_tag: Some(&tag), headers: &headers, body: b"" };
+        let mut out = vec![0u8; msg.len() + 256];
+        if let Ok(n) = write_response(msg, &spec, &mut out) {
+            out.truncate(n);
+            self.stats.responses_sent += 1;
+            self.outputs.push_back(Output::Transmit { peer, bytes: out });
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug)]
+enum TimerOp {
+    Arm(u64, TxnTimer, u64),
+    Cancel(u64, TxnTimer),
+}

@@ -1,0 +1,499 @@
+//! The deterministic test harness (feature `testing`): a [`Cluster`] of N
+//! nodes × M shards driven by a fake clock, with in-memory links that lose,
+//! duplicate, reorder and delay datagrams from a seed, and user agents
+//! ([`Uac`]) that run real client transactions (figures 5 and 6) against it.
+//! The same seed replays the same run, byte for byte.
+
+use core::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use sipshard_parser::{HeaderSlot, Message, Method, parse};
+
+use crate::shard::{Input, Output, Peer, Shard, ShardConfig, TransactionUser, TuAnswer};
+use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
+use crate::timer::TimerWheel;
+use crate::transaction::matching::client_key;
+use crate::transaction::{Action, ClientEvent, ClientInvite, ClientNonInvite, ResponseClass, TimerConfig, TxnTimer};
+
+/// A small seeded generator (xorshift64*), so runs replay exactly.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// What the links between user agents and the cluster do to datagrams.
+#[derive(Copy, Clone, Debug, Default)]
+pub struct LinkConfig {
+    /// Probability a datagram is lost.
+    pub loss: f64,
+    /// Probability a datagram is delivered twice.
+    pub duplicate: f64,
+    /// Probability a datagram is held back by up to `reorder_ms`, overtaking others.
+    pub reorder: f64,
+    /// The hold-back of a reordered datagram, at most.
+    pub reorder_ms: u64,
+    /// Base one-way delay.
+    pub delay_ms: u64,
+}
+
+/// A transaction user that answers every new request with a fixed response per method
+/// and records which shard handled each Call-ID.
+#[derive(Debug, Default)]
+pub struct Responder {
+    /// (node, shard) of every request passed up, by Call-ID.
+    pub handled: HashMap<String, Vec<(NodeId, ShardId)>>,
+    /// Transactions that failed (timer H or transport).
+    pub failures: u64,
+}
+
+impl TransactionUser for Responder {
+    fn on_request(&mut self, node: NodeId, shard: ShardId, request: &Message<'_>) -> TuAnswer {
+        if let Ok(Some(call_id)) = request.call_id() {
+            self.handled.entry(call_id.to_owned()).or_default().push((node, shard));
+        }
+        match request.method() {
+            // A final non-2xx keeps the INVITE inside the transaction layer (ACK, timers G/H/I).
+            Some(Method::Invite) => TuAnswer::Respond(486, "Busy Here"),
+            _ => TuAnswer::Respond(200, "OK"),
+        }
+    }
+
+    fn on_failure(&mut self, _call_id: &[u8]) {
+        self.failures += 1;
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Dest {
+    Shard { node: NodeId, shard: ShardId, from_node: Option<NodeId>, forwarded: bool },
+    Ua(SocketAddr),
+}
+
+#[derive(Clone, Debug)]
+struct Packet {
+    dest: Dest,
+    peer: Peer,
+    bytes: Vec<u8>,
+}
+
+/// How a UA transaction ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A final response with this status code.
+    Final(u16),
+    /// Timer B or F fired.
+    TimedOut,
+}
+
+#[derive(Clone, Debug)]
+enum ClientFsm {
+    Invite(ClientInvite),
+    NonInvite(ClientNonInvite),
+}
+
+#[derive(Clone, Debug)]
+struct UacTxn {
+    fsm: ClientFsm,
+    request: Vec<u8>,
+    target: (NodeId, ShardId),
+    outcome: Option<Outcome>,
+    over: bool,
+}
+
+/// A user agent client: sends requests through client transactions, retransmitting per T1.
+#[derive(Debug)]
+pub struct Uac {
+    /// Its address.
+    pub peer: Peer,
+    txns: BTreeMap<String, UacTxn>,
+    wheel: TimerWheel<(u64, TxnTimer)>,
+    branch_ids: HashMap<u64, String>,
+    next: u64,
+}
+
+impl Uac {
+    fn new(peer: Peer) -> Self {
+        Uac { peer, txns: BTreeMap::new(), wheel: TimerWheel::new(200_000, 0), branch_ids: HashMap::new(), next: 1 }
+    }
+
+    /// Outcomes of finished transactions, by branch.
+    pub fn outcomes(&self) -> impl Iterator<Item = (&str, Option<Outcome>)> {
+        self.txns.iter().map(|(b, t)| (b.as_str(), t.outcome))
+    }
+
+    /// Transactions not yet terminated.
+    pub fn live(&self) -> usize {
+        self.txns.values().filter(|t| !t.over).count()
+    }
+}
+
+/// N nodes × M shards on a fake clock.
+pub struct Cluster<T> {
+    /// Shards, by node then shard.
+    pub nodes: Vec<Vec<Shard<T>>>,
+    /// User agents.
+    pub uas: Vec<Uac>,
+    map: StripeMap,
+    base: Instant,
+    now_ms: u64,
+    rng: Rng,
+    link: LinkConfig,
+    queue: BTreeMap<(u64, u64), Packet>,
+    seq: u64,
+    timers: TimerConfig,
+    /// Datagrams dropped by the links.
+    pub lost: u64,
+}
+
+impl<T: TransactionUser> Cluster<T> {
+    /// `nodes` × `shards` shards, each with a transaction user from `tu`, links per `link`.
+    pub fn new(nodes: u16, shards: u16, seed: u64, link: LinkConfig, mut tu: impl FnMut() -> T) -> Self {
+        let node_ids: Vec<NodeId> = (0..nodes).map(NodeId).collect();
+        let map = StripeMap::balanced(1, crate::stripe::DEFAULT_STRIPES, &node_ids, shards, 2);
+        // The fake clock needs one anchor Instant (std offers no other constructor);
+        // no real time is read after it: every later instant is base + simulated ms.
+        #[allow(clippy::disallowed_methods)]
+        let base = Instant::now();
+        let timers = TimerConfig::default();
+        let built = node_ids
+            .iter()
+            .map(|&node| {
+                (0..shards)
+                    .map(|s| {
+                        let config = ShardConfig {
+                            node,
+                            shard: ShardId(s),
+                            stripes: map.clone(),
+                            max_calls: 100_000,
+                            max_timers: 400_000,
+                            timers,
+                            seed: seed ^ (u64::from(node.0) << 32) ^ u64::from(s),
+                            replicate: false,
+                            retry_after_s: 5,
+                        };
+                        Shard::new(config, tu(), base)
+                    })
+                    .collect()
+            })
+            .collect();
+        Cluster {
+            nodes: built,
+            uas: Vec::new(),
+            map,
+            base,
+            now_ms: 0,
+            rng: Rng::new(seed),
+            link,
+            queue: BTreeMap::new(),
+            seq: 0,
+            timers,
+            lost: 0,
+        }
+    }
+
+    /// Adds a UA at 10.0.0.x:5060 over `transport`; returns its index.
+    pub fn add_uac(&mut self, transport: crate::shard::Transport) -> usize {
+        let addr: SocketAddr =
+            format!("10.0.{}.{}:5060", self.uas.len() / 250, self.uas.len() % 250 + 1).parse().expect("valid address");
+        self.uas.push(Uac::new(Peer { addr, transport }));
+        self.uas.len() - 1
+    }
+
+    /// The fake clock, in ms since the start.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The cluster's stripe map.
+    pub fn stripe_map(&self) -> &StripeMap {
+        &self.map
+    }
+
+    fn now(&self) -> Instant {
+        self.base + Duration::from_millis(self.now_ms)
+    }
+
+    fn schedule(&mut self, at: u64, packet: Packet) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), packet);
+    }
+
+    /// Sends a datagram over a lossy link (UA ↔ cluster).
+    fn send_lossy(&mut self, packet: Packet) {
+        if self.rng.chance(self.link.loss) {
+            self.lost += 1;
+            return;
+        }
+        let copies = if self.rng.chance(self.link.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let mut at = self.now_ms + self.link.delay_ms;
+            if self.rng.chance(self.link.reorder) {
+                at += self.rng.below(self.link.reorder_ms + 1);
+            }
+            self.schedule(at, packet.clone());
+        }
+    }
+
+    /// Injects a datagram as a UA at `from` would send it, to (`node`, `shard`).
+    pub fn inject(&mut self, from: Peer, node: NodeId, shard: ShardId, bytes: Vec<u8>) {
+        self.send_lossy(Packet {
+            dest: Dest::Shard { node, shard, from_node: None, forwarded: false },
+            peer: from,
+            bytes,
+        });
+    }
+
+    /// Starts a client transaction at UA `ua`: `request` (with a Via branch the UA chose) to (`node`, `shard`).
+    pub fn start_request(&mut self, ua: usize, node: NodeId, shard: ShardId, request: Vec<u8>) {
+        let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
+        let msg = parse(&request, &mut slots).expect("test requests parse");
+        let branch =
+            msg.top_via().ok().flatten().and_then(|v| v.branch).expect("test requests have a branch").to_owned();
+        let invite = msg.method() == Some(Method::Invite);
+        let reliable = self.uas[ua].peer.transport == crate::shard::Transport::Tcp;
+        let mut fsm = if invite {
+            ClientFsm::Invite(ClientInvite::new(reliable, &self.timers))
+        } else {
+            ClientFsm::NonInvite(ClientNonInvite::new(reliable, &self.timers))
+        };
+        let actions = match &mut fsm {
+            ClientFsm::Invite(f) => f.on(ClientEvent::Send, &self.timers),
+            ClientFsm::NonInvite(f) => f.on(ClientEvent::Send, &self.timers),
+        };
+        let uac = &mut self.uas[ua];
+        uac.txns.insert(branch.clone(), UacTxn { fsm, request, target: (node, shard), outcome: None, over: false });
+        self.apply_uac(ua, &branch, actions.iter().collect(), None);
+    }
+
+    fn apply_uac(&mut self, ua: usize, branch: &str, actions: Vec<Action>, response: Option<(u16, &[u8])>) {
+        let now_ms = self.now_ms;
+        let peer = self.uas[ua].peer;
+        for action in actions {
+            let uac = &mut self.uas[ua];
+            let Some(txn) = uac.txns.get_mut(branch) else { return };
+            let (node, shard) = txn.target;
+            match action {
+                Action::SendRequest => {
+                    let bytes = txn.request.clone();
+                    self.inject(peer, node, shard, bytes);
+                }
+                Action::SendAck => {
+                    let ack = ack_for(&txn.request, response.map(|r| r.1).unwrap_or_default());
+                    self.inject(peer, node, shard, ack);
+                }
+                Action::PassToTu => {
+                    if let Some((code, _)) = response {
+                        if code >= 200 && txn.outcome.is_none() {
+                            txn.outcome = Some(Outcome::Final(code));
+                        }
+                    }
+                }
+                Action::Timeout(_) | Action::TransportError => txn.outcome = Some(Outcome::TimedOut),
+                Action::Arm(timer, after) => {
+                    let id = uac.next;
+                    uac.next += 1;
+                    uac.branch_ids.insert(id, branch.to_owned());
+                    uac.wheel.arm(now_ms + after.as_millis() as u64, (id, timer)).expect("UA wheel room");
+                }
+                // Cancelled timers fire into a transaction that ignores them.
+                Action::Cancel(_) => {}
+                Action::Terminated => txn.over = true,
+                Action::SendResponse => {}
+            }
+        }
+    }
+
+    fn deliver(&mut self, packet: Packet) {
+        match packet.dest {
+            Dest::Ua(addr) => {
+                let Some(ua) = self.uas.iter().position(|u| u.peer.addr == addr) else { return };
+                let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
+                let Ok(msg) = parse(&packet.bytes, &mut slots) else { return };
+                let (Some(code), Ok(key)) = (msg.status_code(), client_key(&msg)) else { return };
+                let branch = key.branch.to_string();
+                let timers = self.timers;
+                let Some(txn) = self.uas[ua].txns.get_mut(&branch) else { return };
+                let event = ClientEvent::Response(ResponseClass::of(code));
+                let actions = match &mut txn.fsm {
+                    ClientFsm::Invite(f) => f.on(event, &timers),
+                    ClientFsm::NonInvite(f) => f.on(event, &timers),
+                };
+                self.apply_uac(ua, &branch, actions.iter().collect(), Some((code, &packet.bytes)));
+            }
+            Dest::Shard { node, shard, from_node, forwarded } => {
+                let now = self.now();
+                let input = match (from_node, forwarded) {
+                    (Some(from), _) => Input::FromNode { node: from, peer: packet.peer, bytes: &packet.bytes },
+                    (None, true) => Input::Forwarded { peer: packet.peer, bytes: &packet.bytes },
+                    (None, false) => Input::Datagram { peer: packet.peer, bytes: &packet.bytes },
+                };
+                self.nodes[node.0 as usize][shard.0 as usize].handle(now, input);
+                self.drain(node, shard, Some(&packet));
+            }
+        }
+    }
+
+    /// Carries out a shard's outputs (STYLE.md: drain all output before the next input).
+    fn drain(&mut self, node: NodeId, shard: ShardId, input: Option<&Packet>) {
+        while let Some(output) = self.nodes[node.0 as usize][shard.0 as usize].poll_output() {
+            match output {
+                Output::Transmit { peer, bytes } => {
+                    self.send_lossy(Packet { dest: Dest::Ua(peer.addr), peer, bytes });
+                }
+                Output::Forward { shard: to } => {
+                    let input = input.expect("invariant: only an input is forwarded");
+                    // The channel mesh: same node, no loss, no delay.
+                    let dest = Dest::Shard { node, shard: to, from_node: None, forwarded: true };
+                    self.schedule(self.now_ms, Packet { dest, peer: input.peer, bytes: input.bytes.clone() });
+                }
+                Output::ForwardToNode { node: to } => {
+                    let input = input.expect("invariant: only an input is forwarded");
+                    // Node links are TCP: reliable, 1 ms; the receiving node hands it to the owner shard.
+                    let call_id =
+                        sipshard_parser::peek_call_id(&input.bytes).expect("forwarded datagrams have a Call-ID");
+                    let stripe = StripeId::of_call_id(call_id, self.map.stripe_count());
+                    let owner = match self.map.route(stripe, to, ShardId(0)) {
+                        Route::Shard(s) => s,
+                        _ => ShardId(0),
+                    };
+                    let dest = Dest::Shard { node: to, shard: owner, from_node: Some(node), forwarded: true };
+                    self.schedule(self.now_ms + 1, Packet { dest, peer: input.peer, bytes: input.bytes.clone() });
+                }
+                Output::Replicate(_) => {}
+            }
+        }
+    }
+
+    fn next_event_ms(&self) -> Option<u64> {
+        let packets = self.queue.keys().next().map(|k| k.0);
+        let shards = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter_map(|s| s.poll_timeout())
+            .map(|t| t.saturating_duration_since(self.base).as_millis() as u64)
+            .min();
+        let uas = self.uas.iter().filter_map(|u| u.wheel.next_deadline_ms()).min();
+        [packets, shards, uas].into_iter().flatten().min()
+    }
+
+    /// Delivers everything due now and fires due timers; returns whether anything happened.
+    pub fn step(&mut self) -> bool {
+        let mut progressed = false;
+        while let Some((&key, _)) = self.queue.first_key_value() {
+            if key.0 > self.now_ms {
+                break;
+            }
+            let packet = self.queue.remove(&key).expect("key just seen");
+            self.deliver(packet);
+            progressed = true;
+        }
+        let now = self.now();
+        for n in 0..self.nodes.len() {
+            for s in 0..self.nodes[n].len() {
+                if self.nodes[n][s].poll_timeout().is_some_and(|t| t <= now) {
+                    self.nodes[n][s].handle(now, Input::Timeout);
+                    self.drain(NodeId(n as u16), ShardId(s as u16), None);
+                    progressed = true;
+                }
+            }
+        }
+        for ua in 0..self.uas.len() {
+            while let Some((_, (id, timer))) = self.uas[ua].wheel.poll_expired(self.now_ms) {
+                let Some(branch) = self.uas[ua].branch_ids.remove(&id) else { continue };
+                let timers = self.timers;
+                let Some(txn) = self.uas[ua].txns.get_mut(&branch) else { continue };
+                let actions = match &mut txn.fsm {
+                    ClientFsm::Invite(f) => f.on(ClientEvent::Timer(timer), &timers),
+                    ClientFsm::NonInvite(f) => f.on(ClientEvent::Timer(timer), &timers),
+                };
+                self.apply_uac(ua, &branch, actions.iter().collect(), None);
+                progressed = true;
+            }
+        }
+        progressed
+    }
+
+    /// Runs until nothing is scheduled before `until_ms`; the clock ends at `until_ms`.
+    pub fn drive(&mut self, until_ms: u64) {
+        loop {
+            self.step();
+            match self.next_event_ms() {
+                Some(at) if at <= until_ms => self.now_ms = at.max(self.now_ms),
+                _ => break,
+            }
+        }
+        self.now_ms = self.now_ms.max(until_ms);
+        self.step();
+    }
+
+    /// Datagrams in flight.
+    pub fn in_flight(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// An ACK for a non-2xx final response (§17.1.1.3): the request's Request-URI, Call-ID,
+/// From, CSeq number and top Via; the response's To.
+pub fn ack_for(request: &[u8], response: &[u8]) -> Vec<u8> {
+    let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
+    let mut rslots = [HeaderSlot::EMPTY; Message::SLOTS];
+    let (Ok(req), Ok(resp)) = (parse(request, &mut slots), parse(response, &mut rslots)) else { return Vec::new() };
+    let text = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or_default()).into_owned();
+    use sipshard_parser::HeaderName as H;
+    let via = req.vias().next().and_then(Result::ok).map(|v| {
+        format!(
+            "SIP/2.0/{} {}{};branch={}",
+            v.transport.as_str(),
+            v.host,
+            v.port.map(|p| format!(":{p}")).unwrap_or_default(),
+            v.branch.unwrap_or_default()
+        )
+    });
+    let cseq = req.cseq().ok().flatten().map(|c| c.seq).unwrap_or_default();
+    format!(
+        "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+        req.request_line().map(|l| l.uri).unwrap_or_default(),
+        via.unwrap_or_default(),
+        text(req.header(H::From)),
+        text(resp.header(H::To)),
+        text(req.header(H::CallId)),
+        cseq
+    )
+    .into_bytes()
+}
+
+/// A request as a UA at `from` sends it: method, Call-ID, CSeq number and branch chosen by the caller.
+pub fn request(method: &str, from: SocketAddr, call_id: &str, cseq: u32, branch: &str) -> Vec<u8> {
+    format!(
+        "{method} sip:service@sipshard.test SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{branch};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:ua@client.test>;tag=t{branch}\r\nTo: <sip:service@sipshard.test>\r\n\
+Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
