@@ -19,7 +19,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use sipshard_parser::{HeaderSlot, Message, Method, ResponseSpec, peek_call_id, write_response};
+pub use sipshard_parser::Message;
+use sipshard_parser::{HeaderSlot, Method, ResponseSpec, peek_call_id, write_response};
 
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
 use crate::table::{CallTable, Change, Hints, TableError};
@@ -101,19 +102,23 @@ pub enum Output {
     Replicate(Change),
 }
 
-/// What the transaction user (the role) answers to a new request.
+/// The final response the transaction user (the role) gives a new request.
+///
+/// Always final: a server transaction the TU never answers would live
+/// forever. Answering later (a proxy waiting for the callee) comes with the
+/// roles, together with the timer that bounds the wait (Timer C, 408).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum TuAnswer {
-    /// Answer with this status code and reason phrase.
-    Respond(u16, &'static str),
-    /// Do not answer (yet).
-    Nothing,
+pub struct FinalResponse {
+    /// Status code, 200-699 (anything else is answered as 500 and counted).
+    pub code: u16,
+    /// Reason phrase.
+    pub reason: &'static str,
 }
 
 /// The transaction user: the role above the transaction layer.
 pub trait TransactionUser {
     /// A request created a server transaction; the shard that runs it is `(node, shard)`.
-    fn on_request(&mut self, node: NodeId, shard: ShardId, request: &Message<'_>) -> TuAnswer;
+    fn on_request(&mut self, node: NodeId, shard: ShardId, request: &Message<'_>) -> FinalResponse;
     /// A server transaction timed out (timer H) or its transport failed.
     fn on_failure(&mut self, _call_id: &[u8]) {}
 }
@@ -166,6 +171,8 @@ pub struct ShardStats {
     pub responses_sent: u64,
     /// New calls refused with 503 because the table was full.
     pub refused_full: u64,
+    /// Non-final answers from the transaction user, replaced by 500.
+    pub tu_errors: u64,
 }
 
 /// A server transaction as stored in its call's record.
@@ -424,24 +431,35 @@ impl<T: TransactionUser> Shard<T> {
                 self.txn_calls.insert(id, (stripe, call_id.into()));
                 self.stats.transactions_created += 1;
                 let i = record.transactions.len() - 1;
-                match self.tu.on_request(self.config.node, self.config.shard, msg) {
-                    TuAnswer::Respond(code, reason) => {
-                        let tag = format!("{:x}", self.next_token());
-                        let spec = ResponseSpec { code, reason, to_tag: Some(&tag), headers: &[], body: b"" };
-                        let mut out = vec![0u8; msg.len() + 256];
-                        match write_response(msg, &spec, &mut out) {
-                            Ok(n) => {
-                                out.truncate(n);
-                                record.transactions[i].response = out;
-                                let actions = record.transactions[i]
-                                    .fsm
-                                    .on(ServerEvent::TuResponse(ResponseClass::of(code)), &self.config.timers);
-                                self.apply(now_ms, &mut record, i, actions, &mut sends, &mut timer_ops);
-                            }
-                            Err(_) => self.stats.dropped_malformed += 1,
-                        }
+                let mut answer = self.tu.on_request(self.config.node, self.config.shard, msg);
+                if !(200..=699).contains(&answer.code) {
+                    self.stats.tu_errors += 1;
+                    answer = FinalResponse { code: 500, reason: "Server Internal Error" };
+                }
+                let tag = format!("{:x}", self.next_token());
+                let spec = ResponseSpec {
+                    code: answer.code,
+                    reason: answer.reason,
+                    to_tag: Some(&tag),
+                    headers: &[],
+                    body: b"",
+                };
+                let mut out = vec![0u8; msg.len() + 256];
+                match write_response(msg, &spec, &mut out) {
+                    Ok(n) => {
+                        out.truncate(n);
+                        record.transactions[i].response = out;
+                        let event = ServerEvent::TuResponse(ResponseClass::of(answer.code));
+                        let actions = record.transactions[i].fsm.on(event, &self.config.timers);
+                        self.apply(now_ms, &mut record, i, actions, &mut sends, &mut timer_ops);
                     }
-                    TuAnswer::Nothing => {}
+                    Err(_) => {
+                        // The request parsed but its response cannot be written: end the transaction.
+                        self.stats.dropped_malformed += 1;
+                        let txn = record.transactions.swap_remove(i);
+                        self.txn_calls.remove(&txn.id);
+                        self.stats.transactions_ended += 1;
+                    }
                 }
             }
         }

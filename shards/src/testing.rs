@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use sipshard_parser::{HeaderSlot, Message, Method, parse};
 
-use crate::shard::{Input, Output, Peer, Shard, ShardConfig, TransactionUser, TuAnswer};
+use crate::shard::{FinalResponse, Input, Output, Peer, Shard, ShardConfig, TransactionUser};
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
 use crate::timer::TimerWheel;
 use crate::transaction::matching::client_key;
@@ -72,14 +72,14 @@ pub struct Responder {
 }
 
 impl TransactionUser for Responder {
-    fn on_request(&mut self, node: NodeId, shard: ShardId, request: &Message<'_>) -> TuAnswer {
+    fn on_request(&mut self, node: NodeId, shard: ShardId, request: &Message<'_>) -> FinalResponse {
         if let Ok(Some(call_id)) = request.call_id() {
             self.handled.entry(call_id.to_owned()).or_default().push((node, shard));
         }
         match request.method() {
             // A final non-2xx keeps the INVITE inside the transaction layer (ACK, timers G/H/I).
-            Some(Method::Invite) => TuAnswer::Respond(486, "Busy Here"),
-            _ => TuAnswer::Respond(200, "OK"),
+            Some(Method::Invite) => FinalResponse { code: 486, reason: "Busy Here" },
+            _ => FinalResponse { code: 200, reason: "OK" },
         }
     }
 
@@ -496,4 +496,53 @@ Max-Forwards: 70\r\nFrom: <sip:ua@client.test>;tag=t{branch}\r\nTo: <sip:service
 Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
     )
     .into_bytes()
+}
+
+/// A transaction user for fuzzing: answers by header count, including a non-final code
+/// the shard must replace with 500.
+#[derive(Debug, Default)]
+pub struct FuzzAnswer;
+
+impl TransactionUser for FuzzAnswer {
+    fn on_request(&mut self, _: NodeId, _: ShardId, request: &Message<'_>) -> FinalResponse {
+        let code = [200, 486, 180, 302][request.header_count() % 4];
+        FinalResponse { code, reason: "Fuzz" }
+    }
+}
+
+/// Feeds `data`, split into datagrams at 0xFF bytes, to one shard that owns every
+/// stripe, from UDP and TCP peers, advancing the clock and firing timers in between and
+/// draining outputs after every input; then waits out every transaction and checks
+/// that nothing is left. Panics on any broken invariant: the fuzz target and the
+/// regression tests both run this.
+pub fn replay_datagrams(base: Instant, data: &[u8]) {
+    let config = ShardConfig {
+        node: NodeId(0),
+        shard: ShardId(0),
+        stripes: StripeMap::balanced(1, 64, &[NodeId(0)], 1, 1),
+        max_calls: 64,
+        max_timers: 1_024,
+        timers: TimerConfig::default(),
+        seed: 1,
+        replicate: true,
+        retry_after_s: 5,
+    };
+    let mut shard = Shard::new(config, FuzzAnswer, base);
+    let mut now = base;
+    for (i, datagram) in data.split(|&b| b == 0xff).enumerate() {
+        let addr: SocketAddr = if i % 2 == 0 { "127.0.0.1:5060" } else { "[::1]:5070" }.parse().expect("addr");
+        let transport = if i % 3 == 0 { crate::shard::Transport::Tcp } else { crate::shard::Transport::Udp };
+        shard.handle(now, Input::Datagram { peer: Peer { addr, transport }, bytes: datagram });
+        while shard.poll_output().is_some() {}
+        now += Duration::from_millis(u64::from(datagram.first().copied().unwrap_or(0)) * 250);
+        shard.handle(now, Input::Timeout);
+        while shard.poll_output().is_some() {}
+    }
+    // Every transaction ends within 64*T1 + T4 once input stops.
+    now += Duration::from_secs(40);
+    shard.handle(now, Input::Timeout);
+    while shard.poll_output().is_some() {}
+    assert_eq!(shard.transactions(), 0, "a server transaction outlived its timers");
+    assert_eq!(shard.calls(), 0, "a call record outlived its transactions");
+    assert_eq!(shard.armed_timers(), 0, "a timer outlived its transaction");
 }

@@ -3,4 +3,5 @@
 
 mod cli_parse;
 mod cluster;
+mod fuzz_regressions;
 mod tidy;
