@@ -337,6 +337,17 @@ fn write_rest_of_list(out: &mut Out<'_>, name: &str, value: &[u8]) -> Result<(),
     }
 }
 
+/// Whether a To value carries a `tag` parameter, without decoding its URI: the
+/// header parameters follow the last `>` (name-addr) or the first `;` (addr-spec).
+fn to_has_tag(value: &[u8]) -> bool {
+    let params_at = match value.iter().rposition(|&c| c == b'>') {
+        Some(gt) => gt + 1,
+        None => value.iter().position(|&c| c == b';').unwrap_or(value.len()),
+    };
+    core::str::from_utf8(&value[params_at..])
+        .is_ok_and(|params| crate::params::Params::semicolon(params).contains("tag"))
+}
+
 /// Writes `msg` canonically into `out` (see the module docs); returns the bytes written.
 pub fn write_message(msg: &Message<'_>, out: &mut [u8]) -> Result<usize, WriteError> {
     Editor::new(msg).write(out)
@@ -376,7 +387,7 @@ pub fn write_response(request: &Message<'_>, spec: &ResponseSpec<'_>, out: &mut 
             HeaderName::To => {
                 out.put(b"To: ")?;
                 out.put(header.value)?;
-                let has_tag = request.to().ok().flatten().is_some_and(|to| to.tag().is_some());
+                let has_tag = to_has_tag(header.value);
                 if let (Some(tag), false) = (spec.to_tag, has_tag) {
                     out.put(b";tag=")?;
                     out.put(tag.as_bytes())?;
@@ -478,6 +489,16 @@ v=0\r";
         assert!(!text.contains("Route"));
         let mut tiny = [0u8; 10];
         assert_eq!(write_response(&msg, &spec, &mut tiny), Err(WriteError::BufferTooSmall));
+    }
+
+    #[test]
+    fn to_tags_are_found_in_every_form() {
+        assert!(to_has_tag(b"<sip:bob@b>;tag=1"));
+        assert!(to_has_tag(b"\"Bob\" <sip:bob@b;transport=tcp> ; TAG = x"));
+        assert!(to_has_tag(b"sip:bob@b;tag=2"));
+        assert!(!to_has_tag(b"<sip:bob@b;tag=inside-the-uri>"));
+        assert!(!to_has_tag(b"sip:bob@b"));
+        assert!(!to_has_tag(b"\"tag=\" <sip:x@y>;other=1"));
     }
 
     #[test]

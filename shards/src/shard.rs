@@ -187,6 +187,7 @@ pub struct ServerTxn {
     /// Where responses go.
     pub peer: Peer,
     /// The latest response, for retransmission.
+    #[serde(with = "serde_bytes")]
     pub response: Vec<u8>,
     /// Armed timers and their deadlines (ms on the shard's clock).
     pub timers: Vec<(TxnTimer, u64)>,
@@ -234,6 +235,8 @@ pub struct Shard<T> {
     /// Which call each live transaction belongs to.
     txn_calls: hashbrown::HashMap<u64, (StripeId, Box<[u8]>)>,
     outputs: std::collections::VecDeque<Output>,
+    /// Header slots, reused by every message (they hold offsets, not borrows).
+    slots: Box<[HeaderSlot]>,
     epoch: Instant,
     next_txn: u64,
     rng: u64,
@@ -244,9 +247,12 @@ pub struct Shard<T> {
 impl<T: TransactionUser> Shard<T> {
     /// A shard starting at `now`.
     pub fn new(config: ShardConfig, tu: T, now: Instant) -> Self {
+        let mut table = CallTable::new(config.max_calls);
+        table.set_feed(config.replicate);
         Shard {
             stripes: config.stripes.clone(),
-            table: CallTable::new(config.max_calls),
+            table,
+            slots: vec![HeaderSlot::EMPTY; Message::SLOTS].into_boxed_slice(),
             wheel: TimerWheel::new(config.max_timers, 0),
             armed: hashbrown::HashMap::new(),
             txn_calls: hashbrown::HashMap::new(),
@@ -359,20 +365,27 @@ impl<T: TransactionUser> Shard<T> {
             }
         }
         self.stats.local += 1;
-        let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
-        let Ok(msg) = sipshard_parser::parse(bytes, &mut slots) else {
-            self.stats.dropped_malformed += 1;
-            return;
-        };
-        if !msg.is_request() {
-            self.stats.stray_responses += 1;
-            return;
+        // Borrow the slots out of self while the message lives (taking an empty box allocates nothing).
+        let mut slots = std::mem::take(&mut self.slots);
+        match sipshard_parser::parse(bytes, &mut slots) {
+            Err(_) => self.stats.dropped_malformed += 1,
+            Ok(msg) if !msg.is_request() => self.stats.stray_responses += 1,
+            Ok(msg) => match server_key(&msg) {
+                Ok(key) => self.on_request(now_ms, stripe, call_id, peer, &msg, key),
+                Err(_) => self.stats.dropped_malformed += 1,
+            },
         }
-        let Ok(key) = server_key(&msg) else {
-            self.stats.dropped_malformed += 1;
-            return;
-        };
-        self.on_request(now_ms, stripe, call_id, peer, &msg, key);
+        self.slots = slots;
+    }
+
+    /// A To tag from the per-shard generator, as 16 hex digits in a stack buffer.
+    fn tag(&mut self) -> [u8; 16] {
+        let token = self.next_token();
+        let mut tag = [0u8; 16];
+        for (i, digit) in tag.iter_mut().enumerate() {
+            *digit = b"0123456789abcdef"[((token >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        tag
     }
 
     fn on_request(
@@ -402,7 +415,7 @@ impl<T: TransactionUser> Shard<T> {
                 self.stats.retransmissions_received += u64::from(!is_ack);
                 let event = if is_ack { ServerEvent::Ack } else { ServerEvent::Request };
                 let actions = record.transactions[i].fsm.on(event, &self.config.timers);
-                self.apply(now_ms, &mut record, i, actions, &mut sends, &mut timer_ops);
+                self.apply(now_ms, &mut record, i, call_id, actions, &mut sends, &mut timer_ops);
             }
             None if is_ack => {
                 // An ACK for a 2xx (its own transaction, §17.1.1.3) or for nothing we know: the TU's business.
@@ -451,7 +464,7 @@ impl<T: TransactionUser> Shard<T> {
                         record.transactions[i].response = out;
                         let event = ServerEvent::TuResponse(ResponseClass::of(answer.code));
                         let actions = record.transactions[i].fsm.on(event, &self.config.timers);
-                        self.apply(now_ms, &mut record, i, actions, &mut sends, &mut timer_ops);
+                        self.apply(now_ms, &mut record, i, call_id, actions, &mut sends, &mut timer_ops);
                     }
                     Err(_) => {
                         // The request parsed but its response cannot be written: end the transaction.
@@ -468,11 +481,13 @@ impl<T: TransactionUser> Shard<T> {
 
     /// Carries out a transition's actions on the record; sends and timer changes are
     /// collected, to happen after the check-in.
+    #[allow(clippy::too_many_arguments)] // The pieces of one transition; a struct would only rename them.
     fn apply(
         &mut self,
         now_ms: u64,
         record: &mut CallRecord,
         i: usize,
+        call_id: &[u8],
         actions: Actions,
         sends: &mut Vec<(Peer, Vec<u8>)>,
         timer_ops: &mut Vec<TimerOp>,
@@ -494,9 +509,7 @@ impl<T: TransactionUser> Shard<T> {
                 }
                 Action::Timeout(_) | Action::TransportError => {
                     self.stats.transaction_failures += 1;
-                    if let Some((_, call)) = self.txn_calls.get(&txn.id) {
-                        self.tu.on_failure(call);
-                    }
+                    self.tu.on_failure(call_id);
                 }
                 Action::Terminated => ended = true,
                 // Server transactions never send requests or ACKs, and pass nothing up after creation.
@@ -556,7 +569,8 @@ impl<T: TransactionUser> Shard<T> {
     fn fire_timers(&mut self, now_ms: u64) {
         while let Some((_, (id, timer))) = self.wheel.poll_expired(now_ms) {
             self.armed.remove(&(id, timer));
-            let Some((stripe, call_id)) = self.txn_calls.get(&id).cloned() else { continue };
+            // Take the call's key out rather than clone it; it goes back if the transaction lives on.
+            let Some((stripe, call_id)) = self.txn_calls.remove(&id) else { continue };
             let Ok(checkout) = self.table.get_and_lock(stripe, &call_id, false) else {
                 panic!("invariant: a shard never holds a checkout across inputs");
             };
@@ -566,7 +580,10 @@ impl<T: TransactionUser> Shard<T> {
             if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
                 record.transactions[i].timers.retain(|(t, _)| *t != timer);
                 let actions = record.transactions[i].fsm.on(ServerEvent::Timer(timer), &self.config.timers);
-                self.apply(now_ms, &mut record, i, actions, &mut sends, &mut timer_ops);
+                if !actions.contains(Action::Terminated) {
+                    self.txn_calls.insert(id, (stripe, call_id.clone()));
+                }
+                self.apply(now_ms, &mut record, i, &call_id, actions, &mut sends, &mut timer_ops);
             }
             self.finish(stripe, &call_id, record, sends, timer_ops);
         }
@@ -578,8 +595,9 @@ impl<T: TransactionUser> Shard<T> {
         }
         let retry_after = self.config.retry_after_s.to_string();
         let headers: [(&str, &[u8]); 1] = [("Retry-After", retry_after.as_bytes())];
-        let tag = format!("{:x}", self.next_token());
-        let spec = ResponseSpec { code, reason, to_tag: Some(&tag), headers: &headers, body: b"" };
+        let tag = self.tag();
+        let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
+        let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers: &headers, body: b"" };
         let mut out = vec![0u8; msg.len() + 256];
         if let Ok(n) = write_response(msg, &spec, &mut out) {
             out.truncate(n);

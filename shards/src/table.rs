@@ -92,12 +92,28 @@ pub struct CallTable<R> {
     live: usize,
     capacity: usize,
     feed: std::collections::VecDeque<Change>,
+    feed_enabled: bool,
 }
 
 impl<R: Serialize + DeserializeOwned> CallTable<R> {
-    /// A table for at most `capacity` live records.
+    /// A table for at most `capacity` live records, with its change feed on.
     pub fn new(capacity: usize) -> Self {
-        CallTable { stripes: hashbrown::HashMap::new(), live: 0, capacity, feed: std::collections::VecDeque::new() }
+        CallTable {
+            stripes: hashbrown::HashMap::new(),
+            live: 0,
+            capacity,
+            feed: std::collections::VecDeque::new(),
+            feed_enabled: true,
+        }
+    }
+
+    /// Turns the change feed off (or on). A shard with no consumer (no replication,
+    /// geo or cold path) turns it off so check-ins do not encode records for nobody.
+    pub fn set_feed(&mut self, enabled: bool) {
+        self.feed_enabled = enabled;
+        if !enabled {
+            self.feed.clear();
+        }
     }
 
     /// Live records (checked out ones included).
@@ -140,13 +156,16 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
 
     /// Checks a record back in: bumps its version and emits one change. Returns the new version.
     pub fn put_and_unlock(&mut self, stripe: StripeId, key: &[u8], record: R, hints: Hints) -> Result<u64, TableError> {
+        let feed_enabled = self.feed_enabled;
         let slot = self.checked_out_slot(stripe, key)?;
         slot.version += 1;
         let version = slot.version;
-        let bytes = codec::encode(stripe, version, &record);
+        let bytes = feed_enabled.then(|| codec::encode(stripe, version, &record));
         slot.record = Some(record);
         slot.checked_out = false;
-        self.feed.push_back(Change { stripe, key: key.into(), version, hints, bytes });
+        if let Some(bytes) = bytes {
+            self.feed.push_back(Change { stripe, key: key.into(), version, hints, bytes });
+        }
         Ok(version)
     }
 
@@ -171,6 +190,9 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     pub fn remove(&mut self, stripe: StripeId, key: &[u8], hints: Hints) -> Option<u64> {
         let version = self.stripes.get(&stripe)?.get(key)?.version + 1;
         self.drop_slot(stripe, key);
+        if !self.feed_enabled {
+            return Some(version);
+        }
         self.feed.push_back(Change {
             stripe,
             key: key.into(),
@@ -230,12 +252,11 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     }
 
     fn drop_slot(&mut self, stripe: StripeId, key: &[u8]) {
+        // Empty stripe maps stay: there are at most as many as stripes, and a busy stripe
+        // would otherwise reallocate its map for every call.
         if let Some(table) = self.stripes.get_mut(&stripe) {
             if table.remove(key).is_some() {
                 self.live -= 1;
-            }
-            if table.is_empty() {
-                self.stripes.remove(&stripe);
             }
         }
     }
@@ -409,6 +430,17 @@ mod tests {
             assert!(codec::decode::<Call>(&corrupt).is_err(), "flip at byte {i} went unnoticed");
         }
         assert_eq!(codec::decode::<Call>(&bytes[..bytes.len() - 1]), Err(CodecError::Truncated));
+    }
+
+    #[test]
+    fn a_table_without_consumers_emits_no_changes_but_keeps_versions() {
+        let mut table: CallTable<Call> = CallTable::new(4);
+        table.set_feed(false);
+        table.get_and_lock(S, b"k", true).unwrap();
+        assert_eq!(table.put_and_unlock(S, b"k", Call { state: 1, timers: vec![] }, Hints::NONE), Ok(1));
+        assert_eq!(table.poll_change(), None);
+        assert_eq!(table.remove(S, b"k", Hints::NONE), Some(2));
+        assert_eq!(table.poll_change(), None);
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub enum KeyMethod {
     Cancel,
     /// ACK, in a client key (never a client transaction of its own).
     Ack,
+    /// BYE.
+    Bye,
+    /// OPTIONS.
+    Options,
+    /// REGISTER.
+    Register,
     /// Any other method.
     Other(Box<str>),
 }
@@ -32,6 +38,9 @@ impl KeyMethod {
             Method::Invite => KeyMethod::Invite,
             Method::Cancel => KeyMethod::Cancel,
             Method::Ack => KeyMethod::Ack,
+            Method::Bye => KeyMethod::Bye,
+            Method::Options => KeyMethod::Options,
+            Method::Register => KeyMethod::Register,
             other => KeyMethod::Other(other.as_str().into()),
         }
     }
@@ -110,10 +119,23 @@ pub fn server_key(request: &Message<'_>) -> Result<ServerKey, KeyError> {
     if via.has_rfc3261_branch() {
         let branch = via.branch.unwrap_or_default();
         let mut sent_by = String::with_capacity(via.host.len() + 6);
-        sent_by.push_str(&via.host.to_ascii_lowercase());
+        sent_by.push_str(via.host);
+        sent_by.make_ascii_lowercase();
         if let Some(port) = via.port {
+            // Digits by hand: this runs for every request, and `fmt` costs more than the rest of the key.
             sent_by.push(':');
-            sent_by.push_str(&port.to_string());
+            let mut digits = [0u8; 5];
+            let mut n = port;
+            let mut i = digits.len();
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            sent_by.extend(digits[i..].iter().map(|&d| char::from(d)));
         }
         return Ok(ServerKey::Rfc3261 { branch: branch.into(), sent_by: sent_by.into(), method });
     }
