@@ -9,6 +9,7 @@
 pub mod timer;
 pub mod transaction;
 
+pub mod dialog;
 pub mod shard;
 pub mod stripe;
 pub mod table;
