@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sipshard_shards::StripeId;
 use sipshard_shards::dialog::{B2buaCall, CallTimer, Dialog, DialogState, ProxyDialog};
-use sipshard_shards::shard::{CallRecord, Peer, ServerFsm, ServerTxn, Transport};
+use sipshard_shards::shard::{CallRecord, Peer, ServerFsm, ServerTxn, Transport, TxnTimers};
 use sipshard_shards::table::{CallTable, Hints};
 use sipshard_shards::transaction::matching::{KeyMethod, ServerKey};
 use sipshard_shards::transaction::{ServerNonInvite, TxnTimer};
@@ -99,14 +99,17 @@ fn main() {
         transactions: vec![ServerTxn {
             id: i as u64,
             key: ServerKey::Rfc3261 {
-                branch: format!("z9hG4bK{i:016x}").into(),
-                sent_by: "192.0.2.101:5060".into(),
+                branch_sent_by: format!("z9hG4bK{i:016x} 192.0.2.101:5060").into(),
                 method: KeyMethod::Options,
             },
             fsm: ServerFsm::NonInvite(ServerNonInvite::new(false)),
             peer: peer(5060),
             response: vec![b'x'; 330],
-            timers: vec![(TxnTimer::J, 32_000)],
+            timers: {
+                let mut timers = TxnTimers::default();
+                timers.set(TxnTimer::J, 32_000);
+                timers
+            },
         }],
     });
     println!("targets: proxy dialog <= 1024 B ({}), B2BUA call <= 2048 B ({})", proxy <= 1024, b2bua <= 2048);

@@ -190,7 +190,36 @@ pub struct ServerTxn {
     #[serde(with = "serde_bytes")]
     pub response: Vec<u8>,
     /// Armed timers and their deadlines (ms on the shard's clock).
-    pub timers: Vec<(TxnTimer, u64)>,
+    pub timers: TxnTimers,
+}
+
+/// A server transaction's armed timers: never more than two at once (G and H), so a
+/// fixed array rather than a vector (one allocation less per transaction).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnTimers([Option<(TxnTimer, u64)>; 3]);
+
+impl TxnTimers {
+    /// Arms (or re-arms) `timer` for `deadline_ms`.
+    pub fn set(&mut self, timer: TxnTimer, deadline_ms: u64) {
+        self.clear(timer);
+        let slot =
+            self.0.iter_mut().find(|s| s.is_none()).expect("invariant: a server transaction arms at most 3 timers");
+        *slot = Some((timer, deadline_ms));
+    }
+
+    /// Forgets `timer`.
+    pub fn clear(&mut self, timer: TxnTimer) {
+        for slot in &mut self.0 {
+            if slot.is_some_and(|(t, _)| t == timer) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// The armed timers and their deadlines.
+    pub fn iter(&self) -> impl Iterator<Item = (TxnTimer, u64)> + '_ {
+        self.0.iter().flatten().copied()
+    }
 }
 
 /// The state machine of a server transaction.
@@ -237,6 +266,9 @@ pub struct Shard<T> {
     outputs: std::collections::VecDeque<Output>,
     /// Header slots, reused by every message (they hold offsets, not borrows).
     slots: Box<[HeaderSlot]>,
+    /// Scratch lists of one input's effects, taken and put back so inputs do not allocate them.
+    scratch_sends: Vec<(Peer, Vec<u8>)>,
+    scratch_timer_ops: Vec<TimerOp>,
     epoch: Instant,
     next_txn: u64,
     rng: u64,
@@ -253,6 +285,8 @@ impl<T: TransactionUser> Shard<T> {
             stripes: config.stripes.clone(),
             table,
             slots: vec![HeaderSlot::EMPTY; Message::SLOTS].into_boxed_slice(),
+            scratch_sends: Vec::new(),
+            scratch_timer_ops: Vec::new(),
             wheel: TimerWheel::new(config.max_timers, 0),
             armed: hashbrown::HashMap::new(),
             txn_calls: hashbrown::HashMap::new(),
@@ -407,8 +441,8 @@ impl<T: TransactionUser> Shard<T> {
             }
             Err(e) => panic!("invariant: a shard never holds a checkout across inputs ({e:?})"),
         };
-        let mut sends: Vec<(Peer, Vec<u8>)> = Vec::new();
-        let mut timer_ops: Vec<TimerOp> = Vec::new();
+        let mut sends = std::mem::take(&mut self.scratch_sends);
+        let mut timer_ops = std::mem::take(&mut self.scratch_timer_ops);
         let existing = record.transactions.iter().position(|t| t.key == key);
         match existing {
             Some(i) => {
@@ -440,7 +474,16 @@ impl<T: TransactionUser> Shard<T> {
                 } else {
                     ServerFsm::NonInvite(ServerNonInvite::new(reliable))
                 };
-                record.transactions.push(ServerTxn { id, key, fsm, peer, response: Vec::new(), timers: Vec::new() });
+                // Most calls hold one transaction at a time: grow by one, not by Vec's default four.
+                record.transactions.reserve_exact(1);
+                record.transactions.push(ServerTxn {
+                    id,
+                    key,
+                    fsm,
+                    peer,
+                    response: Vec::new(),
+                    timers: TxnTimers::default(),
+                });
                 self.txn_calls.insert(id, (stripe, call_id.into()));
                 self.stats.transactions_created += 1;
                 let i = record.transactions.len() - 1;
@@ -499,12 +542,11 @@ impl<T: TransactionUser> Shard<T> {
                 Action::SendResponse => sends.push((txn.peer, txn.response.clone())),
                 Action::Arm(timer, after) => {
                     let deadline = now_ms + after.as_millis() as u64;
-                    txn.timers.retain(|(t, _)| *t != timer);
-                    txn.timers.push((timer, deadline));
+                    txn.timers.set(timer, deadline);
                     timer_ops.push(TimerOp::Arm(txn.id, timer, deadline));
                 }
                 Action::Cancel(timer) => {
-                    txn.timers.retain(|(t, _)| *t != timer);
+                    txn.timers.clear(timer);
                     timer_ops.push(TimerOp::Cancel(txn.id, timer));
                 }
                 Action::Timeout(_) | Action::TransportError => {
@@ -518,8 +560,8 @@ impl<T: TransactionUser> Shard<T> {
         }
         if ended {
             let txn = record.transactions.swap_remove(i);
-            for (timer, _) in &txn.timers {
-                timer_ops.push(TimerOp::Cancel(txn.id, *timer));
+            for (timer, _) in txn.timers.iter() {
+                timer_ops.push(TimerOp::Cancel(txn.id, timer));
             }
             self.txn_calls.remove(&txn.id);
             self.stats.transactions_ended += 1;
@@ -532,15 +574,15 @@ impl<T: TransactionUser> Shard<T> {
         stripe: StripeId,
         call_id: &[u8],
         record: CallRecord,
-        sends: Vec<(Peer, Vec<u8>)>,
-        timer_ops: Vec<TimerOp>,
+        mut sends: Vec<(Peer, Vec<u8>)>,
+        mut timer_ops: Vec<TimerOp>,
     ) {
         self.check_in(stripe, call_id, record, Hints::NONE);
-        for (peer, bytes) in sends {
+        for (peer, bytes) in sends.drain(..) {
             self.stats.responses_sent += 1;
             self.outputs.push_back(Output::Transmit { peer, bytes });
         }
-        for op in timer_ops {
+        for op in timer_ops.drain(..) {
             match op {
                 TimerOp::Arm(id, timer, deadline) => {
                     let handle =
@@ -556,6 +598,8 @@ impl<T: TransactionUser> Shard<T> {
                 }
             }
         }
+        self.scratch_sends = sends;
+        self.scratch_timer_ops = timer_ops;
     }
 
     fn check_in(&mut self, stripe: StripeId, call_id: &[u8], record: CallRecord, hints: Hints) {
@@ -575,10 +619,10 @@ impl<T: TransactionUser> Shard<T> {
                 panic!("invariant: a shard never holds a checkout across inputs");
             };
             let Some(mut record) = checkout.record else { continue };
-            let mut sends = Vec::new();
-            let mut timer_ops = Vec::new();
+            let mut sends = std::mem::take(&mut self.scratch_sends);
+            let mut timer_ops = std::mem::take(&mut self.scratch_timer_ops);
             if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
-                record.transactions[i].timers.retain(|(t, _)| *t != timer);
+                record.transactions[i].timers.clear(timer);
                 let actions = record.transactions[i].fsm.on(ServerEvent::Timer(timer), &self.config.timers);
                 if !actions.contains(Action::Terminated) {
                     self.txn_calls.insert(id, (stripe, call_id.clone()));

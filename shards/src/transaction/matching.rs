@@ -60,10 +60,9 @@ pub struct ClientKey {
 pub enum ServerKey {
     /// The branch has the magic cookie.
     Rfc3261 {
-        /// Top Via branch.
-        branch: Box<str>,
-        /// Top Via sent-by, `host[:port]`, host lower-cased.
-        sent_by: Box<str>,
+        /// Top Via branch and sent-by (`host[:port]`, host lower-cased), joined by a
+        /// space (neither can contain one): one allocation per key.
+        branch_sent_by: Box<str>,
         /// Method, ACK folded into INVITE.
         method: KeyMethod,
     },
@@ -118,9 +117,12 @@ pub fn server_key(request: &Message<'_>) -> Result<ServerKey, KeyError> {
     let via = request.top_via()?.ok_or(KeyError::Missing("Via"))?;
     if via.has_rfc3261_branch() {
         let branch = via.branch.unwrap_or_default();
-        let mut sent_by = String::with_capacity(via.host.len() + 6);
+        let mut sent_by = String::with_capacity(branch.len() + 1 + via.host.len() + 6);
+        sent_by.push_str(branch);
+        sent_by.push(' ');
+        let host_at = sent_by.len();
         sent_by.push_str(via.host);
-        sent_by.make_ascii_lowercase();
+        sent_by[host_at..].make_ascii_lowercase();
         if let Some(port) = via.port {
             // Digits by hand: this runs for every request, and `fmt` costs more than the rest of the key.
             sent_by.push(':');
@@ -137,7 +139,7 @@ pub fn server_key(request: &Message<'_>) -> Result<ServerKey, KeyError> {
             }
             sent_by.extend(digits[i..].iter().map(|&d| char::from(d)));
         }
-        return Ok(ServerKey::Rfc3261 { branch: branch.into(), sent_by: sent_by.into(), method });
+        return Ok(ServerKey::Rfc3261 { branch_sent_by: sent_by.into(), method });
     }
     let line = request.request_line().ok_or(KeyError::Missing("request line"))?;
     let from = request.from()?.ok_or(KeyError::Missing("From"))?;
