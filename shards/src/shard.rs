@@ -434,6 +434,8 @@ impl<T: TransactionUser> Shard<T> {
         let is_ack = msg.method() == Some(Method::Ack);
         let mut record = match self.table.get_and_lock(stripe, call_id, !is_ack) {
             Ok(checkout) => checkout.record.unwrap_or_default(),
+            // An ACK for a call we hold nothing of: for a 2xx it is the TU's business (§17.1.1.3).
+            Err(TableError::NotFound) => return,
             Err(TableError::Full) => {
                 self.stats.refused_full += 1;
                 self.respond_stateless(msg, peer, 503, "Service Unavailable");
@@ -452,16 +454,17 @@ impl<T: TransactionUser> Shard<T> {
                 self.apply(now_ms, &mut record, i, call_id, actions, &mut sends, &mut timer_ops);
             }
             None if is_ack => {
-                // An ACK for a 2xx (its own transaction, §17.1.1.3) or for nothing we know: the TU's business.
-                if record.transactions.is_empty() {
-                    self.table.unlock(stripe, call_id, None).expect("invariant: checked out above");
-                } else {
-                    self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out above");
-                }
+                // An ACK for a 2xx (its own transaction, §17.1.1.3): the TU's business. The record
+                // exists (the ACK created nothing), so it goes back unchanged.
+                self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out above");
+                self.scratch_sends = sends;
+                self.scratch_timer_ops = timer_ops;
                 return;
             }
             None if record.transactions.len() >= MAX_TXNS_PER_CALL => {
                 self.check_in(stripe, call_id, record, Hints::NONE);
+                self.scratch_sends = sends;
+                self.scratch_timer_ops = timer_ops;
                 self.respond_stateless(msg, peer, 503, "Service Unavailable");
                 return;
             }
@@ -615,10 +618,11 @@ impl<T: TransactionUser> Shard<T> {
             self.armed.remove(&(id, timer));
             // Take the call's key out rather than clone it; it goes back if the transaction lives on.
             let Some((stripe, call_id)) = self.txn_calls.remove(&id) else { continue };
-            let Ok(checkout) = self.table.get_and_lock(stripe, &call_id, false) else {
-                panic!("invariant: a shard never holds a checkout across inputs");
+            let mut record = match self.table.get_and_lock(stripe, &call_id, false) {
+                Ok(checkout) => checkout.record.expect("invariant: a stored record is never empty"),
+                Err(TableError::NotFound) => continue,
+                Err(e) => panic!("invariant: a shard never holds a checkout across inputs ({e:?})"),
             };
-            let Some(mut record) = checkout.record else { continue };
             let mut sends = std::mem::take(&mut self.scratch_sends);
             let mut timer_ops = std::mem::take(&mut self.scratch_timer_ops);
             if let Some(i) = record.transactions.iter().position(|t| t.id == id) {

@@ -75,6 +75,8 @@ pub enum TableError {
     Full,
     /// The key is not checked out (put/unlock without get).
     NotCheckedOut,
+    /// No record under the key, and the caller did not ask to create one.
+    NotFound,
 }
 
 #[derive(Debug)]
@@ -131,7 +133,8 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
         self.capacity
     }
 
-    /// Checks out the record under `key`, creating an empty slot when `create` and the key is new.
+    /// Checks out the record under `key`; a new key gets an empty slot when `create`,
+    /// and is `NotFound` otherwise (nothing is then checked out).
     pub fn get_and_lock(&mut self, stripe: StripeId, key: &[u8], create: bool) -> Result<Checkout<R>, TableError> {
         if let Some(slot) = self.stripes.get_mut(&stripe).and_then(|s| s.get_mut(key)) {
             if slot.checked_out {
@@ -141,7 +144,7 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
             return Ok(Checkout { record: slot.record.take(), version: slot.version });
         }
         if !create {
-            return Ok(Checkout { record: None, version: 0 });
+            return Err(TableError::NotFound);
         }
         if self.live >= self.capacity {
             return Err(TableError::Full);
@@ -374,6 +377,8 @@ mod tests {
         assert_eq!(table.get_and_lock(S, b"call-1", true), Err(TableError::Busy));
         let v = table.put_and_unlock(S, b"call-1", Call { state: 1, timers: vec![] }, Hints::NONE).unwrap();
         assert_eq!(v, 1);
+        assert_eq!(table.get_and_lock(S, b"no-such-call", false), Err(TableError::NotFound));
+        assert_eq!(table.unlock(S, b"no-such-call", None), Err(TableError::NotCheckedOut), "nothing was checked out");
         let again = table.get_and_lock(S, b"call-1", false).unwrap();
         assert_eq!(again.version, 1);
         assert_eq!(again.record.unwrap().state, 1);
