@@ -25,7 +25,7 @@ use sipshard_parser::{HeaderSlot, Method, ResponseSpec, peek_call_id, write_resp
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
 use crate::table::{CallTable, Change, Hints, TableError};
 use crate::timer::{TimerId, TimerWheel};
-use crate::transaction::matching::{ServerKey, server_key};
+use crate::transaction::matching::{ServerKey, server_key, server_key_of_response};
 use crate::transaction::{
     Action, Actions, ResponseClass, ServerEvent, ServerInvite, ServerNonInvite, TimerConfig, TxnTimer,
 };
@@ -76,6 +76,14 @@ pub enum Input<'a> {
     },
     /// Time passed: fire due timers.
     Timeout,
+    /// The driver could not send a message this shard emitted (§17.2.4: ICMP error,
+    /// connection refused or reset); the transaction that sent it learns of it.
+    TransportError {
+        /// Where it was going.
+        peer: Peer,
+        /// The message that could not be sent.
+        bytes: &'a [u8],
+    },
 }
 
 /// Something for the driver to do.
@@ -368,6 +376,7 @@ impl<T: TransactionUser> Shard<T> {
             Input::Forwarded { peer, bytes } | Input::FromNode { peer, bytes, .. } => {
                 self.receive(now_ms, peer, bytes, false)
             }
+            Input::TransportError { bytes, .. } => self.transport_error(now_ms, bytes),
         }
         while let Some(change) = self.table.poll_change() {
             if self.config.replicate {
@@ -611,6 +620,28 @@ impl<T: TransactionUser> Shard<T> {
         } else {
             self.table.put_and_unlock(stripe, call_id, record, hints).expect("invariant: checked out by this input");
         }
+    }
+
+    /// Feeds a failed send to the server transaction that made it.
+    fn transport_error(&mut self, now_ms: u64, bytes: &[u8]) {
+        let Some(call_id) = peek_call_id(bytes) else { return };
+        let stripe = StripeId::of_call_id(call_id, self.stripes.stripe_count());
+        let mut slots = std::mem::take(&mut self.slots);
+        let key = sipshard_parser::parse(bytes, &mut slots).ok().and_then(|m| server_key_of_response(&m).ok());
+        self.slots = slots;
+        let Some(key) = key else { return };
+        let mut record = match self.table.get_and_lock(stripe, call_id, false) {
+            Ok(checkout) => checkout.record.expect("invariant: a stored record is never empty"),
+            Err(TableError::NotFound) => return,
+            Err(e) => panic!("invariant: a shard never holds a checkout across inputs ({e:?})"),
+        };
+        let mut sends = std::mem::take(&mut self.scratch_sends);
+        let mut timer_ops = std::mem::take(&mut self.scratch_timer_ops);
+        if let Some(i) = record.transactions.iter().position(|t| t.key == key) {
+            let actions = record.transactions[i].fsm.on(ServerEvent::TransportError, &self.config.timers);
+            self.apply(now_ms, &mut record, i, call_id, actions, &mut sends, &mut timer_ops);
+        }
+        self.finish(stripe, call_id, record, sends, timer_ops);
     }
 
     fn fire_timers(&mut self, now_ms: u64) {

@@ -511,8 +511,8 @@ impl TransactionUser for FuzzAnswer {
 }
 
 /// Feeds `data`, split into datagrams at 0xFF bytes, to one shard that owns every
-/// stripe, from UDP and TCP peers, advancing the clock and firing timers in between and
-/// draining outputs after every input; then waits out every transaction and checks
+/// stripe, from UDP and TCP peers, advancing the clock and firing timers in between,
+/// reporting some sends back as failed, and draining outputs after every input; then waits out every transaction and checks
 /// that nothing is left. Panics on any broken invariant: the fuzz target and the
 /// regression tests both run this.
 pub fn replay_datagrams(base: Instant, data: &[u8]) {
@@ -533,7 +533,17 @@ pub fn replay_datagrams(base: Instant, data: &[u8]) {
         let addr: SocketAddr = if i % 2 == 0 { "127.0.0.1:5060" } else { "[::1]:5070" }.parse().expect("addr");
         let transport = if i % 3 == 0 { crate::shard::Transport::Tcp } else { crate::shard::Transport::Udp };
         shard.handle(now, Input::Datagram { peer: Peer { addr, transport }, bytes: datagram });
-        while shard.poll_output().is_some() {}
+        let mut failed_send = None;
+        while let Some(output) = shard.poll_output() {
+            if let (Output::Transmit { peer, bytes }, 4) = (output, i % 5) {
+                failed_send = Some((peer, bytes));
+            }
+        }
+        // Every fifth input's last send is reported back as failed (§17.2.4).
+        if let Some((peer, bytes)) = failed_send {
+            shard.handle(now, Input::TransportError { peer, bytes: &bytes });
+            while shard.poll_output().is_some() {}
+        }
         now += Duration::from_millis(u64::from(datagram.first().copied().unwrap_or(0)) * 250);
         shard.handle(now, Input::Timeout);
         while shard.poll_output().is_some() {}

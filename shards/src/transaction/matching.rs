@@ -106,6 +106,45 @@ pub fn client_key(response: &Message<'_>) -> Result<ClientKey, KeyError> {
     Ok(ClientKey { branch: branch.into(), method: KeyMethod::of(cseq.method) })
 }
 
+/// The server transaction that sent `response` (to report a failed send, §17.2.4):
+/// the response carries the request's top Via and CSeq method. Only RFC 3261 keys can
+/// be rebuilt from a response.
+pub fn server_key_of_response(response: &Message<'_>) -> Result<ServerKey, KeyError> {
+    let cseq = response.cseq()?.ok_or(KeyError::Missing("CSeq"))?;
+    let via = response.top_via()?.ok_or(KeyError::Missing("Via"))?;
+    if !via.has_rfc3261_branch() {
+        return Err(KeyError::Missing("RFC 3261 branch"));
+    }
+    Ok(rfc3261_key(&via, KeyMethod::of(cseq.method)))
+}
+
+fn rfc3261_key(via: &sipshard_parser::Via<'_>, method: KeyMethod) -> ServerKey {
+    let branch = via.branch.unwrap_or_default();
+    let mut sent_by = String::with_capacity(branch.len() + 1 + via.host.len() + 6);
+    sent_by.push_str(branch);
+    sent_by.push(' ');
+    let host_at = sent_by.len();
+    sent_by.push_str(via.host);
+    sent_by[host_at..].make_ascii_lowercase();
+    if let Some(port) = via.port {
+        // Digits by hand: this runs for every request, and `fmt` costs more than the rest of the key.
+        sent_by.push(':');
+        let mut digits = [0u8; 5];
+        let mut n = port;
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        sent_by.extend(digits[i..].iter().map(|&d| char::from(d)));
+    }
+    ServerKey::Rfc3261 { branch_sent_by: sent_by.into(), method }
+}
+
 /// The server transaction a request belongs to.
 pub fn server_key(request: &Message<'_>) -> Result<ServerKey, KeyError> {
     let method = request.method().ok_or(KeyError::Missing("request line"))?;
@@ -116,30 +155,7 @@ pub fn server_key(request: &Message<'_>) -> Result<ServerKey, KeyError> {
     };
     let via = request.top_via()?.ok_or(KeyError::Missing("Via"))?;
     if via.has_rfc3261_branch() {
-        let branch = via.branch.unwrap_or_default();
-        let mut sent_by = String::with_capacity(branch.len() + 1 + via.host.len() + 6);
-        sent_by.push_str(branch);
-        sent_by.push(' ');
-        let host_at = sent_by.len();
-        sent_by.push_str(via.host);
-        sent_by[host_at..].make_ascii_lowercase();
-        if let Some(port) = via.port {
-            // Digits by hand: this runs for every request, and `fmt` costs more than the rest of the key.
-            sent_by.push(':');
-            let mut digits = [0u8; 5];
-            let mut n = port;
-            let mut i = digits.len();
-            loop {
-                i -= 1;
-                digits[i] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-            sent_by.extend(digits[i..].iter().map(|&d| char::from(d)));
-        }
-        return Ok(ServerKey::Rfc3261 { branch_sent_by: sent_by.into(), method });
+        return Ok(rfc3261_key(&via, method));
     }
     let line = request.request_line().ok_or(KeyError::Missing("request line"))?;
     let from = request.from()?.ok_or(KeyError::Missing("From"))?;
@@ -203,6 +219,13 @@ To: <sip:b@b>\r\nCall-ID: x@y\r\nCSeq: 4 INVITE\r\n\r\n";
         let bare_cookie = b"OPTIONS sip:b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK\r\nFrom: <sip:a@a>;tag=2\r\n\
 To: <sip:b@b>\r\nCall-ID: q\r\nCSeq: 1 OPTIONS\r\n\r\n";
         assert!(matches!(with(bare_cookie, |m| server_key(m).unwrap()), ServerKey::Rfc2543 { .. }));
+    }
+
+    #[test]
+    fn a_response_names_the_server_transaction_that_sent_it() {
+        let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP PC33.example:5060;branch=z9hG4bK776\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let invite = with(INVITE, |m| server_key(m).unwrap());
+        assert_eq!(with(response, |m| server_key_of_response(m).unwrap()), invite);
     }
 
     #[test]
