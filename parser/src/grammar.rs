@@ -176,6 +176,23 @@ pub(crate) const fn is_lws(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
+/// Trims LWS (folds included) from both ends of raw bytes.
+pub(crate) fn trim_lws(mut value: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = value {
+        if !is_lws(*first) {
+            break;
+        }
+        value = rest;
+    }
+    while let [rest @ .., last] = value {
+        if !is_lws(*last) {
+            break;
+        }
+        value = rest;
+    }
+    value
+}
+
 /// `SWS = [LWS]`: skips optional whitespace, folds included.
 #[inline]
 pub(crate) fn sws(input: &str) -> &str {

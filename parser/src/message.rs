@@ -11,7 +11,7 @@
 use memchr::memchr;
 
 use crate::error::{ErrorKind, ParseError};
-use crate::grammar::{is_lws, is_token_char};
+use crate::grammar::{is_token_char, trim_lws};
 use crate::header::{Header, HeaderName, HeaderSlot};
 use crate::limits::{MAX_HEADER_VALUE_BYTES, MAX_HEADERS, MAX_LINE_BYTES, MAX_MESSAGE_BYTES};
 use crate::method::Method;
@@ -212,22 +212,6 @@ impl<'a> FieldScanner<'a> {
             value: trim_lws(&buf[value_start..value_end]),
         }))
     }
-}
-
-fn trim_lws(mut value: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = value {
-        if !is_lws(*first) {
-            break;
-        }
-        value = rest;
-    }
-    while let [rest @ .., last] = value {
-        if !is_lws(*last) {
-            break;
-        }
-        value = rest;
-    }
-    value
 }
 
 /// Skips CRLFs before a start line (RFC 3261 §7.5).

@@ -9,7 +9,7 @@
 //! followed by the murmur3 `fmix64` finaliser (so that the low bits used by
 //! the modulo are well mixed), taken modulo the stripe count.
 
-use crate::grammar::is_lws;
+use crate::grammar::trim_lws;
 use crate::header::HeaderName;
 use crate::limits::MAX_HEADERS;
 
@@ -65,20 +65,7 @@ pub fn peek_call_id(datagram: &[u8]) -> Option<&[u8]> {
         }
         if is_call_id {
             let colon = pos + memchr::memchr(b':', line)?;
-            let mut value = &datagram[colon + 1..value_end];
-            while let [first, rest @ ..] = value {
-                if !is_lws(*first) {
-                    break;
-                }
-                value = rest;
-            }
-            while let [rest @ .., last] = value {
-                if !is_lws(*last) {
-                    break;
-                }
-                value = rest;
-            }
-            return Some(value);
+            return Some(trim_lws(&datagram[colon + 1..value_end]));
         }
         pos = next;
     }

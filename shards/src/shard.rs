@@ -154,6 +154,24 @@ pub struct ShardConfig {
     pub retry_after_s: u32,
 }
 
+impl ShardConfig {
+    /// One node of one shard owning all 64 stripes, default timers, no replication:
+    /// the shape of unit tests, fuzzing and the core benchmark.
+    pub fn standalone(max_calls: usize) -> Self {
+        ShardConfig {
+            node: NodeId(0),
+            shard: ShardId(0),
+            stripes: StripeMap::balanced(1, 64, &[NodeId(0)], 1, 1),
+            max_calls,
+            max_timers: 8 * max_calls,
+            timers: TimerConfig::default(),
+            seed: 1,
+            replicate: false,
+            retry_after_s: 5,
+        }
+    }
+}
+
 /// Counters a shard keeps (no locks: the driver copies them out).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardStats {

@@ -516,17 +516,7 @@ impl TransactionUser for FuzzAnswer {
 /// that nothing is left. Panics on any broken invariant: the fuzz target and the
 /// regression tests both run this.
 pub fn replay_datagrams(base: Instant, data: &[u8]) {
-    let config = ShardConfig {
-        node: NodeId(0),
-        shard: ShardId(0),
-        stripes: StripeMap::balanced(1, 64, &[NodeId(0)], 1, 1),
-        max_calls: 64,
-        max_timers: 1_024,
-        timers: TimerConfig::default(),
-        seed: 1,
-        replicate: true,
-        retry_after_s: 5,
-    };
+    let config = ShardConfig { replicate: true, ..ShardConfig::standalone(64) };
     let mut shard = Shard::new(config, FuzzAnswer, base);
     let mut now = base;
     for (i, datagram) in data.split(|&b| b == 0xff).enumerate() {

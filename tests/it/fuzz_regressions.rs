@@ -25,8 +25,7 @@ fn a_non_final_tu_answer_is_replaced_by_500_and_nothing_leaks() {
     use sipshard_shards::shard::{
         FinalResponse, Input, Message, Output, Peer, Shard, ShardConfig, TransactionUser, Transport,
     };
-    use sipshard_shards::transaction::TimerConfig;
-    use sipshard_shards::{NodeId, ShardId, StripeMap};
+    use sipshard_shards::{NodeId, ShardId};
 
     struct RingsForever;
     impl TransactionUser for RingsForever {
@@ -34,17 +33,7 @@ fn a_non_final_tu_answer_is_replaced_by_500_and_nothing_leaks() {
             FinalResponse { code: 180, reason: "Ringing" }
         }
     }
-    let config = ShardConfig {
-        node: NodeId(0),
-        shard: ShardId(0),
-        stripes: StripeMap::balanced(1, 64, &[NodeId(0)], 1, 1),
-        max_calls: 8,
-        max_timers: 64,
-        timers: TimerConfig::default(),
-        seed: 1,
-        replicate: false,
-        retry_after_s: 5,
-    };
+    let config = ShardConfig::standalone(8);
     let start = Instant::now();
     let mut shard = Shard::new(config, RingsForever, start);
     let peer = Peer { addr: "127.0.0.1:5060".parse().unwrap(), transport: Transport::Udp };
@@ -65,8 +54,7 @@ fn a_failed_send_ends_the_transaction_and_reaches_the_tu() {
     use sipshard_shards::shard::{
         FinalResponse, Input, Message, Output, Peer, Shard, ShardConfig, TransactionUser, Transport,
     };
-    use sipshard_shards::transaction::TimerConfig;
-    use sipshard_shards::{NodeId, ShardId, StripeMap};
+    use sipshard_shards::{NodeId, ShardId};
 
     #[derive(Default)]
     struct Counting {
@@ -81,17 +69,7 @@ fn a_failed_send_ends_the_transaction_and_reaches_the_tu() {
             self.failures += 1;
         }
     }
-    let config = ShardConfig {
-        node: NodeId(0),
-        shard: ShardId(0),
-        stripes: StripeMap::balanced(1, 64, &[NodeId(0)], 1, 1),
-        max_calls: 8,
-        max_timers: 64,
-        timers: TimerConfig::default(),
-        seed: 1,
-        replicate: false,
-        retry_after_s: 5,
-    };
+    let config = ShardConfig::standalone(8);
     let start = Instant::now();
     let mut shard = Shard::new(config, Counting::default(), start);
     let peer = Peer { addr: "127.0.0.1:5060".parse().unwrap(), transport: Transport::Tcp };
