@@ -522,11 +522,12 @@ impl<T: TransactionUser> Shard<T> {
                     self.stats.tu_errors += 1;
                     answer = FinalResponse { code: 500, reason: "Server Internal Error" };
                 }
-                let tag = format!("{:x}", self.next_token());
+                let tag = self.tag();
+                let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
                 let spec = ResponseSpec {
                     code: answer.code,
                     reason: answer.reason,
-                    to_tag: Some(&tag),
+                    to_tag: Some(tag),
                     headers: &[],
                     body: b"",
                 };
