@@ -3,9 +3,10 @@
 //! Exit 0 when the message parses (rule violations are listed under
 //! `"problems"`, see `sipshard_parser::problems`); exit 1 with the error kind
 //! and byte offset on stderr when it cannot be parsed; exit 2 when the input
-//! cannot be read.
+//! cannot be read or the output cannot be written (a reader that closes the
+//! pipe early, as `| head` does, is not an error).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -27,8 +28,14 @@ pub(crate) fn run(file: Option<&Path>) -> ExitCode {
     match parse(&input, &mut slots) {
         Ok(msg) => {
             let text = serde_json::to_string_pretty(&message_json(&msg)).expect("invariant: JSON values serialise");
-            println!("{text}");
-            ExitCode::SUCCESS
+            match writeln!(std::io::stdout().lock(), "{text}") {
+                // A reader that stopped early (`| head`) is not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("error: cannot write output: {e}");
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("error: {} at byte {}", e.kind.as_str(), e.offset);
