@@ -4,6 +4,8 @@
 //! Call-ID falls in, with the same function the server uses, so load can be
 //! aimed at a stripe. The UAC/UAS roles are the subject of the sipbench issue.
 
+use std::io::Write;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use sipshard_parser::stripe_of;
@@ -33,8 +35,13 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Stripe { stripes, call_ids } => {
             anyhow::ensure!(stripes > 0, "--stripes must be at least 1");
+            let mut out = std::io::stdout().lock();
             for id in call_ids {
-                println!("{}\t{}", stripe_of(id.as_bytes(), stripes), id);
+                match writeln!(out, "{}\t{}", stripe_of(id.as_bytes(), stripes), id) {
+                    // A reader that stopped early (`| head`) is not an error.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                    other => other?,
+                }
             }
         }
     }
