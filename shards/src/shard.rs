@@ -489,7 +489,8 @@ impl<T: TransactionUser> Shard<T> {
                 return;
             }
             None if record.transactions.len() >= MAX_TXNS_PER_CALL => {
-                self.check_in(stripe, call_id, record, Hints::NONE);
+                // Nothing changed: the record goes back without a new version or change.
+                self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out above");
                 self.scratch_sends = sends;
                 self.scratch_timer_ops = timer_ops;
                 self.respond_stateless(msg, peer, 503, "Service Unavailable");

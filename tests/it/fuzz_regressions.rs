@@ -46,39 +46,3 @@ fn a_non_final_tu_answer_is_replaced_by_500_and_nothing_leaks() {
     while shard.poll_output().is_some() {}
     assert_eq!((shard.transactions(), shard.calls(), shard.armed_timers()), (0, 0, 0));
 }
-
-/// §17.2.4: when the driver cannot send a response, the server transaction ends and
-/// the transaction user hears of it.
-#[test]
-fn a_failed_send_ends_the_transaction_and_reaches_the_tu() {
-    use sipshard_shards::shard::{
-        FinalResponse, Input, Message, Output, Peer, Shard, ShardConfig, TransactionUser, Transport,
-    };
-    use sipshard_shards::{NodeId, ShardId};
-
-    #[derive(Default)]
-    struct Counting {
-        failures: u32,
-    }
-    impl TransactionUser for Counting {
-        fn on_request(&mut self, _: NodeId, _: ShardId, _: &Message<'_>) -> FinalResponse {
-            FinalResponse { code: 486, reason: "Busy Here" }
-        }
-        fn on_failure(&mut self, call_id: &[u8]) {
-            assert_eq!(call_id, b"unreachable@test");
-            self.failures += 1;
-        }
-    }
-    let config = ShardConfig::standalone(8);
-    let start = Instant::now();
-    let mut shard = Shard::new(config, Counting::default(), start);
-    let peer = Peer { addr: "127.0.0.1:5060".parse().unwrap(), transport: Transport::Tcp };
-    let invite = sipshard_shards::testing::request("INVITE", peer.addr, "unreachable@test", 1, "1");
-    shard.handle(start, Input::Datagram { peer, bytes: &invite });
-    let Some(Output::Transmit { bytes: response, .. }) = shard.poll_output() else { panic!("a 486 is sent") };
-    assert_eq!(shard.transactions(), 1, "waiting for the ACK (timer H)");
-    shard.handle(start, Input::TransportError { peer, bytes: &response });
-    assert_eq!(shard.tu().failures, 1);
-    assert_eq!((shard.transactions(), shard.calls(), shard.armed_timers()), (0, 0, 0));
-    assert_eq!(shard.stats().transaction_failures, 1);
-}

@@ -4,4 +4,5 @@
 mod cli_parse;
 mod cluster;
 mod fuzz_regressions;
+mod shard;
 mod tidy;

@@ -1,0 +1,71 @@
+//! The shard's edges over its public API: failed sends reported back, and the
+//! per-call transaction limit.
+
+use std::time::Instant;
+
+/// §17.2.4: when the driver cannot send a response, the server transaction ends and
+/// the transaction user hears of it.
+#[test]
+fn a_failed_send_ends_the_transaction_and_reaches_the_tu() {
+    use sipshard_shards::shard::{
+        FinalResponse, Input, Message, Output, Peer, Shard, ShardConfig, TransactionUser, Transport,
+    };
+    use sipshard_shards::{NodeId, ShardId};
+
+    #[derive(Default)]
+    struct Counting {
+        failures: u32,
+    }
+    impl TransactionUser for Counting {
+        fn on_request(&mut self, _: NodeId, _: ShardId, _: &Message<'_>) -> FinalResponse {
+            FinalResponse { code: 486, reason: "Busy Here" }
+        }
+        fn on_failure(&mut self, call_id: &[u8]) {
+            assert_eq!(call_id, b"unreachable@test");
+            self.failures += 1;
+        }
+    }
+    let config = ShardConfig::standalone(8);
+    let start = Instant::now();
+    let mut shard = Shard::new(config, Counting::default(), start);
+    let peer = Peer { addr: "127.0.0.1:5060".parse().unwrap(), transport: Transport::Tcp };
+    let invite = sipshard_shards::testing::request("INVITE", peer.addr, "unreachable@test", 1, "1");
+    shard.handle(start, Input::Datagram { peer, bytes: &invite });
+    let Some(Output::Transmit { bytes: response, .. }) = shard.poll_output() else { panic!("a 486 is sent") };
+    assert_eq!(shard.transactions(), 1, "waiting for the ACK (timer H)");
+    shard.handle(start, Input::TransportError { peer, bytes: &response });
+    assert_eq!(shard.tu().failures, 1);
+    assert_eq!((shard.transactions(), shard.calls(), shard.armed_timers()), (0, 0, 0));
+    assert_eq!(shard.stats().transaction_failures, 1);
+}
+
+/// A call holding its maximum of live transactions gets 503 for one more, and its
+/// record is not touched (no new version, no change on the feed).
+#[test]
+fn a_call_at_its_transaction_limit_gets_503_and_stays_unchanged() {
+    use sipshard_shards::shard::{Input, MAX_TXNS_PER_CALL, Output, Peer, Shard, ShardConfig, Transport};
+    use sipshard_shards::testing::{FuzzAnswer, request};
+
+    let start = Instant::now();
+    let mut shard = Shard::new(ShardConfig { replicate: true, ..ShardConfig::standalone(8) }, FuzzAnswer, start);
+    let peer = Peer { addr: "127.0.0.1:5060".parse().unwrap(), transport: Transport::Udp };
+    let mut changes = 0;
+    for n in 0..=MAX_TXNS_PER_CALL {
+        let bytes = request("OPTIONS", peer.addr, "busy@test", n as u32 + 1, &format!("n{n}"));
+        shard.handle(start, Input::Datagram { peer, bytes: &bytes });
+        let mut last_response = Vec::new();
+        while let Some(output) = shard.poll_output() {
+            match output {
+                Output::Transmit { bytes, .. } => last_response = bytes,
+                Output::Replicate(_) => changes += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if n == MAX_TXNS_PER_CALL {
+            assert!(last_response.starts_with(b"SIP/2.0 503 "), "{}", String::from_utf8_lossy(&last_response));
+            assert!(String::from_utf8_lossy(&last_response).contains("Retry-After: 5\r\n"));
+        }
+    }
+    assert_eq!(changes, MAX_TXNS_PER_CALL, "one change per transaction created, none for the refusal");
+    assert_eq!(shard.transactions(), MAX_TXNS_PER_CALL);
+}
