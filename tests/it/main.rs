@@ -1,5 +1,6 @@
 //! sipshard's integration tests, built as one binary (STYLE.md: ripgrep/tokio
-//! habit): the CLI end to end, and the workspace's tidy rules.
+//! habit): the CLI end to end, deterministic cluster scenarios, the shard's
+//! edges, fuzz regressions, and the workspace's tidy rules.
 
 mod cli_parse;
 mod cluster;
