@@ -69,6 +69,8 @@ pub(crate) struct FramingNotes {
     pub(crate) conflicting_content_length: bool,
     /// Content-Length is larger than the octets after the headers.
     pub(crate) declared_body_bytes: Option<u32>,
+    /// A Content-Length that is not a usable number (ignored for framing the datagram).
+    pub(crate) invalid_content_length: Option<ParseError>,
     /// The request line had extra, leading or trailing whitespace.
     pub(crate) start_line_whitespace: bool,
 }
@@ -321,9 +323,10 @@ fn status_line<'a>(buf: &'a [u8], line: &'a [u8]) -> Result<StatusLine<'a>, Pars
 /// [`Message`], filling `slots` with its headers in order.
 ///
 /// Fails on what makes the message unusable: limits, a broken start line, a
-/// header line without a name or colon, headers not ended by an empty line, a
-/// Content-Length that is not a number. Rule violations that still leave a
-/// usable message are reported by [`Message::problems`] instead.
+/// header line without a name or colon, headers not ended by an empty line.
+/// Rule violations that still leave a usable message (a Content-Length that is
+/// not a number among them: the body is then the rest of the datagram) are
+/// reported by [`Message::problems`] instead.
 pub fn parse<'a>(buf: &'a [u8], slots: &'a mut [HeaderSlot]) -> Result<Message<'a>, ParseError> {
     if buf.len() > MAX_MESSAGE_BYTES {
         return Err(ParseError::new(ErrorKind::MessageTooLarge, MAX_MESSAGE_BYTES));
@@ -354,11 +357,18 @@ pub fn parse<'a>(buf: &'a [u8], slots: &'a mut [HeaderSlot]) -> Result<Message<'
                 }
                 let name = HeaderName::from_bytes(field.name);
                 if name == HeaderName::ContentLength {
-                    let n = content_length_value(field.value, offset_in(buf, field.value))?;
-                    match content_length {
-                        Some(previous) if previous != n => notes.conflicting_content_length = true,
-                        Some(_) => {}
-                        None => content_length = Some(n),
+                    // In a datagram the body can still be framed without a usable value (the
+                    // rest of the datagram), so a bad one is a problem the role answers with
+                    // 400 (RFC 4475 §3.1.2.3), not a message it must drop.
+                    match content_length_value(field.value, offset_in(buf, field.value)) {
+                        Ok(n) => match content_length {
+                            Some(previous) if previous != n => notes.conflicting_content_length = true,
+                            Some(_) => {}
+                            None => content_length = Some(n),
+                        },
+                        Err(e) => {
+                            notes.invalid_content_length.get_or_insert(e);
+                        }
                     }
                 }
                 let first_of_name = &mut first[name as usize];
@@ -616,6 +626,9 @@ Call-ID: abc\r\nContent-Length: 4\r\n\r\nbodyEXTRA";
         assert_eq!(frame(b"\r\nINVITE"), Ok(Frame::KeepAlive { len: 2, ping: false }));
         let no_length = b"OPTIONS sip:a SIP/2.0\r\nCall-ID: x\r\n\r\n";
         assert_eq!(frame(no_length).unwrap_err().kind, ErrorKind::MissingContentLength);
+        // On a stream a bad Content-Length cannot be framed around: it stays an error.
+        let bad_length = b"OPTIONS sip:a SIP/2.0\r\nContent-Length: -999\r\n\r\n";
+        assert_eq!(frame(bad_length).unwrap_err().kind, ErrorKind::InvalidContentLength);
     }
 
     #[test]

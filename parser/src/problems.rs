@@ -14,7 +14,8 @@
 //! 6. Every header this crate decodes (Via, From, To, Call-ID, CSeq, Max-Forwards,
 //!    Contact, Route, Record-Route, Content-Type, Expires) decodes.
 //! 7. A request's CSeq method equals its method (RFC 3261 §8.1.1.5).
-//! 8. Content-Length values agree and are not larger than the body received (§18.3).
+//! 8. Content-Length is a number, values agree, and none is larger than the body
+//!    received (§18.3; RFC 4475 §3.1.2.2-3, §3.3.9).
 //! 9. Date, if present, is in GMT (RFC 3261 §20.17).
 
 use core::fmt;
@@ -186,6 +187,9 @@ impl<'a> Message<'a> {
             if cseq.method != method {
                 out.push(Problem::CSeqMethodMismatch);
             }
+        }
+        if let Some(e) = self.notes.invalid_content_length {
+            out.push(Problem::InvalidHeader(ContentLength, e));
         }
         if self.notes.conflicting_content_length {
             out.push(Problem::ConflictingContentLength);
