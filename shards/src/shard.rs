@@ -642,6 +642,15 @@ impl<T: TransactionUser> Shard<T> {
         }
     }
 
+    /// Checks out the record of a call that should exist; `None` if it is gone.
+    fn checkout_existing(&mut self, stripe: StripeId, call_id: &[u8]) -> Option<CallRecord> {
+        match self.table.get_and_lock(stripe, call_id, false) {
+            Ok(checkout) => Some(checkout.record.expect("invariant: a stored record is never empty")),
+            Err(TableError::NotFound) => None,
+            Err(e) => panic!("invariant: a shard never holds a checkout across inputs ({e:?})"),
+        }
+    }
+
     /// Feeds a failed send to the server transaction that made it.
     fn transport_error(&mut self, now_ms: u64, bytes: &[u8]) {
         let Some(call_id) = peek_call_id(bytes) else { return };
@@ -650,11 +659,7 @@ impl<T: TransactionUser> Shard<T> {
         let key = sipshard_parser::parse(bytes, &mut slots).ok().and_then(|m| server_key_of_response(&m).ok());
         self.slots = slots;
         let Some(key) = key else { return };
-        let mut record = match self.table.get_and_lock(stripe, call_id, false) {
-            Ok(checkout) => checkout.record.expect("invariant: a stored record is never empty"),
-            Err(TableError::NotFound) => return,
-            Err(e) => panic!("invariant: a shard never holds a checkout across inputs ({e:?})"),
-        };
+        let Some(mut record) = self.checkout_existing(stripe, call_id) else { return };
         let mut sends = std::mem::take(&mut self.scratch_sends);
         let mut timer_ops = std::mem::take(&mut self.scratch_timer_ops);
         if let Some(i) = record.transactions.iter().position(|t| t.key == key) {
@@ -669,11 +674,7 @@ impl<T: TransactionUser> Shard<T> {
             self.armed.remove(&(id, timer));
             // Take the call's key out rather than clone it; it goes back if the transaction lives on.
             let Some((stripe, call_id)) = self.txn_calls.remove(&id) else { continue };
-            let mut record = match self.table.get_and_lock(stripe, &call_id, false) {
-                Ok(checkout) => checkout.record.expect("invariant: a stored record is never empty"),
-                Err(TableError::NotFound) => continue,
-                Err(e) => panic!("invariant: a shard never holds a checkout across inputs ({e:?})"),
-            };
+            let Some(mut record) = self.checkout_existing(stripe, &call_id) else { continue };
             let mut sends = std::mem::take(&mut self.scratch_sends);
             let mut timer_ops = std::mem::take(&mut self.scratch_timer_ops);
             if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
