@@ -267,37 +267,6 @@ impl HeaderName {
             _ => Other,
         }
     }
-
-    /// Whether the header's value may be a comma-separated list (RFC 3261 §7.3.1).
-    pub const fn is_list(self) -> bool {
-        use HeaderName::*;
-        matches!(
-            self,
-            Accept
-                | AcceptEncoding
-                | AcceptLanguage
-                | AlertInfo
-                | Allow
-                | AllowEvents
-                | CallInfo
-                | Contact
-                | ContentEncoding
-                | ContentLanguage
-                | ErrorInfo
-                | InReplyTo
-                | Path
-                | ProxyRequire
-                | RecordRoute
-                | Require
-                | Route
-                | Supported
-                | Unsupported
-                | Via
-                | Warning
-                | AcceptContact
-                | RejectContact
-        )
-    }
 }
 
 #[cfg(test)]

@@ -234,7 +234,8 @@ fn content_length_value(value: &[u8], offset: usize) -> Result<u32, ParseError> 
     Ok(n as u32)
 }
 
-fn offset_in(buf: &[u8], part: &[u8]) -> usize {
+/// Byte offset of `part` within `buf` (a sub-slice of it).
+pub(crate) fn offset_in(buf: &[u8], part: &[u8]) -> usize {
     (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize)
 }
 

@@ -10,7 +10,7 @@ use crate::grammar::{
 use crate::header::HeaderName;
 use crate::header::HeaderSlot;
 use crate::limits::{MAX_MESSAGE_BYTES, MAX_VALUES_PER_HEADER, MAX_VIAS};
-use crate::message::Message;
+use crate::message::{Message, offset_in};
 use crate::method::Method;
 use crate::params::Params;
 use crate::uri::Uri;
@@ -109,23 +109,11 @@ impl<'a> Via<'a> {
     }
 }
 
-/// `host` of a sent-by: hostname, IPv4 address or IPv6 reference.
+/// `host` of a sent-by: hostname, IPv4 address or IPv6 reference (the URI host rule).
 fn sent_by_host(input: &str) -> PResult<'_, &str> {
-    if input.starts_with('[') {
-        let Some(close) = input.find(']') else { return fail(input, ErrorKind::ExpectedHost) };
-        let inner = &input[1..close];
-        if inner.is_empty() || !inner.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.') {
-            return fail(input, ErrorKind::ExpectedHost);
-        }
-        return Ok((&input[close + 1..], &input[..close + 1]));
-    }
-    match input
-        .bytes()
-        .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_')))
-        .unwrap_or(input.len())
-    {
-        0 => fail(input, ErrorKind::ExpectedHost),
-        n => Ok((&input[n..], &input[..n])),
+    match crate::uri::host_len(input, 0) {
+        Ok(n) => Ok((&input[n..], &input[..n])),
+        Err(_) => fail(input, ErrorKind::ExpectedHost),
     }
 }
 
@@ -514,7 +502,7 @@ impl<'a, T> Iterator for Values<'a, T> {
                 match core::str::from_utf8(header.value) {
                     Ok(text) => self.current = Some(text),
                     Err(e) => {
-                        let at = offset(self.buf, header.value) + e.valid_up_to();
+                        let at = offset_in(self.buf, header.value) + e.valid_up_to();
                         return self.stop(ParseError::new(ErrorKind::InvalidUtf8, at));
                     }
                 }
@@ -538,15 +526,11 @@ impl<'a, T> Iterator for Values<'a, T> {
                 }
                 Err(nom::Err::Error(e) | nom::Err::Failure(e)) => self.stop(e.locate(self.buf)),
                 Err(nom::Err::Incomplete(_)) => {
-                    self.stop(ParseError::new(ErrorKind::ExpectedToken, offset(self.buf, text.as_bytes())))
+                    self.stop(ParseError::new(ErrorKind::ExpectedToken, offset_in(self.buf, text.as_bytes())))
                 }
             };
         }
     }
-}
-
-fn offset(buf: &[u8], part: &[u8]) -> usize {
-    (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize)
 }
 
 fn method_token(input: &str) -> PResult<'_, Method<'_>> {
@@ -677,7 +661,7 @@ impl<'a> Message<'a> {
     pub fn auth(&self, name: HeaderName) -> impl Iterator<Item = Result<Auth<'a>, ParseError>> + 'a {
         let buf = self.buffer();
         self.headers_named(name).map(move |h| {
-            let at = offset(buf, h.value);
+            let at = offset_in(buf, h.value);
             let text = core::str::from_utf8(h.value)
                 .map_err(|e| ParseError::new(ErrorKind::InvalidUtf8, at + e.valid_up_to()))?;
             Auth::parse(text).map_err(|e| e.shifted(at))

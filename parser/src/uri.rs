@@ -91,7 +91,7 @@ fn check(text: &str, base: usize, kind: ErrorKind, allowed: u8) -> Result<(), Pa
 }
 
 /// `hostname / IPv4address / IPv6reference`; returns the host's length.
-fn host_len(text: &str, base: usize) -> Result<usize, ParseError> {
+pub(crate) fn host_len(text: &str, base: usize) -> Result<usize, ParseError> {
     let bytes = text.as_bytes();
     let err = ParseError::new(ErrorKind::ExpectedHost, base);
     if bytes.first() == Some(&b'[') {
