@@ -27,6 +27,8 @@ pub enum WriteError {
     MaxForwardsExhausted,
     /// Max-Forwards does not decode, so it cannot be decremented.
     InvalidMaxForwards,
+    /// A CANCEL or ACK can only be built from a request with a decodable CSeq and Via.
+    NotARequest,
 }
 
 impl fmt::Display for WriteError {
@@ -36,6 +38,7 @@ impl fmt::Display for WriteError {
             WriteError::TooManyEdits => "too many edits",
             WriteError::MaxForwardsExhausted => "Max-Forwards is 0",
             WriteError::InvalidMaxForwards => "invalid Max-Forwards",
+            WriteError::NotARequest => "not a request with a valid CSeq and Via",
         })
     }
 }
@@ -407,6 +410,57 @@ pub fn write_response(request: &Message<'_>, spec: &ResponseSpec<'_>, out: &mut 
     Ok(out.len)
 }
 
+/// Writes the headers a request built from another one copies (§9.1, §17.1.1.3): the top Via
+/// value only, Route, From, Call-ID and Max-Forwards of `request`; To from `to` (the response's
+/// To for an ACK, so it carries the tag); CSeq with `request`'s number and `method`.
+fn write_derived_request(
+    request: &Message<'_>,
+    method: &str,
+    to: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<usize, WriteError> {
+    let line = request.request_line().ok_or(WriteError::NotARequest)?;
+    let cseq = request.cseq().ok().flatten().ok_or(WriteError::NotARequest)?;
+    let mut out = Out { buf: out, len: 0 };
+    out.put(method.as_bytes())?;
+    out.put(b" ")?;
+    out.put(line.uri.as_bytes())?;
+    out.put(b" SIP/2.0\r\n")?;
+    let mut via_written = false;
+    for header in request.headers() {
+        match header.name {
+            HeaderName::Via if !via_written => {
+                let text = core::str::from_utf8(header.value).map_err(|_| WriteError::NotARequest)?;
+                out.header("Via", split_first_value(text).0.as_bytes())?;
+                via_written = true;
+            }
+            HeaderName::Route | HeaderName::From | HeaderName::CallId | HeaderName::MaxForwards => {
+                out.header(header.name.as_str(), header.value)?;
+            }
+            HeaderName::To => out.header("To", to.unwrap_or(header.value))?,
+            _ => {}
+        }
+    }
+    out.put(b"CSeq: ")?;
+    out.put_u32(cseq.seq)?;
+    out.put(b" ")?;
+    out.put(method.as_bytes())?;
+    out.put(b"\r\nContent-Length: 0\r\n\r\n")?;
+    Ok(out.len)
+}
+
+/// Builds the CANCEL for a request this element sent (RFC 3261 §9.1): same Request-URI,
+/// Call-ID, From, To, CSeq number and Route, only the top Via (so it carries the branch).
+pub fn write_cancel(request: &Message<'_>, out: &mut [u8]) -> Result<usize, WriteError> {
+    write_derived_request(request, "CANCEL", None, out)
+}
+
+/// Builds the ACK a client INVITE transaction sends for a non-2xx final `response`
+/// (RFC 3261 §17.1.1.3): as [`write_cancel`], with the response's To (and its tag).
+pub fn write_ack(request: &Message<'_>, response: &Message<'_>, out: &mut [u8]) -> Result<usize, WriteError> {
+    write_derived_request(request, "ACK", response.header(HeaderName::To), out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,5 +563,34 @@ v=0\r";
         let mut editor = Editor::new(&msg);
         editor.decrement_max_forwards().unwrap();
         assert_eq!(editor.write(&mut [0u8; 256]), Err(WriteError::MaxForwardsExhausted));
+    }
+
+    #[test]
+    fn cancel_and_ack_copy_what_section_9_1_and_17_1_1_3_name() {
+        let mut slots = [HeaderSlot::EMPTY; 64];
+        let invite = parse(INVITE, &mut slots).expect("parses");
+        let mut out = [0u8; 1024];
+        let n = write_cancel(&invite, &mut out).expect("writes");
+        let text = core::str::from_utf8(&out[..n]).expect("utf8");
+        assert!(text.starts_with("CANCEL sip:bob@biloxi.example.com SIP/2.0\r\n"), "{text}");
+        assert!(text.contains("Via: SIP/2.0/UDP client.atlanta.example.com:5060;branch=z9hG4bK74bf9\r\n"));
+        assert!(!text.contains("proxy.example.com;branch"), "only the top Via: {text}");
+        assert!(text.contains("Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>\r\n"));
+        assert!(text.contains("CSeq: 1 CANCEL\r\n"), "{text}");
+        assert!(text.ends_with("Content-Length: 0\r\n\r\n"));
+        let mut again = [HeaderSlot::EMPTY; 64];
+        parse(&out[..n], &mut again).expect("the CANCEL parses");
+
+        let response =
+            b"SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP client.atlanta.example.com:5060;branch=z9hG4bK74bf9\r\n\
+From: Alice <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\nTo: Bob <sip:bob@biloxi.example.com>;tag=8321234356\r\n\
+Call-ID: 3848276298220188511@atlanta.example.com\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let mut rslots = [HeaderSlot::EMPTY; 64];
+        let response = parse(response, &mut rslots).expect("parses");
+        let n = write_ack(&invite, &response, &mut out).expect("writes");
+        let text = core::str::from_utf8(&out[..n]).expect("utf8");
+        assert!(text.starts_with("ACK sip:bob@biloxi.example.com SIP/2.0\r\n"), "{text}");
+        assert!(text.contains("To: Bob <sip:bob@biloxi.example.com>;tag=8321234356\r\n"), "{text}");
+        assert!(text.contains("CSeq: 1 ACK\r\n"), "{text}");
     }
 }

@@ -12,7 +12,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use sipshard_shards::shard::{FinalResponse, Input, Message, Peer, Shard, ShardConfig, TransactionUser, Transport};
+use sipshard_shards::shard::{
+    Decision, FinalResponse, Input, Message, Peer, RequestContext, Shard, ShardConfig, TransactionUser, Transport,
+};
 use sipshard_shards::testing::request;
 use sipshard_shards::timer::TimerWheel;
 use sipshard_shards::transaction::TimerConfig;
@@ -24,11 +26,11 @@ const BATCH: usize = 10_000;
 struct Answer;
 
 impl TransactionUser for Answer {
-    fn on_request(&mut self, _: NodeId, _: ShardId, request: &Message<'_>) -> FinalResponse {
+    fn on_request(&mut self, _: &RequestContext, request: &Message<'_>) -> Decision {
         if request.method() == Some(sipshard_parser::Method::Invite) {
-            FinalResponse { code: 486, reason: "Busy Here" }
+            FinalResponse::new(486, "Busy Here").into()
         } else {
-            FinalResponse { code: 200, reason: "OK" }
+            FinalResponse::new(200, "OK").into()
         }
     }
 }
@@ -37,6 +39,7 @@ fn shard(now: Instant, replicate: bool) -> Shard<Answer> {
     let config = ShardConfig {
         node: NodeId(0),
         shard: ShardId(0),
+        local: "127.0.0.1:5060".parse().expect("addr"),
         stripes: StripeMap::balanced(1, 1024, &[NodeId(0)], 1, 1),
         max_calls: 2 * BATCH,
         max_timers: 8 * BATCH,

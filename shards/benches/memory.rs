@@ -105,12 +105,14 @@ fn main() {
             fsm: ServerFsm::NonInvite(ServerNonInvite::new(false)),
             peer: peer(5060),
             response: vec![b'x'; 330],
+            answered: true,
             timers: {
                 let mut timers = TxnTimers::default();
                 timers.set(TxnTimer::J, 32_000);
                 timers
             },
         }],
+        ..CallRecord::default()
     });
     println!("targets: proxy dialog <= 1024 B ({}), B2BUA call <= 2048 B ({})", proxy <= 1024, b2bua <= 2048);
     let _ = txn;

@@ -15,19 +15,23 @@
 //! restarted node can re-arm them.
 
 use core::time::Duration;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 pub use sipshard_parser::Message;
-use sipshard_parser::{HeaderSlot, Method, ResponseSpec, peek_call_id, write_response};
+use sipshard_parser::{Editor, HeaderSlot, Method, ResponseSpec, peek_call_id, write_response};
+
+use crate::dialog::DialogState;
 
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
 use crate::table::{CallTable, Change, Hints, TableError};
 use crate::timer::{TimerId, TimerWheel};
 use crate::transaction::matching::{ServerKey, server_key, server_key_of_response};
 use crate::transaction::{
-    Action, Actions, ResponseClass, ServerEvent, ServerInvite, ServerNonInvite, TimerConfig, TxnTimer,
+    Action, Actions, ClientEvent, ClientInvite, ClientInviteState, ClientNonInvite, ResponseClass, ServerEvent,
+    ServerInvite, ServerNonInvite, TimerConfig, TxnTimer,
 };
 
 /// How a peer reached us.
@@ -110,24 +114,91 @@ pub enum Output {
     Replicate(Change),
 }
 
-/// The final response the transaction user (the role) gives a new request.
+/// A final response the transaction user (the role) gives a request.
 ///
 /// Always final: a server transaction the TU never answers would live
-/// forever. Answering later (a proxy waiting for the callee) comes with the
-/// roles, together with the timer that bounds the wait (Timer C, 408).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+/// forever. A role that waits for someone else relays instead ([`Relay`]), and
+/// the client transaction bounds the wait (timers B and F become a 408).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FinalResponse {
     /// Status code, 200-699 (anything else is answered as 500 and counted).
     pub code: u16,
-    /// Reason phrase.
-    pub reason: &'static str,
+    /// Reason phrase (a 400 names the broken rule in it).
+    pub reason: Cow<'static, str>,
+    /// Extra headers (Allow, Supported, Retry-After, Min-Expires, Contact, Unsupported, ...).
+    pub headers: Vec<(&'static str, String)>,
 }
 
-/// The transaction user: the role above the transaction layer.
+impl FinalResponse {
+    /// A response with a fixed reason phrase and no extra header.
+    pub fn new(code: u16, reason: &'static str) -> Self {
+        FinalResponse { code, reason: Cow::Borrowed(reason), headers: Vec::new() }
+    }
+
+    /// The same with one more header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// Where and how the role relays a request (RFC 3261 §16.6): the shard pushes its
+/// Via with a fresh branch, decrements Max-Forwards, applies these edits, and runs
+/// a client transaction toward `to` (an ACK for a 2xx goes statelessly).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relay {
+    /// The next hop.
+    pub to: Peer,
+    /// A new Request-URI (a registered Contact), or `None` to keep it.
+    pub request_uri: Option<Box<str>>,
+    /// Remove the top Route value (it named this proxy, §16.4).
+    pub pop_route: bool,
+    /// Add this proxy's Record-Route (dialog-creating requests, §16.6 step 4).
+    pub record_route: bool,
+}
+
+/// What the transaction user does with a new request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Answer it here.
+    Respond(FinalResponse),
+    /// Relay it downstream statefully.
+    Relay(Relay),
+}
+
+impl From<FinalResponse> for Decision {
+    fn from(response: FinalResponse) -> Self {
+        Decision::Respond(response)
+    }
+}
+
+/// What the shard knows of a request when it asks the transaction user.
+#[derive(Copy, Clone, Debug)]
+pub struct RequestContext {
+    /// This node.
+    pub node: NodeId,
+    /// This shard.
+    pub shard: ShardId,
+    /// The shard's clock (ms).
+    pub now_ms: u64,
+    /// Who sent the request.
+    pub peer: Peer,
+    /// This server's SIP address (its Via sent-by and Record-Route).
+    pub local: SocketAddr,
+    /// The call's dialog as this shard tracks it (`None`: no dialog, or the call is new here).
+    pub dialog: Option<DialogState>,
+}
+
+/// The transaction user: the role above the transaction layer (proxy, B2BUA, registrar).
 pub trait TransactionUser {
-    /// A request created a server transaction; the shard that runs it is `(node, shard)`.
-    fn on_request(&mut self, node: NodeId, shard: ShardId, request: &Message<'_>) -> FinalResponse;
-    /// A server transaction timed out (timer H) or its transport failed.
+    /// A request created a server transaction: answer it or relay it.
+    fn on_request(&mut self, ctx: &RequestContext, request: &Message<'_>) -> Decision;
+    /// An ACK that matches no transaction here (the ACK of a 2xx, §13.2.2.4): where to
+    /// relay it end to end, if anywhere.
+    fn on_ack(&mut self, _ctx: &RequestContext, _request: &Message<'_>) -> Option<Relay> {
+        None
+    }
+    /// A transaction timed out (timers B, F, H) or its transport failed.
     fn on_failure(&mut self, _call_id: &[u8]) {}
 }
 
@@ -138,6 +209,8 @@ pub struct ShardConfig {
     pub node: NodeId,
     /// This shard.
     pub shard: ShardId,
+    /// This server's SIP address: the sent-by of its Via and the host of its Record-Route.
+    pub local: SocketAddr,
     /// The initial stripe map.
     pub stripes: StripeMap,
     /// Most live call records (beyond: 503 with Retry-After).
@@ -155,12 +228,13 @@ pub struct ShardConfig {
 }
 
 impl ShardConfig {
-    /// One node of one shard owning all 64 stripes, default timers, no replication:
-    /// the shape of unit tests, fuzzing and the core benchmark.
+    /// One node of one shard owning all 64 stripes at 127.0.0.1:5060, default timers, no
+    /// replication: the shape of unit tests, fuzzing and the core benchmark.
     pub fn standalone(max_calls: usize) -> Self {
         ShardConfig {
             node: NodeId(0),
             shard: ShardId(0),
+            local: SocketAddr::from(([127, 0, 0, 1], 5060)),
             stripes: StripeMap::balanced(1, 64, &[NodeId(0)], 1, 1),
             max_calls,
             max_timers: 8 * max_calls,
@@ -183,18 +257,28 @@ pub struct ShardStats {
     pub forwarded_to_node: u64,
     /// Datagrams without a Call-ID, or that did not parse: dropped.
     pub dropped_malformed: u64,
-    /// Responses with no transaction here (forwarding them is the proxy's job).
+    /// Responses that matched no client transaction and could not be relayed by their Via.
     pub stray_responses: u64,
+    /// Responses relayed statelessly by their Via (§16.11: no transaction matched).
+    pub responses_relayed_stateless: u64,
     /// Server transactions created.
     pub transactions_created: u64,
     /// Server transactions ended.
     pub transactions_ended: u64,
-    /// Transactions that timed out (timer H) or whose transport failed.
+    /// Client transactions created (requests relayed downstream).
+    pub client_transactions_created: u64,
+    /// Client transactions ended.
+    pub client_transactions_ended: u64,
+    /// Transactions that timed out (timers B, F, H) or whose transport failed.
     pub transaction_failures: u64,
     /// Requests absorbed or answered as retransmissions.
     pub retransmissions_received: u64,
     /// Responses sent, retransmissions included.
     pub responses_sent: u64,
+    /// Requests sent downstream (relayed requests, their retransmissions, CANCELs, ACKs).
+    pub requests_sent: u64,
+    /// ACKs of 2xx relayed end to end.
+    pub acks_relayed: u64,
     /// New calls refused with 503 because the table was full.
     pub refused_full: u64,
     /// Non-final answers from the transaction user, replaced by 500.
@@ -215,11 +299,35 @@ pub struct ServerTxn {
     /// The latest response, for retransmission.
     #[serde(with = "serde_bytes")]
     pub response: Vec<u8>,
+    /// Whether a final response was sent (a late client timeout must not add a second one).
+    pub answered: bool,
     /// Armed timers and their deadlines (ms on the shard's clock).
     pub timers: TxnTimers,
 }
 
-/// A server transaction's armed timers: never more than two at once (G and H), so a
+/// A client transaction (a request this shard relayed downstream), stored in its call's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientTxn {
+    /// Shard-unique id (same space as server transactions).
+    pub id: u64,
+    /// The server transaction it relays for (its responses go up through it).
+    pub server: u64,
+    /// The branch of this shard's Via on the request (§17.1.3).
+    pub branch: Box<str>,
+    /// Whether it is a CANCEL (which shares its INVITE's branch).
+    pub cancel: bool,
+    /// State machine.
+    pub fsm: ClientFsm,
+    /// The next hop.
+    pub peer: Peer,
+    /// The request as sent, for retransmission and to build its CANCEL or ACK.
+    #[serde(with = "serde_bytes")]
+    pub request: Vec<u8>,
+    /// Armed timers and their deadlines (ms on the shard's clock).
+    pub timers: TxnTimers,
+}
+
+/// A transaction's armed timers: never more than two at once (G and H), so a
 /// fixed array rather than a vector (one allocation less per transaction).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnTimers([Option<(TxnTimer, u64)>; 3]);
@@ -228,8 +336,7 @@ impl TxnTimers {
     /// Arms (or re-arms) `timer` for `deadline_ms`.
     pub fn set(&mut self, timer: TxnTimer, deadline_ms: u64) {
         self.clear(timer);
-        let slot =
-            self.0.iter_mut().find(|s| s.is_none()).expect("invariant: a server transaction arms at most 3 timers");
+        let slot = self.0.iter_mut().find(|s| s.is_none()).expect("invariant: a transaction arms at most 3 timers");
         *slot = Some((timer, deadline_ms));
     }
 
@@ -266,18 +373,72 @@ impl ServerFsm {
     }
 }
 
+/// The state machine of a client transaction.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFsm {
+    /// Figure 5.
+    Invite(ClientInvite),
+    /// Figure 6.
+    NonInvite(ClientNonInvite),
+}
+
+impl ClientFsm {
+    fn on(&mut self, event: ClientEvent, cfg: &TimerConfig) -> Actions {
+        match self {
+            ClientFsm::Invite(fsm) => fsm.on(event, cfg),
+            ClientFsm::NonInvite(fsm) => fsm.on(event, cfg),
+        }
+    }
+
+    /// Whether a final response has arrived (nothing left to CANCEL, §9.1).
+    fn has_final(&self) -> bool {
+        match self {
+            ClientFsm::Invite(fsm) => !matches!(fsm.state, ClientInviteState::Calling | ClientInviteState::Proceeding),
+            ClientFsm::NonInvite(_) => true,
+        }
+    }
+}
+
 /// The record of one call (all state of a Call-ID lives in its stripe).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallRecord {
     /// Live server transactions.
     pub transactions: Vec<ServerTxn>,
+    /// Live client transactions.
+    pub clients: Vec<ClientTxn>,
+    /// The dialog the INVITE created, as far as this element tracks it (a record-routing
+    /// proxy routes in-dialog requests by their Route set, so the state is all it needs).
+    pub dialog: Option<DialogState>,
 }
 
-/// Most transactions one call record holds (a call has few at a time).
+impl CallRecord {
+    /// Whether nothing is left to keep: no transaction, no live dialog.
+    fn is_idle(&self) -> bool {
+        self.transactions.is_empty()
+            && self.clients.is_empty()
+            && !matches!(self.dialog, Some(DialogState::Early | DialogState::Confirmed))
+    }
+}
+
+/// Most transactions (server and client together) one call record holds.
 pub const MAX_TXNS_PER_CALL: usize = 16;
 
 /// Outputs one `handle` can queue before the driver must drain them.
 const MAX_OUTPUTS: usize = 1_024;
+
+/// Room added to a message's length for the headers a relay adds (Via, Record-Route).
+const RELAY_ROOM: usize = 512;
+
+/// What one input does, collected while the record is checked out and carried
+/// out after the check-in (DESIGN.md §3 step 6).
+#[derive(Default)]
+struct Effects {
+    sends: Vec<(Peer, Vec<u8>)>,
+    timer_ops: Vec<TimerOp>,
+    hints: Hints,
+    responses: u64,
+    requests: u64,
+}
 
 /// One shard.
 pub struct Shard<T> {
@@ -292,9 +453,14 @@ pub struct Shard<T> {
     outputs: std::collections::VecDeque<Output>,
     /// Header slots, reused by every message (they hold offsets, not borrows).
     slots: Box<[HeaderSlot]>,
-    /// Scratch lists of one input's effects, taken and put back so inputs do not allocate them.
-    scratch_sends: Vec<(Peer, Vec<u8>)>,
-    scratch_timer_ops: Vec<TimerOp>,
+    /// Slots for a second message read while the first is open (a stored request).
+    spare_slots: Box<[HeaderSlot]>,
+    /// One input's effects, taken and put back so inputs do not allocate their lists.
+    scratch: Effects,
+    /// `SIP/2.0/UDP host:port;branch=` and the TCP twin, written once.
+    via_prefix: [String; 2],
+    /// `<sip:host:port;lr>`.
+    record_route: String,
     epoch: Instant,
     next_txn: u64,
     rng: u64,
@@ -307,12 +473,15 @@ impl<T: TransactionUser> Shard<T> {
     pub fn new(config: ShardConfig, tu: T, now: Instant) -> Self {
         let mut table = CallTable::new(config.max_calls);
         table.set_feed(config.replicate);
+        let local = config.local;
         Shard {
             stripes: config.stripes.clone(),
             table,
             slots: vec![HeaderSlot::EMPTY; Message::SLOTS].into_boxed_slice(),
-            scratch_sends: Vec::new(),
-            scratch_timer_ops: Vec::new(),
+            spare_slots: vec![HeaderSlot::EMPTY; Message::SLOTS].into_boxed_slice(),
+            scratch: Effects::default(),
+            via_prefix: [format!("SIP/2.0/UDP {local};branch="), format!("SIP/2.0/TCP {local};branch=")],
+            record_route: format!("<sip:{local};lr>"),
             wheel: TimerWheel::new(config.max_timers, 0),
             armed: hashbrown::HashMap::new(),
             txn_calls: hashbrown::HashMap::new(),
@@ -336,6 +505,11 @@ impl<T: TransactionUser> Shard<T> {
         &self.tu
     }
 
+    /// The transaction user, to change its configuration or read its state.
+    pub fn tu_mut(&mut self) -> &mut T {
+        &mut self.tu
+    }
+
     /// Live call records.
     pub fn calls(&self) -> usize {
         self.table.len()
@@ -346,7 +520,7 @@ impl<T: TransactionUser> Shard<T> {
         self.wheel.len()
     }
 
-    /// Live server transactions.
+    /// Live transactions, server and client.
     pub fn transactions(&self) -> usize {
         self.txn_calls.len()
     }
@@ -394,7 +568,7 @@ impl<T: TransactionUser> Shard<T> {
             Input::Forwarded { peer, bytes } | Input::FromNode { peer, bytes, .. } => {
                 self.receive(now_ms, peer, bytes, false)
             }
-            Input::TransportError { bytes, .. } => self.transport_error(now_ms, bytes),
+            Input::TransportError { peer, bytes } => self.transport_error(now_ms, peer, bytes),
         }
         while let Some(change) = self.table.poll_change() {
             if self.config.replicate {
@@ -430,7 +604,7 @@ impl<T: TransactionUser> Shard<T> {
         let mut slots = std::mem::take(&mut self.slots);
         match sipshard_parser::parse(bytes, &mut slots) {
             Err(_) => self.stats.dropped_malformed += 1,
-            Ok(msg) if !msg.is_request() => self.stats.stray_responses += 1,
+            Ok(msg) if !msg.is_request() => self.on_response(now_ms, stripe, call_id, &msg),
             Ok(msg) => match server_key(&msg) {
                 Ok(key) => self.on_request(now_ms, stripe, call_id, peer, &msg, key),
                 Err(_) => self.stats.dropped_malformed += 1,
@@ -449,6 +623,27 @@ impl<T: TransactionUser> Shard<T> {
         tag
     }
 
+    fn context(&self, now_ms: u64, peer: Peer, dialog: Option<DialogState>) -> RequestContext {
+        RequestContext {
+            node: self.config.node,
+            shard: self.config.shard,
+            now_ms,
+            peer,
+            local: self.config.local,
+            dialog,
+        }
+    }
+
+    fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.scratch)
+    }
+
+    fn new_txn_id(&mut self) -> u64 {
+        let id = self.next_txn;
+        self.next_txn += 1;
+        id
+    }
+
     fn on_request(
         &mut self,
         now_ms: u64,
@@ -458,11 +653,12 @@ impl<T: TransactionUser> Shard<T> {
         msg: &Message<'_>,
         key: ServerKey,
     ) {
-        let is_ack = msg.method() == Some(Method::Ack);
+        let method = msg.method();
+        let is_ack = method == Some(Method::Ack);
         let mut record = match self.table.get_and_lock(stripe, call_id, !is_ack) {
             Ok(checkout) => checkout.record.unwrap_or_default(),
-            // An ACK for a call we hold nothing of: for a 2xx it is the TU's business (§17.1.1.3).
-            Err(TableError::NotFound) => return,
+            // An ACK for a call we hold nothing of: the ACK of a 2xx (§17.1.1.3), relayed if the role says so.
+            Err(TableError::NotFound) => return self.relay_ack(now_ms, peer, None, msg),
             Err(TableError::Full) => {
                 self.stats.refused_full += 1;
                 self.respond_stateless(msg, peer, 503, "Service Unavailable");
@@ -470,151 +666,543 @@ impl<T: TransactionUser> Shard<T> {
             }
             Err(e) => panic!("invariant: a shard never holds a checkout across inputs ({e:?})"),
         };
-        let mut sends = std::mem::take(&mut self.scratch_sends);
-        let mut timer_ops = std::mem::take(&mut self.scratch_timer_ops);
-        let existing = record.transactions.iter().position(|t| t.key == key);
-        match existing {
-            Some(i) => {
-                self.stats.retransmissions_received += u64::from(!is_ack);
-                let event = if is_ack { ServerEvent::Ack } else { ServerEvent::Request };
-                let actions = record.transactions[i].fsm.on(event, &self.config.timers);
-                self.apply(now_ms, &mut record, i, call_id, actions, &mut sends, &mut timer_ops);
+        let mut fx = self.take_effects();
+        if let Some(i) = record.transactions.iter().position(|t| t.key == key) {
+            self.stats.retransmissions_received += u64::from(!is_ack);
+            let event = if is_ack { ServerEvent::Ack } else { ServerEvent::Request };
+            let actions = record.transactions[i].fsm.on(event, &self.config.timers);
+            if actions.contains(Action::PassToTu) {
+                // RFC 6026 §7.1: an ACK of a 2xx that reused the INVITE's branch goes on end to end.
+                self.relay_ack(now_ms, peer, record.dialog, msg);
             }
-            None if is_ack => {
-                // An ACK for a 2xx (its own transaction, §17.1.1.3): the TU's business. The record
-                // exists (the ACK created nothing), so it goes back unchanged.
-                self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out above");
-                self.scratch_sends = sends;
-                self.scratch_timer_ops = timer_ops;
-                return;
-            }
-            None if record.transactions.len() >= MAX_TXNS_PER_CALL => {
-                // Nothing changed: the record goes back without a new version or change.
-                self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out above");
-                self.scratch_sends = sends;
-                self.scratch_timer_ops = timer_ops;
-                self.respond_stateless(msg, peer, 503, "Service Unavailable");
-                return;
-            }
-            None => {
-                let id = self.next_txn;
-                self.next_txn += 1;
-                let reliable = peer.transport == Transport::Tcp;
-                let fsm = if msg.method() == Some(Method::Invite) {
-                    ServerFsm::Invite(ServerInvite::new(reliable, &self.config.timers))
-                } else {
-                    ServerFsm::NonInvite(ServerNonInvite::new(reliable))
-                };
-                // Most calls hold one transaction at a time: grow by one, not by Vec's default four.
-                record.transactions.reserve_exact(1);
-                record.transactions.push(ServerTxn {
-                    id,
-                    key,
-                    fsm,
-                    peer,
-                    response: Vec::new(),
-                    timers: TxnTimers::default(),
-                });
-                self.txn_calls.insert(id, (stripe, call_id.into()));
-                self.stats.transactions_created += 1;
-                let i = record.transactions.len() - 1;
-                let mut answer = self.tu.on_request(self.config.node, self.config.shard, msg);
-                if !(200..=699).contains(&answer.code) {
-                    self.stats.tu_errors += 1;
-                    answer = FinalResponse { code: 500, reason: "Server Internal Error" };
+            self.apply_server(now_ms, &mut record, i, call_id, actions, &mut fx);
+            return self.finish(stripe, call_id, record, fx);
+        }
+        if is_ack {
+            // The ACK of a 2xx (its own transaction, §17.1.1.3): nothing of the record changes.
+            let dialog = record.dialog;
+            self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out above");
+            self.scratch = fx;
+            return self.relay_ack(now_ms, peer, dialog, msg);
+        }
+        if record.transactions.len() + record.clients.len() >= MAX_TXNS_PER_CALL {
+            // Nothing changed: the record goes back without a new version or change.
+            self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out above");
+            self.scratch = fx;
+            self.respond_stateless(msg, peer, 503, "Service Unavailable");
+            return;
+        }
+        let id = self.new_txn_id();
+        let reliable = peer.transport == Transport::Tcp;
+        let is_invite = method == Some(Method::Invite);
+        let fsm = if is_invite {
+            ServerFsm::Invite(ServerInvite::new(reliable, &self.config.timers))
+        } else {
+            ServerFsm::NonInvite(ServerNonInvite::new(reliable))
+        };
+        // Most calls hold one transaction at a time: grow by one, not by Vec's default four.
+        record.transactions.reserve_exact(1);
+        record.transactions.push(ServerTxn {
+            id,
+            key,
+            fsm,
+            peer,
+            response: Vec::new(),
+            answered: false,
+            timers: TxnTimers::default(),
+        });
+        self.txn_calls.insert(id, (stripe, call_id.into()));
+        self.stats.transactions_created += 1;
+        let decision = if method == Some(Method::Cancel) {
+            self.cancel(now_ms, &mut record, &mut fx)
+        } else {
+            let ctx = self.context(now_ms, peer, record.dialog);
+            self.tu.on_request(&ctx, msg)
+        };
+        match decision {
+            Decision::Respond(answer) => self.answer(now_ms, &mut record, id, call_id, msg, answer, &mut fx),
+            Decision::Relay(relay) => {
+                if is_invite {
+                    // §16.2: a stateful proxy answers an INVITE with 100 Trying at once.
+                    self.answer_with(now_ms, &mut record, id, call_id, msg, 100, "Trying", &[], &mut fx);
                 }
-                let tag = self.tag();
-                let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
-                let spec = ResponseSpec {
-                    code: answer.code,
-                    reason: answer.reason,
-                    to_tag: Some(tag),
-                    headers: &[],
-                    body: b"",
-                };
-                let mut out = vec![0u8; msg.len() + 256];
-                match write_response(msg, &spec, &mut out) {
-                    Ok(n) => {
-                        out.truncate(n);
-                        record.transactions[i].response = out;
-                        let event = ServerEvent::TuResponse(ResponseClass::of(answer.code));
-                        let actions = record.transactions[i].fsm.on(event, &self.config.timers);
-                        self.apply(now_ms, &mut record, i, call_id, actions, &mut sends, &mut timer_ops);
+                if is_invite && relay.record_route && record.dialog.is_none() {
+                    record.dialog = Some(DialogState::Early);
+                }
+                self.relay_request(now_ms, &mut record, id, call_id, msg, &relay, &mut fx);
+            }
+        }
+        self.finish(stripe, call_id, record, fx);
+    }
+
+    /// §9.2, §16.10: a CANCEL is answered here (200, or 481 when its INVITE is unknown)
+    /// and, when the INVITE was relayed and has no final response yet, sent on downstream.
+    fn cancel(&mut self, now_ms: u64, record: &mut CallRecord, fx: &mut Effects) -> Decision {
+        let cancel = record.transactions.last().expect("invariant: the CANCEL's transaction was just added");
+        let invite_key = cancel.key.cancelled_invite();
+        let Some(invite) = record.transactions.iter().find(|t| t.key == invite_key) else {
+            return FinalResponse::new(481, "Call/Transaction Does Not Exist").into();
+        };
+        let invite_id = invite.id;
+        let pending = record.clients.iter().find(|c| c.server == invite_id && !c.cancel && !c.fsm.has_final());
+        if let Some(client) = pending {
+            let (peer, branch, request) = (client.peer, client.branch.clone(), client.request.clone());
+            let mut slots = std::mem::take(&mut self.spare_slots);
+            let mut out = vec![0u8; request.len() + 64];
+            let written = sipshard_parser::parse(&request, &mut slots)
+                .ok()
+                .and_then(|sent| sipshard_parser::write_cancel(&sent, &mut out).ok());
+            self.spare_slots = slots;
+            if let Some(n) = written {
+                out.truncate(n);
+                self.start_client(now_ms, record, invite_id, branch, true, peer, out, fx);
+            }
+        }
+        FinalResponse::new(200, "OK").into()
+    }
+
+    /// Answers server transaction `id` with the TU's final response.
+    #[allow(clippy::too_many_arguments)] // The pieces of one answer; a struct would only rename them.
+    fn answer(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        id: u64,
+        call_id: &[u8],
+        msg: &Message<'_>,
+        mut answer: FinalResponse,
+        fx: &mut Effects,
+    ) {
+        if !(200..=699).contains(&answer.code) {
+            self.stats.tu_errors += 1;
+            answer = FinalResponse::new(500, "Server Internal Error");
+        }
+        let headers: Vec<(&str, &[u8])> = answer.headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        let reason = answer.reason.as_ref();
+        self.answer_with(now_ms, record, id, call_id, msg, answer.code, reason, &headers, fx);
+    }
+
+    /// Writes a response to `msg` and sends it through server transaction `id`.
+    #[allow(clippy::too_many_arguments)] // The pieces of one answer; a struct would only rename them.
+    fn answer_with(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        id: u64,
+        call_id: &[u8],
+        msg: &Message<'_>,
+        code: u16,
+        reason: &str,
+        headers: &[(&str, &[u8])],
+        fx: &mut Effects,
+    ) {
+        let tag = self.tag();
+        let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
+        let to_tag = if code == 100 { None } else { Some(tag) };
+        let spec = ResponseSpec { code, reason, to_tag, headers, body: b"" };
+        let room: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        let mut out = vec![0u8; msg.len() + 256 + room];
+        match write_response(msg, &spec, &mut out) {
+            Ok(n) => {
+                out.truncate(n);
+                self.server_respond(now_ms, record, id, call_id, out, code, fx);
+            }
+            Err(_) => {
+                // The request parsed but its response cannot be written: end the transaction.
+                self.stats.dropped_malformed += 1;
+                if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
+                    let txn = record.transactions.swap_remove(i);
+                    for (timer, _) in txn.timers.iter() {
+                        fx.timer_ops.push(TimerOp::Cancel(txn.id, timer));
                     }
-                    Err(_) => {
-                        // The request parsed but its response cannot be written: end the transaction.
-                        self.stats.dropped_malformed += 1;
-                        let txn = record.transactions.swap_remove(i);
-                        self.txn_calls.remove(&txn.id);
-                        self.stats.transactions_ended += 1;
-                    }
+                    self.txn_calls.remove(&txn.id);
+                    self.stats.transactions_ended += 1;
                 }
             }
         }
-        self.finish(stripe, call_id, record, sends, timer_ops);
     }
 
-    /// Carries out a transition's actions on the record; sends and timer changes are
-    /// collected, to happen after the check-in.
-    #[allow(clippy::too_many_arguments)] // The pieces of one transition; a struct would only rename them.
-    fn apply(
+    /// Hands `response` to server transaction `id` as the TU's response.
+    #[allow(clippy::too_many_arguments)] // The pieces of one response; a struct would only rename them.
+    fn server_respond(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        id: u64,
+        call_id: &[u8],
+        response: Vec<u8>,
+        code: u16,
+        fx: &mut Effects,
+    ) {
+        let Some(i) = record.transactions.iter().position(|t| t.id == id) else { return };
+        let txn = &mut record.transactions[i];
+        let class = ResponseClass::of(code);
+        if class != ResponseClass::Provisional {
+            txn.answered = true;
+        }
+        txn.response = response;
+        let actions = txn.fsm.on(ServerEvent::TuResponse(class), &self.config.timers);
+        self.apply_server(now_ms, record, i, call_id, actions, fx);
+    }
+
+    /// §16.6: builds the relayed request and starts its client transaction.
+    #[allow(clippy::too_many_arguments)] // The pieces of one relay; a struct would only rename them.
+    fn relay_request(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        server: u64,
+        call_id: &[u8],
+        msg: &Message<'_>,
+        relay: &Relay,
+        fx: &mut Effects,
+    ) {
+        let branch = self.branch();
+        match self.write_relayed(msg, relay, &branch) {
+            Some(out) => self.start_client(now_ms, record, server, branch.into(), false, relay.to, out, fx),
+            None => {
+                // Max-Forwards the role let through but the writer refused, or no room: a 500 is honest.
+                self.stats.tu_errors += 1;
+                self.answer_with(now_ms, record, server, call_id, msg, 500, "Server Internal Error", &[], fx);
+            }
+        }
+    }
+
+    /// A fresh branch with the magic cookie.
+    fn branch(&mut self) -> String {
+        let tag = self.tag();
+        let mut branch = String::with_capacity(7 + tag.len());
+        branch.push_str(sipshard_parser::MAGIC_COOKIE);
+        branch.push_str(core::str::from_utf8(&tag).expect("invariant: hex digits"));
+        branch
+    }
+
+    /// The relayed form of `msg`: our Via on top, Max-Forwards decremented, the role's edits.
+    fn write_relayed(&self, msg: &Message<'_>, relay: &Relay, branch: &str) -> Option<Vec<u8>> {
+        let prefix = &self.via_prefix[usize::from(relay.to.transport == Transport::Tcp)];
+        let mut via = String::with_capacity(prefix.len() + branch.len());
+        via.push_str(prefix);
+        via.push_str(branch);
+        let mut editor = Editor::new(msg);
+        editor.push_via(via.as_bytes()).ok()?.decrement_max_forwards().ok()?;
+        if relay.record_route {
+            editor.push_record_route(self.record_route.as_bytes()).ok()?;
+        }
+        if relay.pop_route {
+            editor.pop_route().ok()?;
+        }
+        if let Some(uri) = &relay.request_uri {
+            editor.set_request_uri(uri).ok()?;
+        }
+        let mut out = vec![0u8; msg.len() + RELAY_ROOM + relay.request_uri.as_ref().map_or(0, |u| u.len())];
+        let n = editor.write(&mut out).ok()?;
+        out.truncate(n);
+        Some(out)
+    }
+
+    #[allow(clippy::too_many_arguments)] // The fields of the new transaction.
+    fn start_client(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        server: u64,
+        branch: Box<str>,
+        cancel: bool,
+        peer: Peer,
+        request: Vec<u8>,
+        fx: &mut Effects,
+    ) {
+        let id = self.new_txn_id();
+        let reliable = peer.transport == Transport::Tcp;
+        let is_invite = request.starts_with(b"INVITE ");
+        let fsm = if is_invite {
+            ClientFsm::Invite(ClientInvite::new(reliable, &self.config.timers))
+        } else {
+            ClientFsm::NonInvite(ClientNonInvite::new(reliable, &self.config.timers))
+        };
+        record.clients.reserve_exact(1);
+        record.clients.push(ClientTxn { id, server, branch, cancel, fsm, peer, request, timers: TxnTimers::default() });
+        let (stripe, call_id) =
+            self.txn_calls.get(&server).cloned().expect("invariant: the server transaction is live");
+        self.txn_calls.insert(id, (stripe, call_id.clone()));
+        self.stats.client_transactions_created += 1;
+        let i = record.clients.len() - 1;
+        let actions = record.clients[i].fsm.on(ClientEvent::Send, &self.config.timers);
+        self.apply_client(now_ms, record, i, &call_id, actions, None, fx);
+    }
+
+    /// Carries out a server transition's actions on the record; sends and timer changes
+    /// are collected, to happen after the check-in.
+    fn apply_server(
         &mut self,
         now_ms: u64,
         record: &mut CallRecord,
         i: usize,
         call_id: &[u8],
         actions: Actions,
-        sends: &mut Vec<(Peer, Vec<u8>)>,
-        timer_ops: &mut Vec<TimerOp>,
+        fx: &mut Effects,
     ) {
         let txn = &mut record.transactions[i];
         let mut ended = false;
         for action in actions.iter() {
             match action {
-                Action::SendResponse => sends.push((txn.peer, txn.response.clone())),
+                Action::SendResponse => {
+                    fx.responses += 1;
+                    fx.sends.push((txn.peer, txn.response.clone()));
+                }
                 Action::Arm(timer, after) => {
                     let deadline = now_ms + after.as_millis() as u64;
                     txn.timers.set(timer, deadline);
-                    timer_ops.push(TimerOp::Arm(txn.id, timer, deadline));
+                    fx.timer_ops.push(TimerOp::Arm(txn.id, timer, deadline));
                 }
                 Action::Cancel(timer) => {
                     txn.timers.clear(timer);
-                    timer_ops.push(TimerOp::Cancel(txn.id, timer));
+                    fx.timer_ops.push(TimerOp::Cancel(txn.id, timer));
                 }
                 Action::Timeout(_) | Action::TransportError => {
                     self.stats.transaction_failures += 1;
                     self.tu.on_failure(call_id);
                 }
                 Action::Terminated => ended = true,
-                // Server transactions never send requests or ACKs, and pass nothing up after creation.
+                // Server transactions never send requests or ACKs; an ACK passed up was relayed by the caller.
                 Action::SendRequest | Action::SendAck | Action::PassToTu => {}
             }
         }
         if ended {
             let txn = record.transactions.swap_remove(i);
             for (timer, _) in txn.timers.iter() {
-                timer_ops.push(TimerOp::Cancel(txn.id, timer));
+                fx.timer_ops.push(TimerOp::Cancel(txn.id, timer));
             }
             self.txn_calls.remove(&txn.id);
             self.stats.transactions_ended += 1;
         }
     }
 
-    /// Check-in first, then the messages and timers the change caused (DESIGN.md §3 step 6).
-    fn finish(
+    /// Carries out a client transition's actions; `response` is the message that caused it.
+    #[allow(clippy::too_many_arguments)] // The pieces of one transition; a struct would only rename them.
+    fn apply_client(
         &mut self,
-        stripe: StripeId,
+        now_ms: u64,
+        record: &mut CallRecord,
+        i: usize,
         call_id: &[u8],
-        record: CallRecord,
-        mut sends: Vec<(Peer, Vec<u8>)>,
-        mut timer_ops: Vec<TimerOp>,
+        actions: Actions,
+        response: Option<&Message<'_>>,
+        fx: &mut Effects,
     ) {
-        self.check_in(stripe, call_id, record, Hints::NONE);
-        for (peer, bytes) in sends.drain(..) {
+        let mut ended = false;
+        for action in actions.iter() {
+            let txn = &mut record.clients[i];
+            match action {
+                Action::SendRequest => {
+                    fx.requests += 1;
+                    fx.sends.push((txn.peer, txn.request.clone()));
+                }
+                Action::SendAck => {
+                    let Some(response) = response else { continue };
+                    let mut slots = std::mem::take(&mut self.spare_slots);
+                    let mut out = vec![0u8; txn.request.len() + 128];
+                    let written = sipshard_parser::parse(&txn.request, &mut slots)
+                        .ok()
+                        .and_then(|sent| sipshard_parser::write_ack(&sent, response, &mut out).ok());
+                    self.spare_slots = slots;
+                    if let Some(n) = written {
+                        out.truncate(n);
+                        fx.requests += 1;
+                        fx.sends.push((txn.peer, out));
+                    }
+                }
+                Action::Arm(timer, after) => {
+                    let deadline = now_ms + after.as_millis() as u64;
+                    txn.timers.set(timer, deadline);
+                    fx.timer_ops.push(TimerOp::Arm(txn.id, timer, deadline));
+                }
+                Action::Cancel(timer) => {
+                    txn.timers.clear(timer);
+                    fx.timer_ops.push(TimerOp::Cancel(txn.id, timer));
+                }
+                Action::PassToTu => {
+                    if let Some(response) = response {
+                        self.relay_response(now_ms, record, i, call_id, response, fx);
+                    }
+                }
+                Action::Timeout(_) | Action::TransportError => {
+                    self.stats.transaction_failures += 1;
+                    self.tu.on_failure(call_id);
+                    let (server, cancel) = (txn.server, txn.cancel);
+                    let code = if action == Action::TransportError { 503 } else { 408 };
+                    if !cancel {
+                        self.answer_from_client(now_ms, record, i, server, call_id, code, fx);
+                    }
+                }
+                Action::Terminated => ended = true,
+                Action::SendResponse => {}
+            }
+        }
+        if ended {
+            let txn = record.clients.swap_remove(i);
+            for (timer, _) in txn.timers.iter() {
+                fx.timer_ops.push(TimerOp::Cancel(txn.id, timer));
+            }
+            self.txn_calls.remove(&txn.id);
+            self.stats.client_transactions_ended += 1;
+        }
+    }
+
+    /// §16.7 step 6 for a timeout or transport error: the server transaction gets a 408 or
+    /// 503 of its own, unless a final response went up already. Built from the relayed request
+    /// with this shard's Via removed.
+    #[allow(clippy::too_many_arguments)] // The pieces of one answer; a struct would only rename them.
+    fn answer_from_client(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        i: usize,
+        server: u64,
+        call_id: &[u8],
+        code: u16,
+        fx: &mut Effects,
+    ) {
+        if record.transactions.iter().find(|t| t.id == server).is_none_or(|t| t.answered) {
+            return;
+        }
+        let reason = if code == 408 { "Request Timeout" } else { "Service Unavailable" };
+        let request = record.clients[i].request.clone();
+        let mut slots = std::mem::take(&mut self.spare_slots);
+        let mut first = vec![0u8; request.len() + 256];
+        let mut out = vec![0u8; request.len() + 256];
+        let tag = self.tag();
+        let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
+        let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers: &[], body: b"" };
+        let written = sipshard_parser::parse(&request, &mut slots)
+            .ok()
+            .and_then(|sent| write_response(&sent, &spec, &mut first).ok())
+            .and_then(|n| {
+                let mut inner = std::mem::take(&mut self.slots);
+                let popped = sipshard_parser::parse(&first[..n], &mut inner)
+                    .ok()
+                    .and_then(|ours| Editor::new(&ours).pop_via().ok().and_then(|e| e.write(&mut out).ok()));
+                self.slots = inner;
+                popped
+            });
+        self.spare_slots = slots;
+        if let Some(n) = written {
+            out.truncate(n);
+            self.server_respond(now_ms, record, server, call_id, out, code, fx);
+        }
+    }
+
+    /// §16.7: a response of client transaction `i` goes up through its server transaction
+    /// with this shard's Via removed (100 Trying stops here, step 3).
+    fn relay_response(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        i: usize,
+        call_id: &[u8],
+        response: &Message<'_>,
+        fx: &mut Effects,
+    ) {
+        let Some(code) = response.status_code() else { return };
+        let client = &record.clients[i];
+        if code == 100 || client.cancel {
+            return;
+        }
+        let server = client.server;
+        let is_invite = matches!(client.fsm, ClientFsm::Invite(_));
+        let mut out = vec![0u8; response.len()];
+        let Some(n) = Editor::new(response).pop_via().ok().and_then(|e| e.write(&mut out).ok()) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        out.truncate(n);
+        if is_invite && (200..300).contains(&code) && record.dialog != Some(DialogState::Confirmed) {
+            record.dialog = Some(DialogState::Confirmed);
+            fx.hints = fx.hints | Hints::DIALOG_CONFIRMED;
+        } else if is_invite && code >= 300 && record.dialog == Some(DialogState::Early) {
+            record.dialog = None;
+        }
+        if response.cseq().ok().flatten().is_some_and(|c| c.method == Method::Bye) && code >= 200 {
+            record.dialog = Some(DialogState::Terminated);
+        }
+        if record.transactions.iter().any(|t| t.id == server) {
+            self.server_respond(now_ms, record, server, call_id, out, code, fx);
+        } else if let Some(peer) = upstream_of(response) {
+            // The server transaction is gone (a 2xx retransmitted after timer L): §16.7 still relays it.
+            fx.responses += 1;
+            fx.sends.push((peer, out));
+        }
+    }
+
+    fn on_response(&mut self, now_ms: u64, stripe: StripeId, call_id: &[u8], msg: &Message<'_>) {
+        let Some(code) = msg.status_code() else { return };
+        let Some(branch) = msg.top_via().ok().flatten().and_then(|v| v.branch) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let cancel = msg.cseq().ok().flatten().is_some_and(|c| c.method == Method::Cancel);
+        let Some(mut record) = self.checkout_existing(stripe, call_id) else {
+            return self.relay_stateless(msg);
+        };
+        let Some(i) = record.clients.iter().position(|c| *c.branch == *branch && c.cancel == cancel) else {
+            self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out above");
+            return self.relay_stateless(msg);
+        };
+        let mut fx = self.take_effects();
+        let actions = record.clients[i].fsm.on(ClientEvent::Response(ResponseClass::of(code)), &self.config.timers);
+        self.apply_client(now_ms, &mut record, i, call_id, actions, Some(msg), &mut fx);
+        self.finish(stripe, call_id, record, fx);
+    }
+
+    /// §16.11: a response no transaction here knows goes to the next Via, if the top one is ours.
+    fn relay_stateless(&mut self, msg: &Message<'_>) {
+        let ours = msg.top_via().ok().flatten().is_some_and(|v| self.is_local(v.host, v.port));
+        let peer = if ours { upstream_of(msg) } else { None };
+        let Some(peer) = peer else {
+            self.stats.stray_responses += 1;
+            return;
+        };
+        let mut out = vec![0u8; msg.len()];
+        if let Some(n) = Editor::new(msg).pop_via().ok().and_then(|e| e.write(&mut out).ok()) {
+            out.truncate(n);
+            self.stats.responses_relayed_stateless += 1;
             self.stats.responses_sent += 1;
+            self.outputs.push_back(Output::Transmit { peer, bytes: out });
+        }
+    }
+
+    /// Whether `host:port` is this server's address.
+    fn is_local(&self, host: &str, port: Option<u16>) -> bool {
+        let local = self.config.local;
+        port.unwrap_or(5060) == local.port() && host.trim_matches(['[', ']']).parse() == Ok(local.ip())
+    }
+
+    /// The ACK of a 2xx: relayed end to end where the role says (§16.6 with no transaction).
+    fn relay_ack(&mut self, now_ms: u64, peer: Peer, dialog: Option<DialogState>, msg: &Message<'_>) {
+        let ctx = self.context(now_ms, peer, dialog);
+        let Some(relay) = self.tu.on_ack(&ctx, msg) else { return };
+        let branch = self.branch();
+        if let Some(out) = self.write_relayed(msg, &relay, &branch) {
+            self.stats.acks_relayed += 1;
+            self.stats.requests_sent += 1;
+            self.outputs.push_back(Output::Transmit { peer: relay.to, bytes: out });
+        }
+    }
+
+    /// Check-in first, then the messages and timers the change caused (DESIGN.md §3 step 6).
+    fn finish(&mut self, stripe: StripeId, call_id: &[u8], record: CallRecord, mut fx: Effects) {
+        if record.is_idle() {
+            let ended = if record.dialog == Some(DialogState::Terminated) { Hints::CALL_ENDED } else { Hints::NONE };
+            self.table.remove(stripe, call_id, fx.hints | ended);
+        } else {
+            self.table.put_and_unlock(stripe, call_id, record, fx.hints).expect("invariant: checked out by this input");
+        }
+        self.stats.responses_sent += fx.responses;
+        self.stats.requests_sent += fx.requests;
+        for (peer, bytes) in fx.sends.drain(..) {
             self.outputs.push_back(Output::Transmit { peer, bytes });
         }
-        for op in timer_ops.drain(..) {
+        for op in fx.timer_ops.drain(..) {
             match op {
                 TimerOp::Arm(id, timer, deadline) => {
                     let handle =
@@ -630,16 +1218,10 @@ impl<T: TransactionUser> Shard<T> {
                 }
             }
         }
-        self.scratch_sends = sends;
-        self.scratch_timer_ops = timer_ops;
-    }
-
-    fn check_in(&mut self, stripe: StripeId, call_id: &[u8], record: CallRecord, hints: Hints) {
-        if record.transactions.is_empty() {
-            self.table.remove(stripe, call_id, hints | Hints::CALL_ENDED);
-        } else {
-            self.table.put_and_unlock(stripe, call_id, record, hints).expect("invariant: checked out by this input");
-        }
+        fx.hints = Hints::NONE;
+        fx.responses = 0;
+        fx.requests = 0;
+        self.scratch = fx;
     }
 
     /// Checks out the record of a call that should exist; `None` if it is gone.
@@ -651,41 +1233,58 @@ impl<T: TransactionUser> Shard<T> {
         }
     }
 
-    /// Feeds a failed send to the server transaction that made it.
-    fn transport_error(&mut self, now_ms: u64, bytes: &[u8]) {
+    /// Feeds a failed send to the transaction that made it: a response of a server
+    /// transaction (§17.2.4) or a request of a client transaction (§17.1.4).
+    fn transport_error(&mut self, now_ms: u64, peer: Peer, bytes: &[u8]) {
         let Some(call_id) = peek_call_id(bytes) else { return };
         let stripe = StripeId::of_call_id(call_id, self.stripes.stripe_count());
         let mut slots = std::mem::take(&mut self.slots);
-        let key = sipshard_parser::parse(bytes, &mut slots).ok().and_then(|m| server_key_of_response(&m).ok());
+        let target = sipshard_parser::parse(bytes, &mut slots).ok().and_then(|m| {
+            if m.is_request() {
+                let branch = m.top_via().ok().flatten()?.branch?;
+                Some(Err((Box::<str>::from(branch), m.method() == Some(Method::Cancel))))
+            } else {
+                server_key_of_response(&m).ok().map(Ok)
+            }
+        });
         self.slots = slots;
-        let Some(key) = key else { return };
+        let Some(target) = target else { return };
         let Some(mut record) = self.checkout_existing(stripe, call_id) else { return };
-        let mut sends = std::mem::take(&mut self.scratch_sends);
-        let mut timer_ops = std::mem::take(&mut self.scratch_timer_ops);
-        if let Some(i) = record.transactions.iter().position(|t| t.key == key) {
-            let actions = record.transactions[i].fsm.on(ServerEvent::TransportError, &self.config.timers);
-            self.apply(now_ms, &mut record, i, call_id, actions, &mut sends, &mut timer_ops);
+        let mut fx = self.take_effects();
+        match target {
+            Ok(key) => {
+                if let Some(i) = record.transactions.iter().position(|t| t.key == key) {
+                    let actions = record.transactions[i].fsm.on(ServerEvent::TransportError, &self.config.timers);
+                    self.apply_server(now_ms, &mut record, i, call_id, actions, &mut fx);
+                }
+            }
+            Err((branch, cancel)) => {
+                let found = record.clients.iter().position(|c| c.branch == branch && c.cancel == cancel);
+                if let Some(i) = found.filter(|&i| record.clients[i].peer == peer) {
+                    let actions = record.clients[i].fsm.on(ClientEvent::TransportError, &self.config.timers);
+                    self.apply_client(now_ms, &mut record, i, call_id, actions, None, &mut fx);
+                }
+            }
         }
-        self.finish(stripe, call_id, record, sends, timer_ops);
+        self.finish(stripe, call_id, record, fx);
     }
 
     fn fire_timers(&mut self, now_ms: u64) {
         while let Some((_, (id, timer))) = self.wheel.poll_expired(now_ms) {
             self.armed.remove(&(id, timer));
-            // Take the call's key out rather than clone it; it goes back if the transaction lives on.
-            let Some((stripe, call_id)) = self.txn_calls.remove(&id) else { continue };
+            let Some((stripe, call_id)) = self.txn_calls.get(&id).cloned() else { continue };
             let Some(mut record) = self.checkout_existing(stripe, &call_id) else { continue };
-            let mut sends = std::mem::take(&mut self.scratch_sends);
-            let mut timer_ops = std::mem::take(&mut self.scratch_timer_ops);
+            let mut fx = self.take_effects();
             if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
                 record.transactions[i].timers.clear(timer);
                 let actions = record.transactions[i].fsm.on(ServerEvent::Timer(timer), &self.config.timers);
-                if !actions.contains(Action::Terminated) {
-                    self.txn_calls.insert(id, (stripe, call_id.clone()));
-                }
-                self.apply(now_ms, &mut record, i, &call_id, actions, &mut sends, &mut timer_ops);
+                self.apply_server(now_ms, &mut record, i, &call_id, actions, &mut fx);
+            } else if let Some(i) = record.clients.iter().position(|c| c.id == id) {
+                record.clients[i].timers.clear(timer);
+                let actions = record.clients[i].fsm.on(ClientEvent::Timer(timer), &self.config.timers);
+                self.apply_client(now_ms, &mut record, i, &call_id, actions, None, &mut fx);
             }
-            self.finish(stripe, &call_id, record, sends, timer_ops);
+            self.finish(stripe, &call_id, record, fx);
         }
     }
 
@@ -705,6 +1304,18 @@ impl<T: TransactionUser> Shard<T> {
             self.outputs.push_back(Output::Transmit { peer, bytes: out });
         }
     }
+}
+
+/// Where a response goes upstream (§18.2.2): the second Via (the first is this
+/// server's), at its `received` address and `rport` when present. Only IP
+/// literals: the shard does no DNS.
+fn upstream_of(response: &Message<'_>) -> Option<Peer> {
+    let via = response.vias().nth(1)?.ok()?;
+    let host = via.received.unwrap_or(via.host).trim_matches(['[', ']']);
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    let port = via.rport.flatten().or(via.port).unwrap_or(5060);
+    let transport = if via.transport.is_reliable() { Transport::Tcp } else { Transport::Udp };
+    Some(Peer { addr: SocketAddr::new(ip, port), transport })
 }
 
 #[derive(Copy, Clone, Debug)]

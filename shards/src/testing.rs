@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use sipshard_parser::{HeaderSlot, Message, Method, parse};
 
-use crate::shard::{FinalResponse, Input, Output, Peer, Shard, ShardConfig, TransactionUser};
+use crate::shard::{Decision, FinalResponse, Input, Output, Peer, RequestContext, Shard, ShardConfig, TransactionUser};
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
 use crate::timer::TimerWheel;
 use crate::transaction::matching::client_key;
@@ -72,14 +72,14 @@ pub struct Responder {
 }
 
 impl TransactionUser for Responder {
-    fn on_request(&mut self, node: NodeId, shard: ShardId, request: &Message<'_>) -> FinalResponse {
+    fn on_request(&mut self, ctx: &RequestContext, request: &Message<'_>) -> Decision {
         if let Ok(Some(call_id)) = request.call_id() {
-            self.handled.entry(call_id.to_owned()).or_default().push((node, shard));
+            self.handled.entry(call_id.to_owned()).or_default().push((ctx.node, ctx.shard));
         }
         match request.method() {
             // A final non-2xx keeps the INVITE inside the transaction layer (ACK, timers G/H/I).
-            Some(Method::Invite) => FinalResponse { code: 486, reason: "Busy Here" },
-            _ => FinalResponse { code: 200, reason: "OK" },
+            Some(Method::Invite) => FinalResponse::new(486, "Busy Here").into(),
+            _ => FinalResponse::new(200, "OK").into(),
         }
     }
 
@@ -188,6 +188,7 @@ impl<T: TransactionUser> Cluster<T> {
                         let config = ShardConfig {
                             node,
                             shard: ShardId(s),
+                            local: SocketAddr::from(([10, 0, node.0 as u8, 1], 5060)),
                             stripes: map.clone(),
                             max_calls: 100_000,
                             max_timers: 400_000,
@@ -504,9 +505,9 @@ Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
 pub struct FuzzAnswer;
 
 impl TransactionUser for FuzzAnswer {
-    fn on_request(&mut self, _: NodeId, _: ShardId, request: &Message<'_>) -> FinalResponse {
+    fn on_request(&mut self, _: &RequestContext, request: &Message<'_>) -> Decision {
         let code = [200, 486, 180, 302][request.header_count() % 4];
-        FinalResponse { code, reason: "Fuzz" }
+        FinalResponse::new(code, "Fuzz").into()
     }
 }
 

@@ -23,14 +23,14 @@ fn a_non_final_tu_answer_is_replaced_by_500_and_nothing_leaks() {
     use std::time::Duration;
 
     use sipshard_shards::shard::{
-        FinalResponse, Input, Message, Output, Peer, Shard, ShardConfig, TransactionUser, Transport,
+        Decision, FinalResponse, Input, Message, Output, Peer, RequestContext, Shard, ShardConfig, TransactionUser,
+        Transport,
     };
-    use sipshard_shards::{NodeId, ShardId};
 
     struct RingsForever;
     impl TransactionUser for RingsForever {
-        fn on_request(&mut self, _: NodeId, _: ShardId, _: &Message<'_>) -> FinalResponse {
-            FinalResponse { code: 180, reason: "Ringing" }
+        fn on_request(&mut self, _: &RequestContext, _: &Message<'_>) -> Decision {
+            FinalResponse::new(180, "Ringing").into()
         }
     }
     let config = ShardConfig::standalone(8);

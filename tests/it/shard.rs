@@ -8,17 +8,17 @@ use std::time::Instant;
 #[test]
 fn a_failed_send_ends_the_transaction_and_reaches_the_tu() {
     use sipshard_shards::shard::{
-        FinalResponse, Input, Message, Output, Peer, Shard, ShardConfig, TransactionUser, Transport,
+        Decision, FinalResponse, Input, Message, Output, Peer, RequestContext, Shard, ShardConfig, TransactionUser,
+        Transport,
     };
-    use sipshard_shards::{NodeId, ShardId};
 
     #[derive(Default)]
     struct Counting {
         failures: u32,
     }
     impl TransactionUser for Counting {
-        fn on_request(&mut self, _: NodeId, _: ShardId, _: &Message<'_>) -> FinalResponse {
-            FinalResponse { code: 486, reason: "Busy Here" }
+        fn on_request(&mut self, _: &RequestContext, _: &Message<'_>) -> Decision {
+            FinalResponse::new(486, "Busy Here").into()
         }
         fn on_failure(&mut self, call_id: &[u8]) {
             assert_eq!(call_id, b"unreachable@test");

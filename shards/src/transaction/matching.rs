@@ -134,6 +134,18 @@ fn rfc3261_key(via: &sipshard_parser::Via<'_>, method: KeyMethod) -> ServerKey {
     ServerKey::Rfc3261 { branch_sent_by: sent_by.into(), method }
 }
 
+impl ServerKey {
+    /// The key of the INVITE transaction a CANCEL with this key cancels (§9.2: same
+    /// branch and sent-by, or the same RFC 2543 fields).
+    pub fn cancelled_invite(&self) -> ServerKey {
+        let mut key = self.clone();
+        match &mut key {
+            ServerKey::Rfc3261 { method, .. } | ServerKey::Rfc2543 { method, .. } => *method = KeyMethod::Invite,
+        }
+        key
+    }
+}
+
 /// The server transaction a request belongs to.
 pub fn server_key(request: &Message<'_>) -> Result<ServerKey, KeyError> {
     let method = request.method().ok_or(KeyError::Missing("request line"))?;
