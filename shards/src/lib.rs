@@ -10,6 +10,7 @@ pub mod timer;
 pub mod transaction;
 
 pub mod dialog;
+pub mod proxy;
 pub mod shard;
 pub mod stripe;
 pub mod table;

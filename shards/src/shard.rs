@@ -840,6 +840,13 @@ impl<T: TransactionUser> Shard<T> {
         if class != ResponseClass::Provisional {
             txn.answered = true;
         }
+        if class == ResponseClass::Failure
+            && matches!(txn.fsm, ServerFsm::Invite(_))
+            && record.dialog == Some(DialogState::Early)
+        {
+            // The INVITE failed: the early dialog it opened is gone (§12.1, §13.2.2.3).
+            record.dialog = None;
+        }
         txn.response = response;
         let actions = txn.fsm.on(ServerEvent::TuResponse(class), &self.config.timers);
         self.apply_server(now_ms, record, i, call_id, actions, fx);
@@ -1119,8 +1126,6 @@ impl<T: TransactionUser> Shard<T> {
         if is_invite && (200..300).contains(&code) && record.dialog != Some(DialogState::Confirmed) {
             record.dialog = Some(DialogState::Confirmed);
             fx.hints = fx.hints | Hints::DIALOG_CONFIRMED;
-        } else if is_invite && code >= 300 && record.dialog == Some(DialogState::Early) {
-            record.dialog = None;
         }
         if response.cseq().ok().flatten().is_some_and(|c| c.method == Method::Bye) && code >= 200 {
             record.dialog = Some(DialogState::Terminated);

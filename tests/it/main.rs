@@ -5,5 +5,6 @@
 mod cli_parse;
 mod cluster;
 mod fuzz_regressions;
+mod proxy;
 mod shard;
 mod tidy;

@@ -1,0 +1,356 @@
+//! The stateful proxy role on one shard, sans-IO with a fake clock: a whole call
+//! relayed between a caller and a callee (100 Trying, 180, 200, ACK, BYE), CANCEL,
+//! timeouts, retransmissions, and every error reply the proxy generates.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sipshard_shards::proxy::{Proxy, ProxyConfig, RouteMatch, RouteTarget, StaticRoute};
+use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, Transport};
+
+const CALLER: &str = "127.0.0.1:5061";
+const CALLEE: &str = "127.0.0.1:5090";
+
+fn udp(addr: &str) -> Peer {
+    Peer { addr: addr.parse().expect("addr"), transport: Transport::Udp }
+}
+
+struct Rig {
+    shard: Shard<Proxy>,
+    start: Instant,
+    now: Instant,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let config = ProxyConfig {
+            routes: vec![StaticRoute {
+                matches: RouteMatch::UserPrefix("+44".into()),
+                to: RouteTarget::parse("sip:127.0.0.1:5091").expect("route"),
+            }],
+            default_route: Some(RouteTarget::parse(&format!("sip:{CALLEE}")).expect("route")),
+            record_route: true,
+        };
+        let start = Instant::now();
+        let shard = Shard::new(ShardConfig::standalone(64), Proxy::new(config), start);
+        Rig { shard, start, now: start }
+    }
+
+    /// Hands the shard one datagram and returns what it transmits.
+    fn send(&mut self, from: &str, bytes: &[u8]) -> Vec<(SocketAddr, String)> {
+        self.shard.handle(self.now, Input::Datagram { peer: udp(from), bytes });
+        self.drain()
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<(SocketAddr, String)> {
+        self.now += by;
+        self.shard.handle(self.now, Input::Timeout);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<(SocketAddr, String)> {
+        let mut out = Vec::new();
+        while let Some(output) = self.shard.poll_output() {
+            match output {
+                Output::Transmit { peer, bytes } => out.push((peer.addr, String::from_utf8(bytes).expect("utf8"))),
+                other => panic!("unexpected output {other:?}"),
+            }
+        }
+        out
+    }
+
+    /// Waits out every transaction timer.
+    fn settle(&mut self) {
+        let _ = self.advance(Duration::from_secs(40));
+        assert_eq!(self.shard.transactions(), 0, "every transaction ended");
+        assert_eq!(self.shard.armed_timers(), 0, "no timer left");
+    }
+}
+
+fn invite(call_id: &str, branch: &str, extra: &str) -> String {
+    format!(
+        "INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{branch}\r\n\
+From: sipp <sip:sipp@127.0.0.1:5061>;tag=caller-tag\r\nTo: service <sip:service@127.0.0.1:5060>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:sipp@{CALLER}>\r\nMax-Forwards: 70\r\n{extra}\
+Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
+    )
+}
+
+/// The callee's response to a request it received (all Vias copied, a To tag added).
+fn answer(request: &str, code: u16, reason: &str, to_tag: &str) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for line in request.split("\r\n").take_while(|l| !l.is_empty()) {
+        let name = line.split(':').next().unwrap_or_default();
+        match name {
+            "Via" | "From" | "Call-ID" | "CSeq" | "Record-Route" => out.push_str(&format!("{line}\r\n")),
+            "To" if !line.contains("tag=") => out.push_str(&format!("{line};tag={to_tag}\r\n")),
+            "To" => out.push_str(&format!("{line}\r\n")),
+            _ => {}
+        }
+    }
+    out.push_str(&format!("Contact: <sip:service@{CALLEE}>\r\nContent-Length: 0\r\n\r\n"));
+    out
+}
+
+fn in_dialog(method: &str, call_id: &str, branch: &str, cseq: u32, route: bool) -> String {
+    let route = if route { "Route: <sip:127.0.0.1:5060;lr>\r\n" } else { "" };
+    format!(
+        "{method} sip:service@{CALLEE} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{branch}\r\n{route}\
+From: sipp <sip:sipp@127.0.0.1:5061>;tag=caller-tag\r\nTo: service <sip:service@127.0.0.1:5060>;tag=callee-tag\r\n\
+Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+fn status(message: &str) -> u16 {
+    message.strip_prefix("SIP/2.0 ").and_then(|s| s[..3].parse().ok()).unwrap_or(0)
+}
+
+fn to(addr: &str) -> SocketAddr {
+    addr.parse().expect("addr")
+}
+
+#[test]
+fn a_call_is_relayed_end_to_end_with_record_route() {
+    let mut rig = Rig::new();
+    let out = rig.send(CALLER, invite("call-1", "inv1", "").as_bytes());
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!((out[0].0, status(&out[0].1)), (to(CALLER), 100));
+    let (dest, relayed) = &out[1];
+    assert_eq!(*dest, to(CALLEE));
+    assert!(
+        relayed
+            .starts_with("INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK")
+    );
+    assert!(relayed.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\n"), "{relayed}");
+    assert!(relayed.contains("Max-Forwards: 69\r\n"), "{relayed}");
+    assert!(relayed.ends_with("v=0\n"), "the body travels: {relayed}");
+
+    let ringing = answer(relayed, 180, "Ringing", "callee-tag");
+    let out = rig.send(CALLEE, ringing.as_bytes());
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0, status(&out[0].1)), (to(CALLER), 180));
+    assert!(!out[0].1.contains("127.0.0.1:5060;branch"), "our Via is removed: {}", out[0].1);
+
+    let ok = answer(relayed, 200, "OK", "callee-tag");
+    let out = rig.send(CALLEE, ok.as_bytes());
+    assert_eq!((out[0].0, status(&out[0].1)), (to(CALLER), 200));
+    // A retransmitted 2xx still goes up (RFC 6026).
+    let out = rig.send(CALLEE, ok.as_bytes());
+    assert_eq!((out[0].0, status(&out[0].1)), (to(CALLER), 200));
+
+    let out = rig.send(CALLER, in_dialog("ACK", "call-1", "ack1", 1, true).as_bytes());
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, to(CALLEE));
+    assert!(out[0].1.starts_with("ACK sip:service@127.0.0.1:5090 SIP/2.0\r\n"));
+    assert!(!out[0].1.contains("Route:"), "our Route entry is consumed: {}", out[0].1);
+
+    rig.settle();
+    assert_eq!(rig.shard.calls(), 1, "the confirmed dialog outlives its transactions");
+
+    let bye = in_dialog("BYE", "call-1", "bye1", 2, true);
+    let out = rig.send(CALLER, bye.as_bytes());
+    assert_eq!(out[0].0, to(CALLEE));
+    let ok = answer(&out[0].1, 200, "OK", "callee-tag");
+    let out = rig.send(CALLEE, ok.as_bytes());
+    assert_eq!((out[0].0, status(&out[0].1)), (to(CALLER), 200));
+    rig.settle();
+    assert_eq!(rig.shard.calls(), 0, "the call ended: nothing is kept");
+    let stats = rig.shard.stats();
+    assert_eq!(stats.acks_relayed, 1);
+    assert_eq!(stats.client_transactions_created, 2);
+    assert_eq!(stats.client_transactions_ended, 2);
+}
+
+#[test]
+fn an_error_response_is_acked_hop_by_hop_and_relayed() {
+    let mut rig = Rig::new();
+    let out = rig.send(CALLER, invite("call-busy", "inv2", "").as_bytes());
+    let relayed = out[1].1.clone();
+    let out = rig.send(CALLEE, answer(&relayed, 486, "Busy Here", "b").as_bytes());
+    let mut seen: Vec<(SocketAddr, String)> =
+        out.iter().map(|(a, m)| (*a, m.lines().next().unwrap_or_default().to_owned())).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            (to(CALLER), "SIP/2.0 486 Busy Here".to_owned()),
+            (to(CALLEE), "ACK sip:service@127.0.0.1:5060 SIP/2.0".to_owned()),
+        ]
+    );
+    // The caller's ACK ends the server transaction here; it is not relayed (§16.7 step 5... the ACK of a non-2xx is hop by hop).
+    let ack = in_dialog("ACK", "call-busy", "inv2", 1, false).replace(";tag=callee-tag", ";tag=b");
+    assert!(rig.send(CALLER, ack.as_bytes()).is_empty());
+    rig.settle();
+    assert_eq!(rig.shard.calls(), 0);
+}
+
+#[test]
+fn cancel_is_answered_and_sent_on_then_487_goes_up() {
+    let mut rig = Rig::new();
+    let out = rig.send(CALLER, invite("call-cancel", "inv3", "").as_bytes());
+    let relayed = out[1].1.clone();
+    let _ = rig.send(CALLEE, answer(&relayed, 180, "Ringing", "c").as_bytes());
+    let cancel = invite("call-cancel", "inv3", "")
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let out = rig.send(CALLER, cancel.as_bytes());
+    assert_eq!(out.len(), 2, "{out:?}");
+    let (ok, downstream): (Vec<_>, Vec<_>) = out.into_iter().partition(|(a, _)| *a == to(CALLER));
+    assert_eq!(status(&ok[0].1), 200);
+    assert!(downstream[0].1.starts_with("CANCEL sip:service@127.0.0.1:5060 SIP/2.0\r\n"));
+    let branch =
+        |m: &str| m.split("branch=").nth(1).and_then(|s| s.split(['\r', ';']).next()).unwrap_or_default().to_owned();
+    assert_eq!(branch(&downstream[0].1), branch(&relayed), "the CANCEL carries the INVITE's branch");
+    assert!(
+        rig.send(CALLEE, answer(&downstream[0].1, 200, "OK", "c").as_bytes()).is_empty(),
+        "the CANCEL's 200 stops here"
+    );
+    let out = rig.send(CALLEE, answer(&relayed, 487, "Request Terminated", "c").as_bytes());
+    assert!(out.iter().any(|(a, m)| *a == to(CALLER) && status(m) == 487), "{out:?}");
+    rig.settle();
+    assert_eq!(rig.shard.calls(), 0);
+}
+
+#[test]
+fn a_silent_callee_turns_into_408_and_retransmissions_follow_timer_a() {
+    let mut rig = Rig::new();
+    let out = rig.send(CALLER, invite("call-silent", "inv4", "").as_bytes());
+    assert_eq!(out.len(), 2);
+    // Timer A: 500 ms, then 1 s, 2 s ...
+    let resent = rig.advance(Duration::from_millis(500));
+    assert_eq!(resent.len(), 1);
+    assert_eq!(resent[0].0, to(CALLEE));
+    assert!(rig.advance(Duration::from_millis(900)).is_empty());
+    assert_eq!(rig.advance(Duration::from_millis(100)).len(), 1);
+    // Timer B at 64*T1: 408 up.
+    let mut timeout = Vec::new();
+    while rig.now < rig.start + Duration::from_secs(33) {
+        timeout.extend(rig.advance(Duration::from_millis(500)));
+    }
+    assert!(timeout.iter().any(|(a, m)| *a == to(CALLER) && status(m) == 408), "{timeout:?}");
+    let response = timeout.iter().find(|(_, m)| status(m) == 408).map(|(_, m)| m.clone()).unwrap_or_default();
+    assert!(!response.contains("127.0.0.1:5060;branch"), "our Via is not in the 408: {response}");
+    assert!(response.contains(&format!("Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv4")), "{response}");
+    let ack = in_dialog("ACK", "call-silent", "inv4", 1, false);
+    let _ = rig.send(CALLER, ack.as_bytes());
+    rig.settle();
+    assert_eq!(rig.shard.calls(), 0);
+    assert_eq!(rig.shard.tu().stats().relayed, 1);
+}
+
+#[test]
+fn a_retransmitted_invite_gets_the_latest_response_and_is_not_relayed_twice() {
+    let mut rig = Rig::new();
+    let request = invite("call-rtx", "inv5", "");
+    let _ = rig.send(CALLER, request.as_bytes());
+    let again = rig.send(CALLER, request.as_bytes());
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].0, status(&again[0].1)), (to(CALLER), 100));
+    assert_eq!(rig.shard.stats().client_transactions_created, 1);
+}
+
+#[test]
+fn static_routes_pick_the_next_hop_by_user_prefix() {
+    let mut rig = Rig::new();
+    let request =
+        invite("call-uk", "inv6", "").replace("sip:service@127.0.0.1:5060 SIP", "sip:+442071234567@127.0.0.1:5060 SIP");
+    let out = rig.send(CALLER, request.as_bytes());
+    assert_eq!(out[1].0, to("127.0.0.1:5091"));
+}
+
+#[test]
+fn options_to_the_server_itself_is_a_health_check() {
+    let mut rig = Rig::new();
+    let options = invite("health", "opt1", "")
+        .replace("INVITE sip:service@127.0.0.1:5060", "OPTIONS sip:127.0.0.1:5060")
+        .replace("1 INVITE", "1 OPTIONS");
+    let out = rig.send(CALLER, options.as_bytes());
+    assert_eq!(out.len(), 1);
+    assert_eq!(status(&out[0].1), 200);
+    assert!(out[0].1.contains("\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS"), "{}", out[0].1);
+    assert!(out[0].1.contains("\r\nSupported: \r\n"), "{}", out[0].1);
+    // OPTIONS for a user is routed like any request.
+    let routed = invite("opt-user", "opt2", "").replace("INVITE sip:", "OPTIONS sip:").replace("1 INVITE", "1 OPTIONS");
+    let out = rig.send(CALLER, routed.as_bytes());
+    assert_eq!(out[0].0, to(CALLEE));
+}
+
+/// Each bad request gets the reply the issue names.
+#[test]
+fn every_error_reply_has_a_request_that_provokes_it() {
+    let cases: Vec<(String, u16, &str)> = vec![
+        (invite("e1", "e1", "").replace("Max-Forwards: 70", "Max-Forwards: 0"), 483, "Too Many Hops"),
+        (invite("e2", "e2", "Proxy-Require: foo, bar\r\n"), 420, "Bad Extension"),
+        (invite("e3", "e3", "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKlooped\r\n"), 482, "Loop Detected"),
+        (in_dialog("BYE", "e4", "e4", 2, true), 481, "Call/Transaction Does Not Exist"),
+        (
+            invite("e5", "e5", "").replace("CSeq: 1 INVITE", "CSeq: 1 BYE"),
+            400,
+            "Bad Request (CSeq method does not match request method)",
+        ),
+        (invite("e6", "e6", "").replace("SIP/2.0\r\nVia", "SIP/3.0\r\nVia"), 505, "unsupported version SIP/3.0"),
+        (
+            invite("e7", "e7", "").replace("INVITE sip:service@127.0.0.1:5060", "INVITE mailto:service@example.com"),
+            416,
+            "unsupported URI scheme",
+        ),
+        (
+            invite("e8", "e8", "")
+                .replace("INVITE sip:", "REGISTER sip:")
+                .replace("sip:service@127.0.0.1:5060 SIP", "sip:127.0.0.1:5060 SIP")
+                .replace("1 INVITE", "1 REGISTER"),
+            501,
+            "Not Implemented",
+        ),
+        (invite("e9", "e9", "").replace("sip:service@127.0.0.1:5060 SIP", "sip:bob@example.com SIP"), 200, ""),
+    ];
+    for (request, code, reason) in cases {
+        let mut rig = Rig::new();
+        if code == 200 {
+            // A domain with no static route goes to the default route.
+            let out = rig.send(CALLER, request.as_bytes());
+            assert_eq!(out[1].0, to(CALLEE));
+            continue;
+        }
+        let out = rig.send(CALLER, request.as_bytes());
+        assert_eq!(out.len(), 1, "{request}: {out:?}");
+        let first = out[0].1.lines().next().unwrap_or_default().to_owned();
+        assert_eq!(first, format!("SIP/2.0 {code} {reason}"), "{request}");
+        if code == 420 {
+            assert!(out[0].1.contains("\r\nUnsupported: foo, bar\r\n"), "{}", out[0].1);
+        }
+    }
+    let mut rig = Rig::new();
+    rig.shard.tu_mut();
+    let no_route = Shard::new(ShardConfig::standalone(4), Proxy::new(ProxyConfig::default()), rig.start);
+    rig.shard = no_route;
+    let out = rig.send(CALLER, invite("e10", "e10", "").as_bytes());
+    assert_eq!(out[0].1.lines().next(), Some("SIP/2.0 404 Not Found"));
+}
+
+#[test]
+fn a_full_table_answers_503_with_retry_after() {
+    let mut rig = Rig::new();
+    rig.shard = Shard::new(ShardConfig::standalone(1), Proxy::new(ProxyConfig::default()), rig.start);
+    let _ = rig.send(CALLER, invite("full-1", "f1", "").as_bytes());
+    let out = rig.send(CALLER, invite("full-2", "f2", "").as_bytes());
+    assert_eq!(out[0].1.lines().next(), Some("SIP/2.0 503 Service Unavailable"));
+    assert!(out[0].1.contains("\r\nRetry-After: 5\r\n"));
+}
+
+#[test]
+fn a_response_for_no_transaction_is_relayed_by_its_via() {
+    let mut rig = Rig::new();
+    let stray = format!(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKgone\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKx;rport=5071;received=127.0.0.2\r\n\
+From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: stray\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = rig.send(CALLEE, stray.as_bytes());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, to("127.0.0.2:5071"), "received and rport win (RFC 3581)");
+    assert!(!out[0].1.contains("z9hG4bKgone"));
+    // Not ours: dropped and counted.
+    let foreign = stray.replace("Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKgone\r\n", "");
+    assert!(rig.send(CALLEE, foreign.as_bytes()).is_empty());
+    assert_eq!(rig.shard.stats().stray_responses, 1);
+}
