@@ -1,12 +1,16 @@
-//! `sipshard`: the shell binary. Thin glue over the library crates (CLI, and
-//! later config, executors and sockets).
+//! `sipshard`: the shell binary. Thin glue over the library crates: the CLI,
+//! the configuration, and the runtime (glommio executors, sockets).
 
+mod config;
 mod parse_cmd;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, Shards};
 
 #[derive(Parser)]
 #[command(name = "sipshard", version, about = "SIP signaling appliance: proxy, B2BUA and registrar")]
@@ -17,6 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server (embedded defaults: a proxy on 127.0.0.1:5060); SIGINT or SIGTERM stops it.
+    Run(RunArgs),
+    /// Check a configuration file; print every error with its key and why.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
     /// Parse one raw SIP message (bytes as on the wire) and print it as JSON.
     Parse {
         /// File holding the message; `-` or nothing reads stdin.
@@ -24,9 +35,139 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML configuration (every key has a default).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// SIP address to bind and advertise (server.listen), e.g. 127.0.0.1:5060.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Number of shards, or "auto" for one per core (server.shards).
+    #[arg(long)]
+    shards: Option<Shards>,
+    /// Role (server.role): proxy.
+    #[arg(long)]
+    role: Option<String>,
+    /// Default route for requests no other rule matches (proxy.default_route), e.g. sip:127.0.0.1:5090.
+    #[arg(long)]
+    route: Option<String>,
+    /// Transport (server.transport): udp, tcp or both.
+    #[arg(long)]
+    transport: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Parse { file } => parse_cmd::run(file.as_deref()),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Run(args) => run(args),
+    }
+}
+
+fn online_cores() -> Vec<usize> {
+    core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect()).unwrap_or_else(|| vec![0])
+}
+
+fn print_errors(errors: &[ConfigError]) {
+    for error in errors {
+        eprintln!("error: {error}");
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let checked = Config::read(file).and_then(|config| config.settings(&online_cores()));
+    match checked {
+        Ok(settings) => {
+            println!(
+                "{}: ok ({} shards on cores {:?}, listen {})",
+                file.display(),
+                settings.cores.len(),
+                settings.cores,
+                settings.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            print_errors(&errors);
+            eprintln!("{}: {} error(s)", file.display(), errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match &args.config {
+        Some(path) => Config::read(path),
+        None => Ok(Config::default()),
+    };
+    let settings = config.and_then(|mut config| {
+        if let Some(listen) = args.listen {
+            config.server.listen = listen;
+        }
+        if let Some(shards) = args.shards {
+            config.server.shards = shards;
+        }
+        if let Some(role) = args.role {
+            config.server.role = role;
+        }
+        if let Some(route) = args.route {
+            config.proxy.default_route = Some(route);
+        }
+        if let Some(transport) = args.transport {
+            config.server.transport = transport;
+        }
+        config.settings(&online_cores())
+    });
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(errors) => {
+            print_errors(&errors);
+            return ExitCode::from(2);
+        }
+    };
+    match server::run(settings) {
+        Ok(reports) => {
+            for r in reports {
+                let s = r.stats;
+                println!(
+                    "shard {} (core {}): local={} forwarded_to_shard={} transactions={} client_transactions={} \
+                     responses_sent={} requests_sent={} retransmissions_received={} failures={} dropped_malformed={} \
+                     stray_responses={} refused_full={} refused_draining={} relayed={} rejected={} send_errors={} \
+                     unsupported_transport={}",
+                    r.shard,
+                    r.core,
+                    s.local,
+                    s.forwarded_to_shard,
+                    s.transactions_created,
+                    s.client_transactions_created,
+                    s.responses_sent,
+                    s.requests_sent,
+                    s.retransmissions_received,
+                    s.transaction_failures,
+                    s.dropped_malformed,
+                    s.stray_responses,
+                    s.refused_full,
+                    s.refused_draining,
+                    r.proxy.relayed,
+                    r.proxy.rejected,
+                    r.send_errors,
+                    r.unsupported_transport,
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

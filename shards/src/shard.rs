@@ -26,7 +26,7 @@ use sipshard_parser::{Editor, HeaderSlot, Method, ResponseSpec, peek_call_id, wr
 use crate::dialog::DialogState;
 
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
-use crate::table::{CallTable, Change, Hints, TableError};
+use crate::table::{CallTable, Change, Checkout, Hints, TableError};
 use crate::timer::{TimerId, TimerWheel};
 use crate::transaction::matching::{ServerKey, server_key, server_key_of_response};
 use crate::transaction::{
@@ -281,6 +281,8 @@ pub struct ShardStats {
     pub acks_relayed: u64,
     /// New calls refused with 503 because the table was full.
     pub refused_full: u64,
+    /// New calls refused with 503 because the shard is shutting down.
+    pub refused_draining: u64,
     /// Non-final answers from the transaction user, replaced by 500.
     pub tu_errors: u64,
 }
@@ -465,6 +467,8 @@ pub struct Shard<T> {
     next_txn: u64,
     rng: u64,
     stats: ShardStats,
+    /// Shutting down: new calls get 503.
+    draining: bool,
     tu: T,
 }
 
@@ -490,9 +494,15 @@ impl<T: TransactionUser> Shard<T> {
             next_txn: 1,
             rng: config.seed | 1,
             stats: ShardStats::default(),
+            draining: false,
             tu,
             config,
         }
+    }
+
+    /// Starts (or stops) refusing new calls with 503, for a graceful shutdown.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
     }
 
     /// The counters.
@@ -523,6 +533,18 @@ impl<T: TransactionUser> Shard<T> {
     /// Live transactions, server and client.
     pub fn transactions(&self) -> usize {
         self.txn_calls.len()
+    }
+
+    /// Transactions still waiting for a final response (a graceful shutdown waits for these;
+    /// the others only absorb retransmissions). Walks the table: not for the hot path.
+    pub fn unanswered_transactions(&self) -> usize {
+        self.table
+            .records()
+            .map(|record| {
+                record.transactions.iter().filter(|t| !t.answered).count()
+                    + record.clients.iter().filter(|c| !c.fsm.has_final()).count()
+            })
+            .sum()
     }
 
     /// The stripe map in force.
@@ -656,6 +678,13 @@ impl<T: TransactionUser> Shard<T> {
         let method = msg.method();
         let is_ack = method == Some(Method::Ack);
         let mut record = match self.table.get_and_lock(stripe, call_id, !is_ack) {
+            Ok(Checkout { record: None, .. }) if self.draining => {
+                // Shutting down: no new call (§21.5.4 with Retry-After); existing calls go on.
+                self.table.unlock(stripe, call_id, None).expect("invariant: checked out above");
+                self.stats.refused_draining += 1;
+                self.respond_stateless(msg, peer, 503, "Service Unavailable");
+                return;
+            }
             Ok(checkout) => checkout.record.unwrap_or_default(),
             // An ACK for a call we hold nothing of: the ACK of a 2xx (§17.1.1.3), relayed if the role says so.
             Err(TableError::NotFound) => return self.relay_ack(now_ms, peer, None, msg),

@@ -247,6 +247,11 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
             .filter_map(|(k, s)| s.record.as_ref().map(|r| (&**k, r, s.version)))
     }
 
+    /// Every record that is not checked out, in no particular order.
+    pub fn records(&self) -> impl Iterator<Item = &R> {
+        self.stripes.values().flat_map(|t| t.values()).filter_map(|s| s.record.as_ref())
+    }
+
     fn checked_out_slot(&mut self, stripe: StripeId, key: &[u8]) -> Result<&mut Slot<R>, TableError> {
         match self.stripes.get_mut(&stripe).and_then(|s| s.get_mut(key)) {
             Some(slot) if slot.checked_out => Ok(slot),

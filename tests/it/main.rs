@@ -7,4 +7,5 @@ mod cluster;
 mod fuzz_regressions;
 mod proxy;
 mod shard;
+mod sipp;
 mod tidy;

@@ -1,0 +1,383 @@
+//! sipshard's configuration: a TOML file (serde) where every key has a
+//! default, so an empty file, or none, runs the embedded default (a proxy on
+//! 127.0.0.1:5060). [`Config::load`] reports every error at once, each with its
+//! key and why; `sipshard check-config FILE` prints them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sipshard_shards::proxy::{ProxyConfig, RouteMatch, RouteTarget, StaticRoute};
+use sipshard_shards::transaction::TimerConfig;
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    /// Sockets, shards, limits.
+    pub(crate) server: ServerSection,
+    /// The proxy role.
+    pub(crate) proxy: ProxySection,
+    /// RFC 3261 timers.
+    pub(crate) timers: TimersSection,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ServerSection {
+    /// The SIP address every shard binds (SO_REUSEPORT), and the address this server
+    /// puts in its Via and Record-Route, so it must be reachable (not 0.0.0.0).
+    pub(crate) listen: String,
+    /// Number of shards: a number or "auto" (one per core in `cores`, or per online core).
+    pub(crate) shards: Shards,
+    /// Cores to pin shards to, in order (empty: every online core).
+    pub(crate) cores: Vec<usize>,
+    /// The role: "proxy" (the B2BUA comes later).
+    pub(crate) role: String,
+    /// "udp", "tcp" or "both".
+    pub(crate) transport: String,
+    /// Most live calls per shard (beyond: 503 with Retry-After).
+    pub(crate) max_calls_per_shard: usize,
+    /// Retry-After seconds on 503.
+    pub(crate) retry_after_s: u32,
+    /// io_uring buffer memory per shard (locked memory: all shards together must fit the
+    /// memlock limit, `ulimit -l`).
+    pub(crate) io_memory_kib: usize,
+    /// How long a graceful shutdown lets live transactions finish.
+    pub(crate) drain_s: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "127.0.0.1:5060".into(),
+            shards: Shards::Auto,
+            cores: Vec::new(),
+            role: "proxy".into(),
+            transport: "udp".into(),
+            max_calls_per_shard: 100_000,
+            retry_after_s: 5,
+            io_memory_kib: 512,
+            drain_s: 32,
+        }
+    }
+}
+
+/// A shard count.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Shards {
+    /// A fixed number.
+    Count(usize),
+    /// `"auto"`.
+    #[serde(deserialize_with = "auto")]
+    Auto,
+}
+
+fn auto<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+    let text = String::deserialize(d)?;
+    if text == "auto" { Ok(()) } else { Err(serde::de::Error::custom("expected a number or \"auto\"")) }
+}
+
+impl std::str::FromStr for Shards {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Shards::Auto),
+            n => n.parse().map(Shards::Count).map_err(|_| format!("expected a number or \"auto\", got {n:?}")),
+        }
+    }
+}
+
+/// `[proxy]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ProxySection {
+    /// Where requests no other rule matches go (a SIP URI with an IP host).
+    pub(crate) default_route: Option<String>,
+    /// Record-Route dialog-creating requests.
+    pub(crate) record_route: bool,
+    /// Static routes, tried in order.
+    pub(crate) routes: Vec<RouteSection>,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection { default_route: None, record_route: true, routes: Vec::new() }
+    }
+}
+
+/// `[[proxy.routes]]`: exactly one of `domain` and `user_prefix`, and `to`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteSection {
+    /// Request-URI host to match.
+    pub(crate) domain: Option<String>,
+    /// Request-URI user prefix to match.
+    pub(crate) user_prefix: Option<String>,
+    /// Where matching requests go.
+    pub(crate) to: String,
+}
+
+/// `[timers]`, in milliseconds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TimersSection {
+    /// T1 (RTT estimate).
+    pub(crate) t1_ms: u64,
+    /// T2 (maximum retransmit interval).
+    pub(crate) t2_ms: u64,
+    /// T4 (maximum message lifetime).
+    pub(crate) t4_ms: u64,
+}
+
+impl Default for TimersSection {
+    fn default() -> Self {
+        TimersSection { t1_ms: 500, t2_ms: 4_000, t4_ms: 5_000 }
+    }
+}
+
+/// Which sockets a shard opens.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Transports {
+    /// UDP.
+    pub(crate) udp: bool,
+    /// TCP.
+    pub(crate) tcp: bool,
+}
+
+/// A configuration checked and turned into what the runtime uses.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// The listen address.
+    pub(crate) listen: SocketAddr,
+    /// Cores, one per shard.
+    pub(crate) cores: Vec<usize>,
+    /// Sockets.
+    pub(crate) transports: Transports,
+    /// Proxy role.
+    pub(crate) proxy: ProxyConfig,
+    /// Timers.
+    pub(crate) timers: TimerConfig,
+    /// Per-shard call limit.
+    pub(crate) max_calls_per_shard: usize,
+    /// Retry-After seconds.
+    pub(crate) retry_after_s: u32,
+    /// io_uring memory per shard, bytes.
+    pub(crate) io_memory: usize,
+    /// Graceful shutdown bound.
+    pub(crate) drain: Duration,
+}
+
+/// One problem in a configuration: the key and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ConfigError {
+    /// Dotted key (`server.listen`, `proxy.routes[2].to`).
+    pub(crate) key: String,
+    /// What is wrong.
+    pub(crate) why: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.why)
+    }
+}
+
+impl Config {
+    /// Reads and decodes a file (syntax and type errors are reported here, one at a time:
+    /// the TOML decoder stops at the first).
+    pub(crate) fn read(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![ConfigError { key: path.display().to_string(), why: format!("cannot read: {e}") }])?;
+        Config::parse(&text)
+    }
+
+    /// Decodes TOML text.
+    pub(crate) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let key = e.span().map(|span| key_at(text, span.start)).unwrap_or_else(|| "(file)".into());
+            vec![ConfigError { key, why: e.message().to_owned() }]
+        })
+    }
+
+    /// Checks every value; all errors at once.
+    pub(crate) fn settings(&self, online_cores: &[usize]) -> Result<Settings, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut error = |key: &str, why: String| errors.push(ConfigError { key: key.into(), why });
+        let server = &self.server;
+        let listen = match server.listen.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_unspecified() => {
+                error("server.listen", format!("{addr} is not reachable: give the address peers send to"));
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                error("server.listen", format!("{:?} is not an ip:port ({e})", server.listen));
+                None
+            }
+        };
+        for core in &server.cores {
+            if !online_cores.contains(core) {
+                error("server.cores", format!("core {core} is not online (online: {online_cores:?})"));
+            }
+        }
+        let pool: Vec<usize> = if server.cores.is_empty() { online_cores.to_vec() } else { server.cores.clone() };
+        let cores = match server.shards {
+            Shards::Auto => pool.clone(),
+            Shards::Count(0) => {
+                error("server.shards", "must be at least 1".into());
+                Vec::new()
+            }
+            Shards::Count(n) if n > pool.len() => {
+                error("server.shards", format!("{n} shards but only {} cores to pin them to", pool.len()));
+                Vec::new()
+            }
+            Shards::Count(n) => pool[..n].to_vec(),
+        };
+        if server.role != "proxy" {
+            error("server.role", format!("{:?}: only \"proxy\" is available in this build", server.role));
+        }
+        let transports = match server.transport.as_str() {
+            "udp" => Transports { udp: true, tcp: false },
+            "tcp" => Transports { udp: false, tcp: true },
+            "both" => Transports { udp: true, tcp: true },
+            other => {
+                error("server.transport", format!("{other:?}: expected \"udp\", \"tcp\" or \"both\""));
+                Transports { udp: true, tcp: false }
+            }
+        };
+        if transports.tcp {
+            error("server.transport", "TCP is not available in this build yet: use \"udp\"".into());
+        }
+        if server.max_calls_per_shard == 0 {
+            error("server.max_calls_per_shard", "must be at least 1".into());
+        }
+        if server.io_memory_kib < 64 {
+            error("server.io_memory_kib", "must be at least 64".into());
+        }
+        let route = |text: &str, key: &str, errors: &mut Vec<ConfigError>| match RouteTarget::parse(text) {
+            Ok(target) => Some(target),
+            Err(e) => {
+                errors.push(ConfigError { key: key.into(), why: e.to_string() });
+                None
+            }
+        };
+        let default_route =
+            self.proxy.default_route.as_deref().and_then(|t| route(t, "proxy.default_route", &mut errors));
+        let mut routes = Vec::new();
+        for (i, r) in self.proxy.routes.iter().enumerate() {
+            let to = route(&r.to, &format!("proxy.routes[{i}].to"), &mut errors);
+            let matches = match (&r.domain, &r.user_prefix) {
+                (Some(d), None) => Some(RouteMatch::Domain(d.as_str().into())),
+                (None, Some(p)) => Some(RouteMatch::UserPrefix(p.as_str().into())),
+                _ => {
+                    errors.push(ConfigError {
+                        key: format!("proxy.routes[{i}]"),
+                        why: "give exactly one of domain and user_prefix".into(),
+                    });
+                    None
+                }
+            };
+            if let (Some(matches), Some(to)) = (matches, to) {
+                routes.push(StaticRoute { matches, to });
+            }
+        }
+        let t = &self.timers;
+        let mut error = |key: &str, why: String| errors.push(ConfigError { key: key.into(), why });
+        if t.t1_ms == 0 {
+            error("timers.t1_ms", "must be at least 1".into());
+        }
+        if t.t2_ms < t.t1_ms {
+            error("timers.t2_ms", format!("{} is below T1 ({})", t.t2_ms, t.t1_ms));
+        }
+        if t.t4_ms == 0 {
+            error("timers.t4_ms", "must be at least 1".into());
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Settings {
+            listen: listen.expect("invariant: no error means the address parsed"),
+            cores,
+            transports,
+            proxy: ProxyConfig { routes, default_route, record_route: self.proxy.record_route },
+            timers: TimerConfig {
+                t1: Duration::from_millis(t.t1_ms),
+                t2: Duration::from_millis(t.t2_ms),
+                t4: Duration::from_millis(t.t4_ms),
+            },
+            max_calls_per_shard: server.max_calls_per_shard,
+            retry_after_s: server.retry_after_s,
+            io_memory: server.io_memory_kib * 1024,
+            drain: Duration::from_secs(server.drain_s),
+        })
+    }
+}
+
+/// The dotted key of the TOML entry around byte `at` (for decoder errors, which give a span).
+fn key_at(text: &str, at: usize) -> String {
+    let before = &text[..at.min(text.len())];
+    let table = before
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix('[').map(|t| t.trim_matches(['[', ']']).to_owned()))
+        .unwrap_or_default();
+    let line = text[before.rfind('\n').map_or(0, |i| i + 1)..].lines().next().unwrap_or_default();
+    let key = line.split('=').next().unwrap_or_default().trim();
+    match (table.is_empty(), key.is_empty() || key.starts_with('[')) {
+        (true, _) => key.to_owned(),
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_embedded_default() {
+        let settings = Config::parse("").expect("parses").settings(&[0, 1]).expect("valid");
+        assert_eq!(settings.listen, "127.0.0.1:5060".parse().expect("addr"));
+        assert_eq!(settings.cores, vec![0, 1]);
+        assert_eq!(settings.timers, TimerConfig::default());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key() {
+        let text = r#"
+[server]
+listen = "0.0.0.0:5060"
+shards = 9
+role = "b2bua"
+
+[proxy]
+default_route = "sip:proxy.example.com"
+
+[[proxy.routes]]
+to = "sip:10.0.0.1"
+
+[timers]
+t1_ms = 500
+t2_ms = 100
+"#;
+        let errors = Config::parse(text).expect("parses").settings(&[0, 1]).expect_err("invalid");
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["server.listen", "server.shards", "server.role", "proxy.default_route", "proxy.routes[0]", "timers.t2_ms"]
+        );
+        assert!(errors[3].why.contains("does no DNS"), "{}", errors[3]);
+    }
+
+    #[test]
+    fn a_decoder_error_names_its_key() {
+        let errors = Config::parse("[server]\nlisten = 5060\n").expect_err("type error");
+        assert_eq!(errors[0].key, "server.listen");
+        let errors = Config::parse("[server]\nlisten_on = \"x\"\n").expect_err("unknown key");
+        assert!(errors[0].why.contains("unknown field"), "{}", errors[0]);
+    }
+}

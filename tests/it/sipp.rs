@@ -1,0 +1,196 @@
+//! sipshard between two real SIPp instances over loopback UDP: `sipp -sn uac` →
+//! sipshard (proxy, 2 shards) → `sipp -sn uas`, asserting on SIPp's own final
+//! counters and on sipshard's per-shard counters (every call's transactions
+//! were created on the shard that owns its stripe).
+//!
+//! Needs `sipp` (Debian package `sip-tester`, installed by .ci/run). Under
+//! CI=true a missing sipp fails the test; elsewhere it is skipped with a note.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sipshard_parser::stripe_of;
+use sipshard_shards::{DEFAULT_STRIPES, NodeId, StripeId, StripeMap};
+
+/// The path of a tool, or `None` (and a note) when it is missing outside CI.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is required under CI=true (apt-get install -y sip-tester)"
+        );
+        eprintln!("SKIPPED: {name} is not installed (apt-get install -y sip-tester)");
+    }
+    found
+}
+
+/// A UDP port free right now on 127.0.0.1.
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A child process killed when dropped (a failed assertion leaves nothing running).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends OPTIONS to the server itself until it answers 200 (its health check), up to 10 s.
+fn wait_until_healthy(server: SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let local = socket.local_addr().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        assert!(Instant::now() < deadline, "sipshard did not answer OPTIONS within 10 s");
+        let options = format!(
+            "OPTIONS sip:{server} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKhealth{n}\r\nMax-Forwards: 70\r\n\
+From: <sip:probe@{local}>;tag=p{n}\r\nTo: <sip:{server}>\r\nCall-ID: health-{n}@{local}\r\nCSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        socket.send_to(options.as_bytes(), server).expect("send");
+        let mut buf = [0u8; 2048];
+        if let Ok(n) = socket.recv(&mut buf) {
+            let reply = String::from_utf8_lossy(&buf[..n]);
+            assert!(reply.starts_with("SIP/2.0 200 OK\r\n"), "{reply}");
+            assert!(reply.contains("\r\nAllow: "), "{reply}");
+            return;
+        }
+    }
+}
+
+/// The last row of a SIPp `-trace_stat` file, as (column, value) pairs.
+fn last_stats(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).expect("SIPp wrote its statistics file");
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().expect("a header row").split(';').collect();
+    let last: Vec<&str> = lines.next_back().expect("a data row").split(';').collect();
+    header.iter().zip(last).map(|(h, v)| (h.to_string(), v.to_string())).collect()
+}
+
+fn stat(stats: &[(String, String)], name: &str) -> u64 {
+    let value = stats.iter().find(|(h, _)| h == name).map(|(_, v)| v.clone());
+    value.unwrap_or_else(|| panic!("no {name} column")).parse().unwrap_or_else(|_| panic!("{name} is not a count"))
+}
+
+/// Per-shard counters from sipshard's exit report (`shard N (core C): key=value ...`).
+fn shard_counters(report: &str) -> Vec<Vec<(String, u64)>> {
+    report
+        .lines()
+        .filter(|l| l.starts_with("shard "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.parse().unwrap_or(0)))
+                .collect()
+        })
+        .collect()
+}
+
+fn counter(shard: &[(String, u64)], name: &str) -> u64 {
+    shard.iter().find(|(k, _)| k == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+#[test]
+fn sipp_calls_through_the_proxy_over_udp_with_two_shards() {
+    let Some(sipp) = tool("sipp") else { return };
+    let (listen, uas_port, uac_port) = (free_port(), free_port(), free_port());
+    let server: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+    let dir = std::env::temp_dir().join(format!("sipshard-sipp-{}-{listen}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+
+    let mut sipshard = Running(
+        Command::new(env!("CARGO_BIN_EXE_sipshard"))
+            .args(["run", "--listen", &server.to_string(), "--shards", "2"])
+            .args(["--route", &format!("sip:127.0.0.1:{uas_port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sipshard starts"),
+    );
+    wait_until_healthy(server);
+    let _uas = Running(
+        Command::new(&sipp)
+            .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &uas_port.to_string(), "-nostdin"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp uas starts"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let stats_file = dir.join("uac.csv");
+    let mut uac = Command::new(&sipp)
+        .args(["-sn", "uac", &server.to_string(), "-i", "127.0.0.1", "-p", &uac_port.to_string()])
+        .args(["-r", "200", "-m", "2000", "-nostdin", "-timeout", "60", "-timeout_error"])
+        .args(["-trace_stat", "-fd", "1", "-stf", stats_file.to_str().expect("utf8 path")])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sipp uac starts");
+    let uac_pid = uac.id();
+    let status = uac.wait().expect("sipp uac ends");
+    let stats = last_stats(&stats_file);
+    assert_eq!(stat(&stats, "TotalCallCreated"), 2000);
+    assert_eq!(stat(&stats, "SuccessfulCall(C)"), 2000, "{stats:?}");
+    assert_eq!(stat(&stats, "FailedCall(C)"), 0, "{stats:?}");
+    assert!(status.success(), "sipp uac exit status {status}");
+
+    // A graceful stop: the report comes on stdout.
+    let pid = sipshard.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    assert!(killed.success());
+    let mut report = String::new();
+    sipshard.0.stdout.take().expect("stdout").read_to_string(&mut report).expect("report");
+    let exit = sipshard.0.wait().expect("sipshard exits");
+    let mut log = String::new();
+    if let Some(stderr) = sipshard.0.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log.push_str(&line);
+            log.push('\n');
+        }
+    }
+    assert!(exit.success(), "sipshard exit {exit}: {log}");
+    let shards = shard_counters(&report);
+    assert_eq!(shards.len(), 2, "{report}");
+
+    // SIPp's Call-IDs are `N-PID@127.0.0.1`: compute each call's owner as the server does.
+    let map = StripeMap::balanced(1, DEFAULT_STRIPES, &[NodeId(0)], 2, 1);
+    let mut owned = [0u64; 2];
+    for n in 1..=2000 {
+        let call_id = format!("{n}-{uac_pid}@127.0.0.1");
+        let owner = map.owner(StripeId(stripe_of(call_id.as_bytes(), DEFAULT_STRIPES)));
+        owned[usize::from(owner.shard.0)] += 1;
+    }
+    assert_eq!(owned.iter().sum::<u64>(), 2000);
+    for (i, shard) in shards.iter().enumerate() {
+        // INVITE and BYE each make one server transaction on the owner, plus the health checks.
+        let created = counter(shard, "transactions");
+        assert!(
+            (2 * owned[i]..=2 * owned[i] + 50).contains(&created),
+            "shard {i} created {created} transactions for {} calls it owns: {report}",
+            owned[i]
+        );
+        assert_eq!(counter(shard, "failures"), 0, "{report}");
+        assert_eq!(counter(shard, "dropped_malformed"), 0, "{report}");
+    }
+    let forwarded: u64 = shards.iter().map(|s| counter(s, "forwarded_to_shard")).sum();
+    let local: u64 = shards.iter().map(|s| counter(s, "local")).sum();
+    // Six messages per call reach the proxy (INVITE, ACK, BYE; 180, 200, 200), each handled once.
+    assert!((12_000..12_100).contains(&local), "{report}");
+    eprintln!("sipp: 2000/2000 calls; sipshard handled {local} messages, {forwarded} moved between shards");
+    let _ = std::fs::remove_dir_all(&dir);
+}
