@@ -47,6 +47,9 @@ pub(crate) struct ServerSection {
     pub(crate) io_memory_kib: usize,
     /// How long a graceful shutdown lets live transactions finish.
     pub(crate) drain_s: u64,
+    /// For tests: hand every received datagram to a shard that does not own its stripe
+    /// first, as if the kernel always picked the wrong socket.
+    pub(crate) steer_to_wrong_shard: bool,
 }
 
 impl Default for ServerSection {
@@ -61,6 +64,7 @@ impl Default for ServerSection {
             retry_after_s: 5,
             io_memory_kib: 512,
             drain_s: 32,
+            steer_to_wrong_shard: false,
         }
     }
 }
@@ -169,6 +173,8 @@ pub(crate) struct Settings {
     pub(crate) io_memory: usize,
     /// Graceful shutdown bound.
     pub(crate) drain: Duration,
+    /// Test steering: every datagram first reaches a shard that does not own it.
+    pub(crate) steer_to_wrong_shard: bool,
 }
 
 /// One problem in a configuration: the key and why.
@@ -313,6 +319,7 @@ impl Config {
             retry_after_s: server.retry_after_s,
             io_memory: server.io_memory_kib * 1024,
             drain: Duration::from_secs(server.drain_s),
+            steer_to_wrong_shard: server.steer_to_wrong_shard,
         })
     }
 }

@@ -39,10 +39,13 @@ const MESH_DEPTH: usize = 1_024;
 /// How often the timer task looks at the wheel when nothing is due sooner, and at the stop flag.
 const TICK: Duration = Duration::from_millis(10);
 
-/// A datagram moving to the shard that owns its stripe.
+/// A datagram moving between shards: to the shard that owns its stripe, or (test
+/// steering) to a shard that will treat it as received from its socket.
 struct Hop {
     peer: Peer,
     bytes: Vec<u8>,
+    /// Handle as if received from the socket (may be moved on again), not as routed here.
+    as_received: bool,
 }
 
 /// What a shard reports when it stops.
@@ -166,6 +169,25 @@ fn executor_error(e: glommio::GlommioError<()>, settings: &Settings, index: usiz
     anyhow::anyhow!("shard {index} could not start its executor: {text}. {hint}")
 }
 
+/// Test steering (`server.steer_to_wrong_shard`): picks, for a datagram, a shard that
+/// does not own its stripe, with the same pure routing functions the shards use.
+struct Steer {
+    me: usize,
+    shards: usize,
+    map: StripeMap,
+}
+
+impl Steer {
+    /// The shard to hand `bytes` to first, or `None` to handle it here (it is not ours).
+    fn wrong_shard(&self, bytes: &[u8]) -> Option<usize> {
+        let call_id = sipshard_parser::peek_call_id(bytes)?;
+        let stripe = sipshard_shards::StripeId::of_call_id(call_id, self.map.stripe_count());
+        let owner = usize::from(self.map.owner(stripe).shard.0);
+        let wrong = (owner + 1) % self.shards;
+        (wrong != owner && wrong != self.me).then_some(wrong)
+    }
+}
+
 /// One shard's sockets, channels and state.
 struct Driver {
     shard: RefCell<Shard<Proxy>>,
@@ -216,7 +238,12 @@ async fn shard_main(
         glommio::spawn_local(async move {
             while !done.get() {
                 let Some(hop) = stream.next().await else { break };
-                driver.process(Input::Forwarded { peer: hop.peer, bytes: &hop.bytes }, None).await;
+                let Hop { peer, bytes, as_received } = hop;
+                if !as_received {
+                    driver.process(Input::Forwarded { peer, bytes: &bytes }).await;
+                } else if let Some(owner) = driver.process(Input::Datagram { peer, bytes: &bytes }).await {
+                    driver.hop(owner, Hop { peer, bytes, as_received: false }).await;
+                }
             }
         })
         .detach();
@@ -232,7 +259,7 @@ async fn shard_main(
                 let due = driver.shard.borrow().poll_timeout();
                 let wait = due.map_or(TICK, |at| at.saturating_duration_since(now).min(TICK));
                 glommio::timer::sleep(wait).await;
-                driver.process(Input::Timeout, None).await;
+                driver.process(Input::Timeout).await;
                 if stop.load(Ordering::Relaxed) {
                     let since = *stopping_since.get_or_insert_with(|| {
                         driver.shard.borrow_mut().set_draining(true);
@@ -246,6 +273,11 @@ async fn shard_main(
             }
         })
     };
+    let steer = settings.steer_to_wrong_shard.then(|| Steer {
+        me: index,
+        shards: settings.cores.len(),
+        map: driver.shard.borrow().stripe_map().clone(),
+    });
     let receive = {
         let (driver, done) = (Rc::clone(&driver), Rc::clone(&done));
         glommio::spawn_local(async move {
@@ -265,14 +297,17 @@ async fn shard_main(
                     }
                 };
                 let peer = Peer { addr: from, transport: Transport::Udp };
-                // Only a datagram that moves to another shard gives up the buffer.
-                let forwarded = driver.process(Input::Datagram { peer, bytes: &buf[..n] }, Some(n)).await;
-                if let Some(shard) = forwarded {
+                if let Some(wrong) = steer.as_ref().and_then(|s| s.wrong_shard(&buf[..n])) {
                     let mut bytes = std::mem::replace(&mut buf, vec![0u8; MAX_DATAGRAM]);
                     bytes.truncate(n);
-                    if driver.mesh.send_to(shard, Hop { peer, bytes }).await.is_err() {
-                        tracing::warn!(shard, "shard mesh closed");
-                    }
+                    driver.hop(wrong, Hop { peer, bytes, as_received: true }).await;
+                    continue;
+                }
+                // Only a datagram that moves to another shard gives up the buffer.
+                if let Some(shard) = driver.process(Input::Datagram { peer, bytes: &buf[..n] }).await {
+                    let mut bytes = std::mem::replace(&mut buf, vec![0u8; MAX_DATAGRAM]);
+                    bytes.truncate(n);
+                    driver.hop(shard, Hop { peer, bytes, as_received: false }).await;
                 }
             }
         })
@@ -293,7 +328,7 @@ async fn shard_main(
 impl Driver {
     /// `handle`, then every output taken at once (no borrow across an await), then the sends.
     /// Returns the shard a received datagram must move to, if another owns it.
-    async fn process(&self, input: Input<'_>, _received: Option<usize>) -> Option<usize> {
+    async fn process(&self, input: Input<'_>) -> Option<usize> {
         let mut outputs = Vec::new();
         {
             let mut shard = self.shard.borrow_mut();
@@ -313,6 +348,13 @@ impl Driver {
             }
         }
         forward
+    }
+
+    /// Moves a datagram to another shard (waits while its channel is full).
+    async fn hop(&self, shard: usize, hop: Hop) {
+        if self.mesh.send_to(shard, hop).await.is_err() {
+            tracing::warn!(shard, "shard mesh closed");
+        }
     }
 
     async fn transmit(&self, peer: Peer, bytes: &[u8]) {
