@@ -47,6 +47,12 @@ pub(crate) struct ServerSection {
     pub(crate) io_memory_kib: usize,
     /// How long a graceful shutdown lets live transactions finish.
     pub(crate) drain_s: u64,
+    /// Most TCP connections per shard (accepted and opened together).
+    pub(crate) tcp_max_connections: usize,
+    /// Seconds a TCP connection may stay silent before it is closed.
+    pub(crate) tcp_idle_s: u64,
+    /// Messages queued per TCP connection before new ones are dropped (and counted).
+    pub(crate) tcp_queue: usize,
     /// For tests: hand every received datagram to a shard that does not own its stripe
     /// first, as if the kernel always picked the wrong socket.
     pub(crate) steer_to_wrong_shard: bool,
@@ -64,6 +70,9 @@ impl Default for ServerSection {
             retry_after_s: 5,
             io_memory_kib: 512,
             drain_s: 32,
+            tcp_max_connections: 4_096,
+            tcp_idle_s: 300,
+            tcp_queue: 1_024,
             steer_to_wrong_shard: false,
         }
     }
@@ -175,6 +184,19 @@ pub(crate) struct Settings {
     pub(crate) drain: Duration,
     /// Test steering: every datagram first reaches a shard that does not own it.
     pub(crate) steer_to_wrong_shard: bool,
+    /// TCP limits.
+    pub(crate) tcp: TcpLimits,
+}
+
+/// TCP limits per shard.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct TcpLimits {
+    /// Most connections.
+    pub(crate) max_connections: usize,
+    /// Idle time before a connection is closed.
+    pub(crate) idle: Duration,
+    /// Messages queued per connection.
+    pub(crate) queue: usize,
 }
 
 /// One problem in a configuration: the key and why.
@@ -255,8 +277,8 @@ impl Config {
                 Transports { udp: true, tcp: false }
             }
         };
-        if transports.tcp {
-            error("server.transport", "TCP is not available in this build yet: use \"udp\"".into());
+        if server.tcp_max_connections == 0 || server.tcp_queue == 0 || server.tcp_idle_s == 0 {
+            error("server.tcp_*", "tcp_max_connections, tcp_queue and tcp_idle_s must be at least 1".into());
         }
         if server.max_calls_per_shard == 0 {
             error("server.max_calls_per_shard", "must be at least 1".into());
@@ -320,6 +342,11 @@ impl Config {
             io_memory: server.io_memory_kib * 1024,
             drain: Duration::from_secs(server.drain_s),
             steer_to_wrong_shard: server.steer_to_wrong_shard,
+            tcp: TcpLimits {
+                max_connections: server.tcp_max_connections,
+                idle: Duration::from_secs(server.tcp_idle_s),
+                queue: server.tcp_queue,
+            },
         })
     }
 }

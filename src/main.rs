@@ -136,32 +136,8 @@ fn run(args: RunArgs) -> ExitCode {
     };
     match server::run(settings) {
         Ok(reports) => {
-            for r in reports {
-                let s = r.stats;
-                println!(
-                    "shard {} (core {}): local={} forwarded_to_shard={} transactions={} client_transactions={} \
-                     responses_sent={} requests_sent={} retransmissions_received={} failures={} dropped_malformed={} \
-                     stray_responses={} refused_full={} refused_draining={} relayed={} rejected={} send_errors={} \
-                     unsupported_transport={}",
-                    r.shard,
-                    r.core,
-                    s.local,
-                    s.forwarded_to_shard,
-                    s.transactions_created,
-                    s.client_transactions_created,
-                    s.responses_sent,
-                    s.requests_sent,
-                    s.retransmissions_received,
-                    s.transaction_failures,
-                    s.dropped_malformed,
-                    s.stray_responses,
-                    s.refused_full,
-                    s.refused_draining,
-                    r.proxy.relayed,
-                    r.proxy.rejected,
-                    r.send_errors,
-                    r.unsupported_transport,
-                );
+            for report in reports {
+                println!("{}", report.line());
             }
             ExitCode::SUCCESS
         }

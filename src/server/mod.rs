@@ -13,7 +13,8 @@
 //! Retry-After), let live transactions finish up to the drain bound, print their
 //! counters and exit.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +29,9 @@ use sipshard_shards::proxy::{Proxy, ProxyStats};
 use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, ShardStats, Transport};
 use sipshard_shards::{DEFAULT_STRIPES, NodeId, ShardId, StripeMap};
 
-use crate::config::Settings;
+use crate::config::{Settings, TcpLimits};
+
+mod tcp;
 
 /// Largest datagram taken from the socket (a UDP payload's maximum).
 const MAX_DATAGRAM: usize = 65_535;
@@ -39,13 +42,15 @@ const MESH_DEPTH: usize = 1_024;
 /// How often the timer task looks at the wheel when nothing is due sooner, and at the stop flag.
 const TICK: Duration = Duration::from_millis(10);
 
-/// A datagram moving between shards: to the shard that owns its stripe, or (test
-/// steering) to a shard that will treat it as received from its socket.
-struct Hop {
-    peer: Peer,
-    bytes: Vec<u8>,
-    /// Handle as if received from the socket (may be moved on again), not as routed here.
-    as_received: bool,
+/// A message moving between shards over the mesh.
+enum Hop {
+    /// To the shard that owns its stripe; `via_shard` received it (and, over TCP, holds
+    /// the connection the answer goes back on, §18.2.2).
+    Routed { peer: Peer, bytes: Vec<u8>, via_shard: usize },
+    /// Test steering: handle as if received from the socket (it may move on again).
+    Steered { peer: Peer, bytes: Vec<u8> },
+    /// Write on the TCP connection to `peer`, which this shard holds.
+    Send { peer: Peer, bytes: Vec<u8> },
 }
 
 /// What a shard reports when it stops.
@@ -61,8 +66,58 @@ pub(crate) struct ShardReport {
     pub(crate) proxy: ProxyStats,
     /// Datagrams that could not be sent.
     pub(crate) send_errors: u64,
-    /// Outputs for a transport this build does not run (TCP), dropped.
+    /// Outputs for a transport this server does not run, dropped.
     pub(crate) unsupported_transport: u64,
+    /// TCP connections accepted.
+    pub(crate) tcp_accepted: u64,
+    /// TCP connections opened to peers.
+    pub(crate) tcp_connected: u64,
+    /// TCP connections refused (limit) or that failed to connect.
+    pub(crate) tcp_refused: u64,
+    /// TCP connections closed for idleness.
+    pub(crate) tcp_closed_idle: u64,
+    /// TCP connections closed because their stream did not frame (RFC 3261 §18.3).
+    pub(crate) tcp_framing_errors: u64,
+    /// Messages dropped because a connection's send queue was full.
+    pub(crate) tcp_queue_full: u64,
+}
+
+impl ShardReport {
+    /// One line, `shard N (core C): key=value ...`, as `sipshard run` prints it on exit.
+    pub(crate) fn line(&self) -> String {
+        let s = &self.stats;
+        let counters: [(&str, u64); 24] = [
+            ("local", s.local),
+            ("forwarded_to_shard", s.forwarded_to_shard),
+            ("transactions", s.transactions_created),
+            ("client_transactions", s.client_transactions_created),
+            ("responses_sent", s.responses_sent),
+            ("requests_sent", s.requests_sent),
+            ("acks_relayed", s.acks_relayed),
+            ("responses_relayed_stateless", s.responses_relayed_stateless),
+            ("retransmissions_received", s.retransmissions_received),
+            ("failures", s.transaction_failures),
+            ("dropped_malformed", s.dropped_malformed),
+            ("stray_responses", s.stray_responses),
+            ("refused_full", s.refused_full),
+            ("refused_draining", s.refused_draining),
+            ("relayed", self.proxy.relayed),
+            ("rejected", self.proxy.rejected),
+            ("send_errors", self.send_errors),
+            ("unsupported_transport", self.unsupported_transport),
+            ("tcp_accepted", self.tcp_accepted),
+            ("tcp_connected", self.tcp_connected),
+            ("tcp_refused", self.tcp_refused),
+            ("tcp_closed_idle", self.tcp_closed_idle),
+            ("tcp_framing_errors", self.tcp_framing_errors),
+            ("tcp_queue_full", self.tcp_queue_full),
+        ];
+        let mut line = format!("shard {} (core {}):", self.shard, self.core);
+        for (name, value) in counters {
+            line.push_str(&format!(" {name}={value}"));
+        }
+        line
+    }
 }
 
 /// Runs the server until SIGINT or SIGTERM; returns each shard's counters.
@@ -190,11 +245,38 @@ impl Steer {
 
 /// One shard's sockets, channels and state.
 struct Driver {
+    /// This shard's index.
+    index: usize,
     shard: RefCell<Shard<Proxy>>,
-    udp: UdpSocket,
+    /// The UDP socket (`None` when the server runs TCP only).
+    udp: Option<UdpSocket>,
     mesh: Senders<Hop>,
-    send_errors: std::cell::Cell<u64>,
-    unsupported_transport: std::cell::Cell<u64>,
+    /// TCP connections this shard holds, by peer address: the writer task's queue.
+    tcp: RefCell<std::collections::HashMap<SocketAddr, tcp::Connection>>,
+    /// Peers whose TCP connection another shard holds (learned from routed messages).
+    tcp_routes: RefCell<std::collections::HashMap<SocketAddr, usize>>,
+    /// TCP limits.
+    tcp_limits: TcpLimits,
+    /// Connection ids.
+    next_connection: Cell<u64>,
+    counters: Counters,
+}
+
+/// The runtime's own counters, per shard.
+#[derive(Default)]
+struct Counters {
+    send_errors: Cell<u64>,
+    unsupported_transport: Cell<u64>,
+    tcp_accepted: Cell<u64>,
+    tcp_connected: Cell<u64>,
+    tcp_refused: Cell<u64>,
+    tcp_closed_idle: Cell<u64>,
+    tcp_framing_errors: Cell<u64>,
+    tcp_queue_full: Cell<u64>,
+}
+
+fn bump(cell: &Cell<u64>) {
+    cell.set(cell.get() + 1);
 }
 
 async fn shard_main(
@@ -205,11 +287,20 @@ async fn shard_main(
     mesh: MeshBuilder<Hop, Full>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<ShardReport> {
-    if !settings.transports.udp || settings.transports.tcp {
-        bail!("this build runs UDP only (server.transport = \"udp\")");
-    }
-    let udp = UdpSocket::bind(settings.listen)
-        .map_err(|e| anyhow::anyhow!("binding UDP {}: {e} (is another process on that port?)", settings.listen))?;
+    let udp =
+        match settings.transports.udp {
+            true => Some(UdpSocket::bind(settings.listen).map_err(|e| {
+                anyhow::anyhow!("binding UDP {}: {e} (is another process on that port?)", settings.listen)
+            })?),
+            false => None,
+        };
+    let listener =
+        match settings.transports.tcp {
+            true => Some(glommio::net::TcpListener::bind(settings.listen).map_err(|e| {
+                anyhow::anyhow!("binding TCP {}: {e} (is another process on that port?)", settings.listen)
+            })?),
+            false => None,
+        };
     let (senders, mut receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("joining the shard mesh: {e}"))?;
     let config = ShardConfig {
         node: NodeId(0),
@@ -226,27 +317,43 @@ async fn shard_main(
     #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
     let shard = Shard::new(config, Proxy::new(settings.proxy.clone()), Instant::now());
     let driver = Rc::new(Driver {
+        index,
         shard: RefCell::new(shard),
         udp,
         mesh: senders,
-        send_errors: Default::default(),
-        unsupported_transport: Default::default(),
+        tcp: RefCell::default(),
+        tcp_routes: RefCell::default(),
+        tcp_limits: settings.tcp,
+        next_connection: Cell::new(0),
+        counters: Counters::default(),
     });
-    let done = Rc::new(std::cell::Cell::new(false));
+    let done = Rc::new(Cell::new(false));
     for (_, mut stream) in receivers.streams() {
         let (driver, done) = (Rc::clone(&driver), Rc::clone(&done));
         glommio::spawn_local(async move {
             while !done.get() {
                 let Some(hop) = stream.next().await else { break };
-                let Hop { peer, bytes, as_received } = hop;
-                if !as_received {
-                    driver.process(Input::Forwarded { peer, bytes: &bytes }).await;
-                } else if let Some(owner) = driver.process(Input::Datagram { peer, bytes: &bytes }).await {
-                    driver.hop(owner, Hop { peer, bytes, as_received: false }).await;
+                match hop {
+                    Hop::Routed { peer, bytes, via_shard } => {
+                        if peer.transport == Transport::Tcp && via_shard != driver.index {
+                            driver.tcp_routes.borrow_mut().insert(peer.addr, via_shard);
+                        }
+                        driver.process(Input::Forwarded { peer, bytes: &bytes }).await;
+                    }
+                    Hop::Steered { peer, bytes } => {
+                        if let Some(owner) = driver.process(Input::Datagram { peer, bytes: &bytes }).await {
+                            driver.hop(owner, Hop::Routed { peer, bytes, via_shard: driver.index }).await;
+                        }
+                    }
+                    Hop::Send { peer, bytes } => driver.transmit(peer, bytes).await,
                 }
             }
         })
         .detach();
+    }
+    if let Some(listener) = listener {
+        let (driver, done) = (Rc::clone(&driver), Rc::clone(&done));
+        glommio::spawn_local(async move { driver.accept_loop(listener, done).await }).detach();
     }
     let timers = {
         let (driver, done, stop) = (Rc::clone(&driver), Rc::clone(&done), Arc::clone(&stop));
@@ -281,9 +388,10 @@ async fn shard_main(
     let receive = {
         let (driver, done) = (Rc::clone(&driver), Rc::clone(&done));
         glommio::spawn_local(async move {
+            let Some(udp) = driver.udp.as_ref() else { return };
             let mut buf = vec![0u8; MAX_DATAGRAM];
             while !done.get() {
-                let received = futures_lite::future::or(async { Some(driver.udp.recv_from(&mut buf).await) }, async {
+                let received = futures_lite::future::or(async { Some(udp.recv_from(&mut buf).await) }, async {
                     glommio::timer::sleep(TICK * 10).await;
                     None
                 })
@@ -300,14 +408,14 @@ async fn shard_main(
                 if let Some(wrong) = steer.as_ref().and_then(|s| s.wrong_shard(&buf[..n])) {
                     let mut bytes = std::mem::replace(&mut buf, vec![0u8; MAX_DATAGRAM]);
                     bytes.truncate(n);
-                    driver.hop(wrong, Hop { peer, bytes, as_received: true }).await;
+                    driver.hop(wrong, Hop::Steered { peer, bytes }).await;
                     continue;
                 }
                 // Only a datagram that moves to another shard gives up the buffer.
                 if let Some(shard) = driver.process(Input::Datagram { peer, bytes: &buf[..n] }).await {
                     let mut bytes = std::mem::replace(&mut buf, vec![0u8; MAX_DATAGRAM]);
                     bytes.truncate(n);
-                    driver.hop(shard, Hop { peer, bytes, as_received: false }).await;
+                    driver.hop(shard, Hop::Routed { peer, bytes, via_shard: driver.index }).await;
                 }
             }
         })
@@ -315,33 +423,31 @@ async fn shard_main(
     timers.await;
     receive.await;
     let shard = driver.shard.borrow();
+    let c = &driver.counters;
     Ok(ShardReport {
         shard: index,
         core,
         stats: shard.stats(),
         proxy: shard.tu().stats(),
-        send_errors: driver.send_errors.get(),
-        unsupported_transport: driver.unsupported_transport.get(),
+        send_errors: c.send_errors.get(),
+        unsupported_transport: c.unsupported_transport.get(),
+        tcp_accepted: c.tcp_accepted.get(),
+        tcp_connected: c.tcp_connected.get(),
+        tcp_refused: c.tcp_refused.get(),
+        tcp_closed_idle: c.tcp_closed_idle.get(),
+        tcp_framing_errors: c.tcp_framing_errors.get(),
+        tcp_queue_full: c.tcp_queue_full.get(),
     })
 }
 
 impl Driver {
     /// `handle`, then every output taken at once (no borrow across an await), then the sends.
-    /// Returns the shard a received datagram must move to, if another owns it.
-    async fn process(&self, input: Input<'_>) -> Option<usize> {
-        let mut outputs = Vec::new();
-        {
-            let mut shard = self.shard.borrow_mut();
-            #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
-            shard.handle(Instant::now(), input);
-            while let Some(output) = shard.poll_output() {
-                outputs.push(output);
-            }
-        }
+    /// Returns the shard a received message must move to, if another owns it.
+    async fn process(self: &Rc<Self>, input: Input<'_>) -> Option<usize> {
         let mut forward = None;
-        for output in outputs {
+        for output in self.handle(input) {
             match output {
-                Output::Transmit { peer, bytes } => self.transmit(peer, &bytes).await,
+                Output::Transmit { peer, bytes } => self.transmit(peer, bytes).await,
                 Output::Forward { shard } => forward = Some(usize::from(shard.0)),
                 // One node, no replication yet.
                 Output::ForwardToNode { .. } | Output::Replicate(_) => {}
@@ -350,36 +456,60 @@ impl Driver {
         forward
     }
 
-    /// Moves a datagram to another shard (waits while its channel is full).
+    fn handle(&self, input: Input<'_>) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        let mut shard = self.shard.borrow_mut();
+        #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
+        shard.handle(Instant::now(), input);
+        while let Some(output) = shard.poll_output() {
+            outputs.push(output);
+        }
+        outputs
+    }
+
+    /// Moves a message to another shard (waits while its channel is full).
     async fn hop(&self, shard: usize, hop: Hop) {
         if self.mesh.send_to(shard, hop).await.is_err() {
             tracing::warn!(shard, "shard mesh closed");
         }
     }
 
-    async fn transmit(&self, peer: Peer, bytes: &[u8]) {
-        if peer.transport != Transport::Udp {
-            self.unsupported_transport.set(self.unsupported_transport.get() + 1);
-            return;
-        }
-        if let Err(e) = self.udp.send_to(bytes, peer.addr).await {
-            self.send_errors.set(self.send_errors.get() + 1);
-            tracing::debug!(error = %e, to = %peer.addr, "UDP send failed");
-            let mut outputs = Vec::new();
-            {
-                let mut shard = self.shard.borrow_mut();
-                #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
-                shard.handle(Instant::now(), Input::TransportError { peer, bytes });
-                while let Some(output) = shard.poll_output() {
-                    outputs.push(output);
+    /// Sends a message; a failed UDP send goes back to its transaction.
+    async fn transmit(self: &Rc<Self>, peer: Peer, bytes: Vec<u8>) {
+        match peer.transport {
+            Transport::Tcp => {
+                if let Err(bytes) = self.tcp_send(peer, bytes).await {
+                    self.report_failure(peer, &bytes).await;
                 }
             }
-            // A 408/503 caused by the failure goes out; a second failure is only counted.
-            for output in outputs {
-                if let Output::Transmit { peer, bytes } = output {
-                    if self.udp.send_to(&bytes, peer.addr).await.is_err() {
-                        self.send_errors.set(self.send_errors.get() + 1);
-                    }
+            Transport::Udp => {
+                if let Err(e) = self.send_udp(peer, &bytes).await {
+                    tracing::debug!(error = %e, to = %peer.addr, "UDP send failed");
+                    self.report_failure(peer, &bytes).await;
+                }
+            }
+        }
+    }
+
+    async fn send_udp(&self, peer: Peer, bytes: &[u8]) -> std::io::Result<()> {
+        let Some(udp) = self.udp.as_ref() else {
+            bump(&self.counters.unsupported_transport);
+            return Ok(());
+        };
+        udp.send_to(bytes, peer.addr).await.map(drop).map_err(|e| {
+            bump(&self.counters.send_errors);
+            std::io::Error::other(e.to_string())
+        })
+    }
+
+    /// §17.1.4, §17.2.4: a message could not be sent; its transaction learns of it. What the
+    /// failure causes (a 408 or 503 upstream) is sent once, a second failure only counted.
+    async fn report_failure(self: &Rc<Self>, peer: Peer, bytes: &[u8]) {
+        for output in self.handle(Input::TransportError { peer, bytes }) {
+            if let Output::Transmit { peer, bytes } = output {
+                match peer.transport {
+                    Transport::Udp => drop(self.send_udp(peer, &bytes).await),
+                    Transport::Tcp => drop(self.tcp_send(peer, bytes).await),
                 }
             }
         }

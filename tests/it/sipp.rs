@@ -32,9 +32,15 @@ fn tool(name: &str) -> Option<PathBuf> {
     found
 }
 
-/// A UDP port free right now on 127.0.0.1.
+/// A port free right now on 127.0.0.1 for both UDP and TCP.
 fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
+        let port = udp.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A child process killed when dropped (a failed assertion leaves nothing running).
@@ -68,6 +74,22 @@ Content-Length: 0\r\n\r\n"
             assert!(reply.contains("\r\nAllow: "), "{reply}");
             return;
         }
+    }
+}
+
+/// Waits (up to 10 s) until something listens on 127.0.0.1:`port` (TCP when `tcp`, else UDP),
+/// from /proc/net: probing with a message would disturb the callee's statistics.
+fn wait_until_bound(port: u16, tcp: bool) {
+    let (table, state) = if tcp { ("/proc/net/tcp", " 0A ") } else { ("/proc/net/udp", " 07 ") };
+    let local = format!("0100007F:{port:04X} ");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        if text.lines().any(|l| l.contains(&local) && l.contains(state)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing listens on 127.0.0.1:{port} after 10 s");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -115,8 +137,11 @@ struct Run {
     owned: [u64; 2],
 }
 
-/// `calls` calls at `rate`/s through sipshard (proxy, 2 shards, UDP), with `config` as its config file.
-fn run_calls(sipp: &Path, calls: u32, rate: u32, config: &str) -> Run {
+/// `calls` calls at `rate`/s through sipshard (proxy, 2 shards), with `config` as its config file;
+/// over TCP (`sipp -t t1`, sipshard listening on both transports) when `tcp`, else UDP.
+fn run_calls(sipp: &Path, calls: u32, rate: u32, config: &str, tcp: bool) -> Run {
+    let (transport, sipp_transport, route_param) =
+        if tcp { ("both", "t1", ";transport=tcp") } else { ("udp", "u1", "") };
     let (listen, uas_port, uac_port) = (free_port(), free_port(), free_port());
     let server: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
     let dir = std::env::temp_dir().join(format!("sipshard-sipp-{}-{listen}", std::process::id()));
@@ -128,7 +153,7 @@ fn run_calls(sipp: &Path, calls: u32, rate: u32, config: &str) -> Run {
         Command::new(env!("CARGO_BIN_EXE_sipshard"))
             .args(["run", "--config", config_file.to_str().expect("utf8 path")])
             .args(["--listen", &server.to_string(), "--shards", "2"])
-            .args(["--route", &format!("sip:127.0.0.1:{uas_port}")])
+            .args(["--route", &format!("sip:127.0.0.1:{uas_port}{route_param}"), "--transport", transport])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -137,17 +162,17 @@ fn run_calls(sipp: &Path, calls: u32, rate: u32, config: &str) -> Run {
     wait_until_healthy(server);
     let _uas = Running(
         Command::new(sipp)
-            .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &uas_port.to_string(), "-nostdin"])
+            .args(["-sn", "uas", "-t", sipp_transport, "-i", "127.0.0.1", "-p", &uas_port.to_string(), "-nostdin"])
             .current_dir(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("sipp uas starts"),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until_bound(uas_port, tcp);
     let stats_file = dir.join("uac.csv");
     let mut uac = Command::new(sipp)
-        .args(["-sn", "uac", &server.to_string(), "-i", "127.0.0.1", "-p", &uac_port.to_string()])
+        .args(["-sn", "uac", "-t", sipp_transport, &server.to_string(), "-i", "127.0.0.1", "-p", &uac_port.to_string()])
         .args(["-r", &rate.to_string(), "-m", &calls.to_string(), "-nostdin", "-timeout", "60", "-timeout_error"])
         .args(["-trace_stat", "-fd", "1", "-stf", stats_file.to_str().expect("utf8 path")])
         .current_dir(&dir)
@@ -221,7 +246,7 @@ impl Run {
 #[test]
 fn sipp_calls_through_the_proxy_over_udp_with_two_shards() {
     let Some(sipp) = tool("sipp") else { return };
-    let run = run_calls(&sipp, 2000, 200, "");
+    let run = run_calls(&sipp, 2000, 200, "", false);
     run.assert_all_calls_ok(2000);
     run.assert_owners_did_the_work();
     let local = run.total("local");
@@ -236,11 +261,26 @@ fn sipp_calls_through_the_proxy_over_udp_with_two_shards() {
 #[test]
 fn sipp_calls_complete_when_every_datagram_reaches_the_wrong_shard_first() {
     let Some(sipp) = tool("sipp") else { return };
-    let run = run_calls(&sipp, 1000, 200, "[server]\nsteer_to_wrong_shard = true\n");
+    let run = run_calls(&sipp, 1000, 200, "[server]\nsteer_to_wrong_shard = true\n", false);
     run.assert_all_calls_ok(1000);
     run.assert_owners_did_the_work();
     let (local, forwarded) = (run.total("local"), run.total("forwarded_to_shard"));
     // Every call message (6 per call) was first handled by a shard that does not own it and moved on.
     assert!((6_000..6_100).contains(&local), "{}", run.report);
     assert!(forwarded >= 6_000, "{forwarded} of {local} messages moved: {}", run.report);
+}
+
+#[test]
+fn sipp_calls_through_the_proxy_over_tcp_with_two_shards() {
+    let Some(sipp) = tool("sipp") else { return };
+    let run = run_calls(&sipp, 2000, 200, "", true);
+    run.assert_all_calls_ok(2000);
+    run.assert_owners_did_the_work();
+    // One connection from the caller, accepted by one shard; each shard opened its own to the callee.
+    assert_eq!(run.total("tcp_accepted"), 1, "{}", run.report);
+    assert_eq!(run.total("tcp_connected"), 2, "{}", run.report);
+    assert_eq!(run.total("tcp_framing_errors"), 0, "{}", run.report);
+    assert_eq!(run.total("send_errors"), 0, "{}", run.report);
+    // No retransmissions over TCP: every request arrived once.
+    assert_eq!(run.total("retransmissions_received"), 0, "{}", run.report);
 }
