@@ -1,6 +1,6 @@
 //! sipshard's configuration: a TOML file (serde) where every key has a
-//! default, so an empty file, or none, runs the embedded default (a proxy on
-//! 127.0.0.1:5060). [`Config::load`] reports every error at once, each with its
+//! default, so an empty file, or none, runs the embedded default (a registrar
+//! and proxy on 127.0.0.1:5060 that routes calls between registered users). [`Config::load`] reports every error at once, each with its
 //! key and why; `sipshard check-config FILE` prints them.
 
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sipshard_shards::proxy::{ProxyConfig, RouteMatch, RouteTarget, StaticRoute};
+use sipshard_shards::registrar::RegistrarConfig;
 use sipshard_shards::transaction::TimerConfig;
 
 /// The whole file.
@@ -21,6 +22,37 @@ pub(crate) struct Config {
     pub(crate) proxy: ProxySection,
     /// RFC 3261 timers.
     pub(crate) timers: TimersSection,
+    /// The registrar.
+    pub(crate) registrar: RegistrarSection,
+}
+
+/// `[registrar]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RegistrarSection {
+    /// Answer REGISTERs addressed to this server, and route calls to registered users.
+    pub(crate) enabled: bool,
+    /// Shorter registrations get 423 Interval Too Brief.
+    pub(crate) min_expires_s: u32,
+    /// Longer registrations are shortened to this.
+    pub(crate) max_expires_s: u32,
+    /// When neither the Contact nor the request gives an expiry.
+    pub(crate) default_expires_s: u32,
+    /// Most contacts per address-of-record.
+    pub(crate) max_bindings: usize,
+}
+
+impl Default for RegistrarSection {
+    fn default() -> Self {
+        let d = RegistrarConfig::default();
+        RegistrarSection {
+            enabled: true,
+            min_expires_s: d.min_expires_s,
+            max_expires_s: d.max_expires_s,
+            default_expires_s: d.default_expires_s,
+            max_bindings: d.max_bindings,
+        }
+    }
 }
 
 /// `[server]`.
@@ -186,6 +218,8 @@ pub(crate) struct Settings {
     pub(crate) steer_to_wrong_shard: bool,
     /// TCP limits.
     pub(crate) tcp: TcpLimits,
+    /// The registrar, if enabled.
+    pub(crate) registrar: Option<RegistrarConfig>,
 }
 
 /// TCP limits per shard.
@@ -324,6 +358,19 @@ impl Config {
         if t.t4_ms == 0 {
             error("timers.t4_ms", "must be at least 1".into());
         }
+        let r = &self.registrar;
+        if r.min_expires_s > r.max_expires_s {
+            error(
+                "registrar.min_expires_s",
+                format!("{} is above max_expires_s ({})", r.min_expires_s, r.max_expires_s),
+            );
+        }
+        if !(r.min_expires_s..=r.max_expires_s).contains(&r.default_expires_s) {
+            error("registrar.default_expires_s", "must lie between min_expires_s and max_expires_s".into());
+        }
+        if r.max_bindings == 0 {
+            error("registrar.max_bindings", "must be at least 1".into());
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -347,6 +394,13 @@ impl Config {
                 idle: Duration::from_secs(server.tcp_idle_s),
                 queue: server.tcp_queue,
             },
+            registrar: self.registrar.enabled.then_some(RegistrarConfig {
+                min_expires_s: self.registrar.min_expires_s,
+                max_expires_s: self.registrar.max_expires_s,
+                default_expires_s: self.registrar.default_expires_s,
+                max_bindings: self.registrar.max_bindings,
+                authenticate: false,
+            }),
         })
     }
 }

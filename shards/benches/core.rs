@@ -47,6 +47,7 @@ fn shard(now: Instant, replicate: bool) -> Shard<Answer> {
         seed: 7,
         replicate,
         retry_after_s: 5,
+        registrar: None,
     };
     Shard::new(config, Answer, now)
 }

@@ -11,6 +11,7 @@ pub mod transaction;
 
 pub mod dialog;
 pub mod proxy;
+pub mod registrar;
 pub mod shard;
 pub mod stripe;
 pub mod table;

@@ -7,7 +7,9 @@
 //! request (§16.3: 400 naming the broken rule, 483, 420, 482, 481), answer
 //! OPTIONS addressed to the server itself (a health check), and pick the next
 //! hop (§16.4-16.5: a Route set after our own entry, a Request-URI that is not
-//! ours, a static route by user prefix or domain, the default route; else 404).
+//! ours, a registered contact of a user at our address (the location cache
+//! the registrar feeds), a static route by user prefix or domain, the default
+//! route; else 404).
 //!
 //! One branch per request today (no forking); the relay is a list of one, so
 //! the structure allows parallel forking later. The shard does no DNS: next
@@ -18,6 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use sipshard_parser::{HeaderName, Message, Method, Uri};
 
 use crate::dialog::DialogState;
+use crate::registrar::{Location, LocationUpdate, aor_key};
 use crate::shard::{Decision, FinalResponse, Peer, Relay, RequestContext, TransactionUser, Transport};
 
 /// The methods the proxy answers for itself or relays, for `Allow`.
@@ -124,12 +127,17 @@ pub struct ProxyStats {
 pub struct Proxy {
     config: ProxyConfig,
     stats: ProxyStats,
+    /// Where registered users are (fed by the registrar, on every shard).
+    location: Location,
 }
+
+/// Most AoRs a proxy's location cache holds.
+pub const MAX_LOCATION_AORS: usize = 1_000_000;
 
 impl Proxy {
     /// A proxy with this configuration.
     pub fn new(config: ProxyConfig) -> Self {
-        Proxy { config, stats: ProxyStats::default() }
+        Proxy { config, stats: ProxyStats::default(), location: Location::new(MAX_LOCATION_AORS) }
     }
 
     /// Its counters.
@@ -142,8 +150,15 @@ impl Proxy {
         response.into()
     }
 
-    /// §16.4-16.5: the next hop, whether our Route entry comes off, and nothing else.
-    fn next_hop(&self, ctx: &RequestContext, request: &Message<'_>) -> Result<(Peer, bool), Hop> {
+    /// The location cache.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// §16.4-16.5: the next hop, whether our Route entry comes off, and a new Request-URI
+    /// (a registered contact, §16.5).
+    fn next_hop(&mut self, ctx: &RequestContext, request: &Message<'_>) -> Result<Relay, Hop> {
+        let relay = |to, pop_route, request_uri| Relay { to, request_uri, pop_route, record_route: false };
         let mut routes = request.routes();
         let mut pop_route = false;
         let mut next = routes.next().and_then(Result::ok);
@@ -152,21 +167,29 @@ impl Proxy {
             next = routes.next().and_then(Result::ok);
         }
         if let Some(route) = next {
-            return peer_of(&route.uri).map(|peer| (peer, pop_route)).map_err(|_| Hop::NotFound);
+            return peer_of(&route.uri).map(|peer| relay(peer, pop_route, None)).map_err(|_| Hop::NotFound);
         }
         let uri = match request.request_uri() {
             Some(Ok(uri)) => uri,
             _ => return Err(Hop::NotFound),
         };
-        if !is_local(&uri, ctx.local) {
+        let local = is_local(&uri, ctx.local);
+        if !local {
             if let Ok(peer) = peer_of(&uri) {
-                return Ok((peer, pop_route));
+                return Ok(relay(peer, pop_route, None));
             }
         }
-        if is_local(&uri, ctx.local) && uri.user.is_none() {
+        if local && uri.user.is_none() {
             return Err(Hop::Us);
         }
-        self.route_by_rules(&uri).map(|peer| (peer, pop_route)).ok_or(Hop::NotFound)
+        if local {
+            let registered = aor_key(&uri).and_then(|aor| self.location.lookup(&aor, ctx.now_ms).cloned());
+            if let Some(binding) = registered {
+                let contact = Uri::parse(&binding.contact).ok().and_then(|c| peer_of(&c).ok());
+                return contact.map(|peer| relay(peer, pop_route, Some(binding.contact))).ok_or(Hop::NotFound);
+            }
+        }
+        self.route_by_rules(&uri).map(|peer| relay(peer, pop_route, None)).ok_or(Hop::NotFound)
     }
 
     fn route_by_rules(&self, uri: &Uri<'_>) -> Option<Peer> {
@@ -229,10 +252,10 @@ impl TransactionUser for Proxy {
             return self.reject(FinalResponse::new(481, "Call/Transaction Does Not Exist"));
         }
         match hop {
-            Ok((to, pop_route)) => {
+            Ok(mut relay) => {
                 self.stats.relayed += 1;
-                let record_route = self.config.record_route && !in_dialog && method == Method::Invite;
-                Decision::Relay(Relay { to, request_uri: None, pop_route, record_route })
+                relay.record_route = self.config.record_route && !in_dialog && method == Method::Invite;
+                Decision::Relay(relay)
             }
             Err(Hop::Us) if method == Method::Register => {
                 self.reject(FinalResponse::new(501, "Not Implemented").with_header("Allow", ALLOW))
@@ -245,7 +268,10 @@ impl TransactionUser for Proxy {
         if request.max_forwards().ok().flatten() == Some(0) {
             return None;
         }
-        let (to, pop_route) = self.next_hop(ctx, request).ok()?;
-        Some(Relay { to, request_uri: None, pop_route, record_route: false })
+        self.next_hop(ctx, request).ok()
+    }
+
+    fn on_location(&mut self, update: &LocationUpdate) {
+        self.location.apply(update);
     }
 }

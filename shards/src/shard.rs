@@ -24,6 +24,7 @@ pub use sipshard_parser::Message;
 use sipshard_parser::{Editor, HeaderSlot, Method, ResponseSpec, peek_call_id, write_response};
 
 use crate::dialog::DialogState;
+use crate::registrar::{self, Binding, LocationUpdate, RegistrarConfig};
 
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
 use crate::table::{CallTable, Change, Checkout, Hints, TableError};
@@ -80,6 +81,8 @@ pub enum Input<'a> {
     },
     /// Time passed: fire due timers.
     Timeout,
+    /// Another shard of this node changed an AoR's bindings (the registrar owns the AoR's stripe).
+    Location(&'a LocationUpdate),
     /// The driver could not send a message this shard emitted (§17.2.4: ICMP error,
     /// connection refused or reset); the transaction that sent it learns of it.
     TransportError {
@@ -112,6 +115,9 @@ pub enum Output {
     },
     /// A change of the call tables, for replication (only when enabled).
     Replicate(Change),
+    /// An AoR's bindings changed here: give it to every other shard of the node as
+    /// [`Input::Location`] (this shard's own transaction user has it already).
+    Location(LocationUpdate),
 }
 
 /// A final response the transaction user (the role) gives a request.
@@ -200,6 +206,8 @@ pub trait TransactionUser {
     }
     /// A transaction timed out (timers B, F, H) or its transport failed.
     fn on_failure(&mut self, _call_id: &[u8]) {}
+    /// An AoR's bindings changed (here or on another shard): update the location cache.
+    fn on_location(&mut self, _update: &LocationUpdate) {}
 }
 
 /// A shard's configuration.
@@ -225,6 +233,8 @@ pub struct ShardConfig {
     pub replicate: bool,
     /// Retry-After seconds on 503 when full.
     pub retry_after_s: u32,
+    /// The registrar, when this server is one: REGISTERs addressed to it are answered here.
+    pub registrar: Option<RegistrarConfig>,
 }
 
 impl ShardConfig {
@@ -242,6 +252,7 @@ impl ShardConfig {
             seed: 1,
             replicate: false,
             retry_after_s: 5,
+            registrar: None,
         }
     }
 }
@@ -411,6 +422,8 @@ pub struct CallRecord {
     /// The dialog the INVITE created, as far as this element tracks it (a record-routing
     /// proxy routes in-dialog requests by their Route set, so the state is all it needs).
     pub dialog: Option<DialogState>,
+    /// An AoR's bindings, when the record's key is an address-of-record (registrar).
+    pub bindings: Vec<Binding>,
 }
 
 impl CallRecord {
@@ -419,6 +432,7 @@ impl CallRecord {
         self.transactions.is_empty()
             && self.clients.is_empty()
             && !matches!(self.dialog, Some(DialogState::Early | DialogState::Confirmed))
+            && self.bindings.is_empty()
     }
 }
 
@@ -591,6 +605,7 @@ impl<T: TransactionUser> Shard<T> {
                 self.receive(now_ms, peer, bytes, false)
             }
             Input::TransportError { peer, bytes } => self.transport_error(now_ms, peer, bytes),
+            Input::Location(update) => self.tu.on_location(update),
         }
         while let Some(change) = self.table.poll_change() {
             if self.config.replicate {
@@ -604,7 +619,10 @@ impl<T: TransactionUser> Shard<T> {
             self.stats.dropped_malformed += 1;
             return;
         };
-        let stripe = StripeId::of_call_id(call_id, self.stripes.stripe_count());
+        // A REGISTER for this registrar lives in its AoR's record: route it by the AoR.
+        let aor = self.registration_aor(bytes);
+        let key = aor.as_deref().map_or(call_id, str::as_bytes);
+        let stripe = StripeId::of_call_id(key, self.stripes.stripe_count());
         match self.stripes.route(stripe, self.config.node, self.config.shard) {
             Route::Local => {}
             // A message routed here by a peer with an older map is processed anyway: the
@@ -628,11 +646,29 @@ impl<T: TransactionUser> Shard<T> {
             Err(_) => self.stats.dropped_malformed += 1,
             Ok(msg) if !msg.is_request() => self.on_response(now_ms, stripe, call_id, &msg),
             Ok(msg) => match server_key(&msg) {
-                Ok(key) => self.on_request(now_ms, stripe, call_id, peer, &msg, key),
+                Ok(txn_key) => self.on_request(now_ms, stripe, key, peer, &msg, txn_key, aor.is_some()),
                 Err(_) => self.stats.dropped_malformed += 1,
             },
         }
         self.slots = slots;
+    }
+
+    /// The AoR key of a REGISTER addressed to this server when it is a registrar.
+    fn registration_aor(&mut self, bytes: &[u8]) -> Option<String> {
+        if self.config.registrar.is_none() || !bytes.starts_with(b"REGISTER ") {
+            return None;
+        }
+        let mut slots = std::mem::take(&mut self.slots);
+        let local = self.config.local;
+        let aor = sipshard_parser::parse(bytes, &mut slots).ok().and_then(|msg| {
+            let uri = msg.request_uri()?.ok()?;
+            let ours = uri.user.is_none()
+                && uri.port.unwrap_or(5060) == local.port()
+                && uri.host.trim_matches(['[', ']']).parse() == Ok(local.ip());
+            if ours { registrar::register_aor(&msg) } else { None }
+        });
+        self.slots = slots;
+        aor
     }
 
     /// A To tag from the per-shard generator, as 16 hex digits in a stack buffer.
@@ -666,6 +702,7 @@ impl<T: TransactionUser> Shard<T> {
         id
     }
 
+    #[allow(clippy::too_many_arguments)] // The pieces of one request; a struct would only rename them.
     fn on_request(
         &mut self,
         now_ms: u64,
@@ -674,6 +711,7 @@ impl<T: TransactionUser> Shard<T> {
         peer: Peer,
         msg: &Message<'_>,
         key: ServerKey,
+        registering: bool,
     ) {
         let method = msg.method();
         let is_ack = method == Some(Method::Ack);
@@ -742,8 +780,17 @@ impl<T: TransactionUser> Shard<T> {
         });
         self.txn_calls.insert(id, (stripe, call_id.into()));
         self.stats.transactions_created += 1;
+        let mut location = None;
         let decision = if method == Some(Method::Cancel) {
             self.cancel(now_ms, &mut record, &mut fx)
+        } else if let (true, Some(registrar)) = (registering, self.config.registrar.as_ref()) {
+            let before = record.bindings.clone();
+            let answer = registrar::register(registrar, now_ms, &mut record.bindings, msg);
+            if record.bindings != before {
+                let aor = core::str::from_utf8(call_id).expect("invariant: AoR keys are text");
+                location = Some(LocationUpdate { aor: aor.into(), bindings: record.bindings.clone() });
+            }
+            answer.into()
         } else {
             let ctx = self.context(now_ms, peer, record.dialog);
             self.tu.on_request(&ctx, msg)
@@ -762,6 +809,11 @@ impl<T: TransactionUser> Shard<T> {
             }
         }
         self.finish(stripe, call_id, record, fx);
+        if let Some(update) = location {
+            // After the check-in, like every effect: this shard's cache, then the others'.
+            self.tu.on_location(&update);
+            self.outputs.push_back(Output::Location(update));
+        }
     }
 
     /// §9.2, §16.10: a CANCEL is answered here (200, or 481 when its INVITE is unknown)

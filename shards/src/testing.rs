@@ -196,6 +196,7 @@ impl<T: TransactionUser> Cluster<T> {
                             seed: seed ^ (u64::from(node.0) << 32) ^ u64::from(s),
                             replicate: false,
                             retry_after_s: 5,
+                            registrar: None,
                         };
                         Shard::new(config, tu(), base)
                     })
@@ -385,7 +386,8 @@ impl<T: TransactionUser> Cluster<T> {
                     let dest = Dest::Shard { node: to, shard: owner, from_node: Some(node), forwarded: true };
                     self.schedule(self.now_ms + 1, Packet { dest, peer: input.peer, bytes: input.bytes.clone() });
                 }
-                Output::Replicate(_) => {}
+                // The test TUs keep no location cache, and nothing replicates here.
+                Output::Replicate(_) | Output::Location(_) => {}
             }
         }
     }

@@ -26,6 +26,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::net::UdpSocket;
 use glommio::{LocalExecutorBuilder, Placement};
 use sipshard_shards::proxy::{Proxy, ProxyStats};
+use sipshard_shards::registrar::LocationUpdate;
 use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, ShardStats, Transport};
 use sipshard_shards::{DEFAULT_STRIPES, NodeId, ShardId, StripeMap};
 
@@ -51,6 +52,8 @@ enum Hop {
     Steered { peer: Peer, bytes: Vec<u8> },
     /// Write on the TCP connection to `peer`, which this shard holds.
     Send { peer: Peer, bytes: Vec<u8> },
+    /// An AoR's bindings changed on its owner: update this shard's location cache.
+    Location(LocationUpdate),
 }
 
 /// What a shard reports when it stops.
@@ -139,12 +142,15 @@ pub(crate) fn run_until(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Re
     let mesh = MeshBuilder::<Hop, Full>::full(shards, MESH_DEPTH);
     let stripes = StripeMap::balanced(1, DEFAULT_STRIPES, &[NodeId(0)], shards as u16, 1);
     let mut handles = Vec::with_capacity(shards);
+    // One clock origin for the node: registrations expire at the same ms on every shard.
+    #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
+    let epoch = Instant::now();
     for (index, &core) in settings.cores.iter().enumerate() {
         let (mesh, stripes, settings, stop) = (mesh.clone(), stripes.clone(), settings.clone(), Arc::clone(&stop));
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{index}"))
             .io_memory(settings.io_memory)
-            .spawn(move || async move { shard_main(index, core, settings, stripes, mesh, stop).await })
+            .spawn(move || async move { shard_main(index, core, settings, stripes, mesh, stop, epoch).await })
             .map_err(|e| anyhow::anyhow!("starting shard {index} on core {core}: {e}"))?;
         handles.push(handle);
     }
@@ -247,6 +253,8 @@ impl Steer {
 struct Driver {
     /// This shard's index.
     index: usize,
+    /// How many shards the node runs.
+    shards: usize,
     shard: RefCell<Shard<Proxy>>,
     /// The UDP socket (`None` when the server runs TCP only).
     udp: Option<UdpSocket>,
@@ -286,6 +294,7 @@ async fn shard_main(
     stripes: StripeMap,
     mesh: MeshBuilder<Hop, Full>,
     stop: Arc<AtomicBool>,
+    epoch: Instant,
 ) -> anyhow::Result<ShardReport> {
     let udp =
         match settings.transports.udp {
@@ -313,11 +322,12 @@ async fn shard_main(
         seed: 0x5eed_0000 ^ index as u64 ^ (std::process::id() as u64) << 20,
         replicate: false,
         retry_after_s: settings.retry_after_s,
+        registrar: settings.registrar.clone(),
     };
-    #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
-    let shard = Shard::new(config, Proxy::new(settings.proxy.clone()), Instant::now());
+    let shard = Shard::new(config, Proxy::new(settings.proxy.clone()), epoch);
     let driver = Rc::new(Driver {
         index,
+        shards: settings.cores.len(),
         shard: RefCell::new(shard),
         udp,
         mesh: senders,
@@ -346,6 +356,7 @@ async fn shard_main(
                         }
                     }
                     Hop::Send { peer, bytes } => driver.transmit(peer, bytes).await,
+                    Hop::Location(update) => drop(driver.handle(Input::Location(&update))),
                 }
             }
         })
@@ -449,6 +460,11 @@ impl Driver {
             match output {
                 Output::Transmit { peer, bytes } => self.transmit(peer, bytes).await,
                 Output::Forward { shard } => forward = Some(usize::from(shard.0)),
+                Output::Location(update) => {
+                    for shard in (0..self.shards).filter(|&s| s != self.index) {
+                        self.hop(shard, Hop::Location(update.clone())).await;
+                    }
+                }
                 // One node, no replication yet.
                 Output::ForwardToNode { .. } | Output::Replicate(_) => {}
             }

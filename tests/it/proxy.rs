@@ -53,6 +53,8 @@ impl Rig {
         while let Some(output) = self.shard.poll_output() {
             match output {
                 Output::Transmit { peer, bytes } => out.push((peer.addr, String::from_utf8(bytes).expect("utf8"))),
+                // One shard: its own location cache is updated already.
+                Output::Location(_) => {}
                 other => panic!("unexpected output {other:?}"),
             }
         }
@@ -353,4 +355,37 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: stray\r\nCSeq: 1 INVITE
     let foreign = stray.replace("Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKgone\r\n", "");
     assert!(rig.send(CALLEE, foreign.as_bytes()).is_empty());
     assert_eq!(rig.shard.stats().stray_responses, 1);
+}
+
+#[test]
+fn a_registered_user_is_called_at_its_contact() {
+    use sipshard_shards::registrar::RegistrarConfig;
+    let mut rig = Rig::new();
+    let config = ShardConfig { registrar: Some(RegistrarConfig::default()), ..ShardConfig::standalone(64) };
+    rig.shard = Shard::new(config, Proxy::new(ProxyConfig::default()), rig.start);
+    let register = "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5095;branch=z9hG4bKreg1\r\n\
+From: <sip:alice@127.0.0.1:5060>;tag=r\r\nTo: <sip:alice@127.0.0.1:5060>\r\nCall-ID: reg-1\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:alice@127.0.0.1:5095;transport=udp>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n";
+    let out = rig.send("127.0.0.1:5095", register.as_bytes());
+    assert_eq!(out.len(), 1);
+    assert!(out[0].1.starts_with("SIP/2.0 200 OK\r\n"), "{}", out[0].1);
+    assert!(out[0].1.contains("\r\nContact: <sip:alice@127.0.0.1:5095;transport=udp>;expires=600\r\n"), "{}", out[0].1);
+    assert_eq!(rig.shard.tu().location().len(), 1);
+
+    let call =
+        invite("call-alice", "inv7", "").replace("sip:service@127.0.0.1:5060 SIP", "sip:alice@127.0.0.1:5060 SIP");
+    let out = rig.send(CALLER, call.as_bytes());
+    assert_eq!(out[1].0, to("127.0.0.1:5095"), "{out:?}");
+    assert!(out[1].1.starts_with("INVITE sip:alice@127.0.0.1:5095;transport=udp SIP/2.0\r\n"), "{}", out[1].1);
+    // An unregistered user at our address, with no default route: 404.
+    let nobody = invite("call-bob", "inv8", "").replace("sip:service@127.0.0.1:5060 SIP", "sip:bob@127.0.0.1:5060 SIP");
+    let out = rig.send(CALLER, nobody.as_bytes());
+    assert_eq!(out[0].1.lines().next(), Some("SIP/2.0 404 Not Found"));
+    // Unregistering empties the location and, once its transaction ends, the table.
+    let unregister =
+        register.replace("Expires: 600", "Expires: 0").replace("CSeq: 1", "CSeq: 2").replace("reg1", "reg2");
+    let out = rig.send("127.0.0.1:5095", unregister.as_bytes());
+    assert!(out[0].1.starts_with("SIP/2.0 200 OK\r\n"));
+    assert!(!out[0].1.contains("Contact:"), "{}", out[0].1);
+    assert_eq!(rig.shard.tu().location().len(), 0);
 }

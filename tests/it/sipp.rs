@@ -284,3 +284,72 @@ fn sipp_calls_through_the_proxy_over_tcp_with_two_shards() {
     // No retransmissions over TCP: every request arrived once.
     assert_eq!(run.total("retransmissions_received"), 0, "{}", run.report);
 }
+
+/// REGISTER over UDP from a test socket; returns the response.
+fn register(server: SocketAddr, user: &str, contact_port: u16, expires: u32) -> String {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let local = socket.local_addr().expect("addr");
+    let request = format!(
+        "REGISTER sip:{server} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKreg{expires}\r\nMax-Forwards: 70\r\n\
+From: <sip:{user}@{server}>;tag=r1\r\nTo: <sip:{user}@{server}>\r\nCall-ID: reg-{user}-{local}\r\nCSeq: {} REGISTER\r\n\
+Contact: <sip:{user}@127.0.0.1:{contact_port}>\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n",
+        1 + expires
+    );
+    socket.send_to(request.as_bytes(), server).expect("send");
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).expect("the registrar answers");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The embedded default (registrar + proxy, no route): a user registers, SIPp calls it.
+/// With 2 shards, the AoR's owner and most calls' owners differ: the location reaches both.
+#[test]
+fn sipp_calls_a_registered_user_on_the_embedded_default() {
+    let Some(sipp) = tool("sipp") else { return };
+    let (listen, uas_port, uac_port) = (free_port(), free_port(), free_port());
+    let server: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+    let dir = std::env::temp_dir().join(format!("sipshard-reg-{}-{listen}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let _sipshard = Running(
+        Command::new(env!("CARGO_BIN_EXE_sipshard"))
+            .args(["run", "--listen", &server.to_string(), "--shards", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipshard starts"),
+    );
+    wait_until_healthy(server);
+    let _uas = Running(
+        Command::new(&sipp)
+            .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &uas_port.to_string(), "-nostdin"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp uas starts"),
+    );
+    wait_until_bound(uas_port, false);
+    let brief = register(server, "alice", uas_port, 5);
+    assert!(brief.starts_with("SIP/2.0 423 Interval Too Brief\r\n"), "{brief}");
+    assert!(brief.contains("\r\nMin-Expires: 60\r\n"), "{brief}");
+    let ok = register(server, "alice", uas_port, 600);
+    assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+    assert!(ok.contains(&format!("\r\nContact: <sip:alice@127.0.0.1:{uas_port}>;expires=600\r\n")), "{ok}");
+
+    let stats_file = dir.join("uac.csv");
+    let status = Command::new(&sipp)
+        .args(["-sn", "uac", "-s", "alice", &server.to_string(), "-i", "127.0.0.1", "-p", &uac_port.to_string()])
+        .args(["-r", "100", "-m", "200", "-nostdin", "-timeout", "30", "-timeout_error"])
+        .args(["-trace_stat", "-fd", "1", "-stf", stats_file.to_str().expect("utf8 path")])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("sipp uac runs");
+    let stats = last_stats(&stats_file);
+    assert_eq!(stat(&stats, "SuccessfulCall(C)"), 200, "{stats:?}");
+    assert_eq!(stat(&stats, "FailedCall(C)"), 0, "{stats:?}");
+    assert!(status.success(), "sipp uac exit status {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
