@@ -79,6 +79,8 @@ pub(crate) struct ServerSection {
     pub(crate) io_memory_kib: usize,
     /// How long a graceful shutdown lets live transactions finish.
     pub(crate) drain_s: u64,
+    /// Largest request handled; larger ones get 513 Message Too Large.
+    pub(crate) max_message_bytes: usize,
     /// Most TCP connections per shard (accepted and opened together).
     pub(crate) tcp_max_connections: usize,
     /// Seconds a TCP connection may stay silent before it is closed.
@@ -102,6 +104,7 @@ impl Default for ServerSection {
             retry_after_s: 5,
             io_memory_kib: 512,
             drain_s: 32,
+            max_message_bytes: sipshard_shards::shard::DEFAULT_MAX_MESSAGE_BYTES,
             tcp_max_connections: 4_096,
             tcp_idle_s: 300,
             tcp_queue: 1_024,
@@ -218,6 +221,8 @@ pub(crate) struct Settings {
     pub(crate) steer_to_wrong_shard: bool,
     /// TCP limits.
     pub(crate) tcp: TcpLimits,
+    /// Largest request handled.
+    pub(crate) max_message_bytes: usize,
     /// The registrar, if enabled.
     pub(crate) registrar: Option<RegistrarConfig>,
 }
@@ -317,6 +322,9 @@ impl Config {
         if server.max_calls_per_shard == 0 {
             error("server.max_calls_per_shard", "must be at least 1".into());
         }
+        if !(1_024..=65_535).contains(&server.max_message_bytes) {
+            error("server.max_message_bytes", "must lie between 1024 and 65535".into());
+        }
         if server.io_memory_kib < 64 {
             error("server.io_memory_kib", "must be at least 64".into());
         }
@@ -394,6 +402,7 @@ impl Config {
                 idle: Duration::from_secs(server.tcp_idle_s),
                 queue: server.tcp_queue,
             },
+            max_message_bytes: server.max_message_bytes,
             registrar: self.registrar.enabled.then_some(RegistrarConfig {
                 min_expires_s: self.registrar.min_expires_s,
                 max_expires_s: self.registrar.max_expires_s,

@@ -48,6 +48,7 @@ fn shard(now: Instant, replicate: bool) -> Shard<Answer> {
         replicate,
         retry_after_s: 5,
         registrar: None,
+        max_message_bytes: sipshard_shards::shard::DEFAULT_MAX_MESSAGE_BYTES,
     };
     Shard::new(config, Answer, now)
 }

@@ -235,6 +235,8 @@ pub struct ShardConfig {
     pub retry_after_s: u32,
     /// The registrar, when this server is one: REGISTERs addressed to it are answered here.
     pub registrar: Option<RegistrarConfig>,
+    /// Largest request handled; a larger one gets 513 Message Too Large.
+    pub max_message_bytes: usize,
 }
 
 impl ShardConfig {
@@ -253,9 +255,13 @@ impl ShardConfig {
             replicate: false,
             retry_after_s: 5,
             registrar: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
+
+/// Default of [`ShardConfig::max_message_bytes`]: generous for SDP, far below a UDP datagram's maximum.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 /// Counters a shard keeps (no locks: the driver copies them out).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -294,6 +300,8 @@ pub struct ShardStats {
     pub refused_full: u64,
     /// New calls refused with 503 because the shard is shutting down.
     pub refused_draining: u64,
+    /// Requests refused with 513 because they exceed the configured message size.
+    pub refused_too_large: u64,
     /// Non-final answers from the transaction user, replaced by 500.
     pub tu_errors: u64,
 }
@@ -645,6 +653,10 @@ impl<T: TransactionUser> Shard<T> {
         match sipshard_parser::parse(bytes, &mut slots) {
             Err(_) => self.stats.dropped_malformed += 1,
             Ok(msg) if !msg.is_request() => self.on_response(now_ms, stripe, call_id, &msg),
+            Ok(msg) if msg.len() > self.config.max_message_bytes => {
+                self.stats.refused_too_large += 1;
+                self.respond_stateless(&msg, peer, 513, "Message Too Large");
+            }
             Ok(msg) => match server_key(&msg) {
                 Ok(txn_key) => self.on_request(now_ms, stripe, key, peer, &msg, txn_key, aor.is_some()),
                 Err(_) => self.stats.dropped_malformed += 1,
@@ -1379,10 +1391,11 @@ impl<T: TransactionUser> Shard<T> {
             return;
         }
         let retry_after = self.config.retry_after_s.to_string();
-        let headers: [(&str, &[u8]); 1] = [("Retry-After", retry_after.as_bytes())];
+        let retry: [(&str, &[u8]); 1] = [("Retry-After", retry_after.as_bytes())];
+        let headers: &[(&str, &[u8])] = if code == 503 { &retry } else { &[] };
         let tag = self.tag();
         let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
-        let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers: &headers, body: b"" };
+        let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers, body: b"" };
         let mut out = vec![0u8; msg.len() + 256];
         if let Ok(n) = write_response(msg, &spec, &mut out) {
             out.truncate(n);

@@ -197,6 +197,7 @@ impl<T: TransactionUser> Cluster<T> {
                             replicate: false,
                             retry_after_s: 5,
                             registrar: None,
+                            max_message_bytes: crate::shard::DEFAULT_MAX_MESSAGE_BYTES,
                         };
                         Shard::new(config, tu(), base)
                     })

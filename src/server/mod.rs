@@ -89,7 +89,7 @@ impl ShardReport {
     /// One line, `shard N (core C): key=value ...`, as `sipshard run` prints it on exit.
     pub(crate) fn line(&self) -> String {
         let s = &self.stats;
-        let counters: [(&str, u64); 24] = [
+        let counters: [(&str, u64); 25] = [
             ("local", s.local),
             ("forwarded_to_shard", s.forwarded_to_shard),
             ("transactions", s.transactions_created),
@@ -104,6 +104,7 @@ impl ShardReport {
             ("stray_responses", s.stray_responses),
             ("refused_full", s.refused_full),
             ("refused_draining", s.refused_draining),
+            ("refused_too_large", s.refused_too_large),
             ("relayed", self.proxy.relayed),
             ("rejected", self.proxy.rejected),
             ("send_errors", self.send_errors),
@@ -323,6 +324,7 @@ async fn shard_main(
         replicate: false,
         retry_after_s: settings.retry_after_s,
         registrar: settings.registrar.clone(),
+        max_message_bytes: settings.max_message_bytes,
     };
     let shard = Shard::new(config, Proxy::new(settings.proxy.clone()), epoch);
     let driver = Rc::new(Driver {

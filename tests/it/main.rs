@@ -8,4 +8,6 @@ mod fuzz_regressions;
 mod proxy;
 mod shard;
 mod sipp;
+mod support;
 mod tidy;
+mod udp_server;

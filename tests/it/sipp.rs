@@ -8,90 +8,14 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{Running, free_port, tool, wait_until_bound, wait_until_healthy};
 
 use sipshard_parser::stripe_of;
 use sipshard_shards::{DEFAULT_STRIPES, NodeId, StripeId, StripeMap};
-
-/// The path of a tool, or `None` (and a note) when it is missing outside CI.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is required under CI=true (apt-get install -y sip-tester)"
-        );
-        eprintln!("SKIPPED: {name} is not installed (apt-get install -y sip-tester)");
-    }
-    found
-}
-
-/// A port free right now on 127.0.0.1 for both UDP and TCP.
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// A child process killed when dropped (a failed assertion leaves nothing running).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Sends OPTIONS to the server itself until it answers 200 (its health check), up to 10 s.
-fn wait_until_healthy(server: SocketAddr) {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-    let local = socket.local_addr().expect("addr");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for n in 0.. {
-        assert!(Instant::now() < deadline, "sipshard did not answer OPTIONS within 10 s");
-        let options = format!(
-            "OPTIONS sip:{server} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKhealth{n}\r\nMax-Forwards: 70\r\n\
-From: <sip:probe@{local}>;tag=p{n}\r\nTo: <sip:{server}>\r\nCall-ID: health-{n}@{local}\r\nCSeq: 1 OPTIONS\r\n\
-Content-Length: 0\r\n\r\n"
-        );
-        socket.send_to(options.as_bytes(), server).expect("send");
-        let mut buf = [0u8; 2048];
-        if let Ok(n) = socket.recv(&mut buf) {
-            let reply = String::from_utf8_lossy(&buf[..n]);
-            assert!(reply.starts_with("SIP/2.0 200 OK\r\n"), "{reply}");
-            assert!(reply.contains("\r\nAllow: "), "{reply}");
-            return;
-        }
-    }
-}
-
-/// Waits (up to 10 s) until something listens on 127.0.0.1:`port` (TCP when `tcp`, else UDP),
-/// from /proc/net: probing with a message would disturb the callee's statistics.
-fn wait_until_bound(port: u16, tcp: bool) {
-    let (table, state) = if tcp { ("/proc/net/tcp", " 0A ") } else { ("/proc/net/udp", " 07 ") };
-    let local = format!("0100007F:{port:04X} ");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        if text.lines().any(|l| l.contains(&local) && l.contains(state)) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "nothing listens on 127.0.0.1:{port} after 10 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The last row of a SIPp `-trace_stat` file, as (column, value) pairs.
 fn last_stats(path: &Path) -> Vec<(String, String)> {

@@ -1,0 +1,193 @@
+//! The running server over real UDP sockets, with test sockets as caller and
+//! callee: every error reply the proxy generates, provoked by a bad request;
+//! a call that recovers from a lost INVITE (timer A) and a retransmitted 2xx;
+//! a BYE from the callee's side; a re-INVITE.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{Running, free_port, wait_until_healthy};
+
+/// A sipshard process on a free port; `route` is its default route, if any.
+fn start(route: Option<SocketAddr>) -> (Running, SocketAddr) {
+    let server: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sipshard"));
+    command.args(["run", "--listen", &server.to_string(), "--shards", "2"]);
+    if let Some(route) = route {
+        command.args(["--route", &format!("sip:{route}")]);
+    }
+    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("sipshard starts");
+    let running = Running(child);
+    wait_until_healthy(server);
+    (running, server)
+}
+
+/// A test UA: one UDP socket, reads with a timeout.
+struct Ua {
+    socket: UdpSocket,
+    addr: SocketAddr,
+}
+
+impl Ua {
+    fn new() -> Ua {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let addr = socket.local_addr().expect("addr");
+        Ua { socket, addr }
+    }
+
+    fn send(&self, to: SocketAddr, message: &str) {
+        self.socket.send_to(message.as_bytes(), to).expect("send");
+    }
+
+    /// The next message, and who sent it.
+    fn recv(&self) -> (String, SocketAddr) {
+        let mut buf = vec![0u8; 65_535];
+        let (n, from) = self.socket.recv_from(&mut buf).expect("a message within 3 s");
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+    }
+
+    /// The next message that starts with `start` (others, like 100 Trying, are skipped).
+    fn expect(&self, start: &str) -> (String, SocketAddr) {
+        for _ in 0..10 {
+            let (message, from) = self.recv();
+            if message.starts_with(start) {
+                return (message, from);
+            }
+        }
+        panic!("no message starting with {start:?}");
+    }
+}
+
+fn request(method: &str, uri: &str, ua: &Ua, call_id: &str, cseq: u32, extra: &str) -> String {
+    format!(
+        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{call_id}{cseq}{method}\r\nMax-Forwards: 70\r\n\
+From: <sip:caller@{}>;tag=caller\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
+Contact: <sip:caller@{}>\r\n{extra}Content-Length: 0\r\n\r\n",
+        ua.addr, ua.addr, ua.addr
+    )
+}
+
+/// The callee's answer to `request`: its Vias, From, Call-ID, CSeq and Record-Route; To with a tag.
+fn answer(request: &str, status: &str, contact: SocketAddr) -> String {
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for line in request.split("\r\n").take_while(|l| !l.is_empty()) {
+        let name = line.split(':').next().unwrap_or_default();
+        match name {
+            "Via" | "From" | "Call-ID" | "CSeq" | "Record-Route" => out.push_str(&format!("{line}\r\n")),
+            "To" if line.contains("tag=") => out.push_str(&format!("{line}\r\n")),
+            "To" => out.push_str(&format!("{line};tag=callee\r\n")),
+            _ => {}
+        }
+    }
+    out.push_str(&format!("Contact: <sip:callee@{contact}>\r\nContent-Length: 0\r\n\r\n"));
+    out
+}
+
+fn status_line(message: &str) -> &str {
+    message.lines().next().unwrap_or_default()
+}
+
+#[test]
+fn every_error_reply_over_udp() {
+    let (_server, addr) = start(None);
+    let ua = Ua::new();
+    let uri = format!("sip:bob@{addr}");
+    let big = format!("X-Padding: {}\r\n", "a".repeat(4_000)).repeat(5);
+    let loop_via = format!("Via: SIP/2.0/UDP {addr};branch=z9hG4bKlooped\r\n");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            request("INVITE", &uri, &ua, "e1", 1, "").replace("Max-Forwards: 70", "Max-Forwards: 0"),
+            "SIP/2.0 483 Too Many Hops",
+        ),
+        (request("INVITE", &uri, &ua, "e2", 1, "Proxy-Require: foo\r\n"), "SIP/2.0 420 Bad Extension"),
+        (request("INVITE", &uri, &ua, "e3", 1, &loop_via), "SIP/2.0 482 Loop Detected"),
+        (
+            request("BYE", &uri, &ua, "e4", 2, "").replace(&format!("To: <{uri}>"), &format!("To: <{uri}>;tag=x")),
+            "SIP/2.0 481 Call/Transaction Does Not Exist",
+        ),
+        (
+            request("INVITE", &uri, &ua, "e5", 1, "").replace("CSeq: 1 INVITE", "CSeq: 1 BYE"),
+            "SIP/2.0 400 Bad Request (CSeq method does not match request method)",
+        ),
+        (
+            request("INVITE", &uri, &ua, "e6", 1, "").replace("SIP/2.0\r\nVia", "SIP/3.0\r\nVia"),
+            "SIP/2.0 505 unsupported version SIP/3.0",
+        ),
+        (request("INVITE", "mailto:bob@example.com", &ua, "e7", 1, ""), "SIP/2.0 416 unsupported URI scheme"),
+        (request("INVITE", &uri, &ua, "e8", 1, ""), "SIP/2.0 404 Not Found"),
+        (request("INVITE", &uri, &ua, "e9", 1, &big), "SIP/2.0 513 Message Too Large"),
+        (
+            request("REGISTER", &format!("sip:{addr}"), &ua, "e10", 1, "Contact: <sip:a@127.0.0.1:9>;expires=5\r\n")
+                .replace(&format!("To: <sip:{addr}>"), &format!("To: <sip:alice@{addr}>")),
+            "SIP/2.0 423 Interval Too Brief",
+        ),
+    ];
+    for (i, (bad, expected)) in cases.into_iter().enumerate() {
+        ua.send(addr, &bad);
+        // Skip retransmissions of earlier replies (timer G: they are not ACKed here).
+        let call_id = format!("Call-ID: e{}\r\n", i + 1);
+        let reply = (0..20)
+            .map(|_| ua.recv().0)
+            .find(|r| r.contains(&call_id))
+            .unwrap_or_else(|| panic!("no reply to case {}", i + 1));
+        assert_eq!(status_line(&reply), expected, "for:\n{bad}");
+    }
+}
+
+#[test]
+fn a_call_recovers_from_a_lost_invite_and_the_callee_can_hang_up() {
+    let callee = Ua::new();
+    let (_server, proxy) = start(Some(callee.addr));
+    let caller = Ua::new();
+    let uri = format!("sip:callee@{proxy}");
+    caller.send(proxy, &request("INVITE", &uri, &caller, "lossy", 1, ""));
+    let (_, _) = caller.expect("SIP/2.0 100 Trying");
+    // The callee "loses" the first INVITE: timer A (T1 = 500 ms) brings it again.
+    let (first, _) = callee.expect("INVITE ");
+    let (again, _) = callee.expect("INVITE ");
+    assert_eq!(first, again, "a retransmission is the same request");
+    callee.send(proxy, &answer(&again, "180 Ringing", callee.addr));
+    let ok = answer(&again, "200 OK", callee.addr);
+    callee.send(proxy, &ok);
+    caller.expect("SIP/2.0 180 Ringing");
+    let (two_hundred, _) = caller.expect("SIP/2.0 200 OK");
+    assert!(two_hundred.contains(&format!("Record-Route: <sip:{proxy};lr>")), "{two_hundred}");
+    // The 2xx is retransmitted by the callee (as if the caller lost it): it reaches the caller again.
+    callee.send(proxy, &ok);
+    caller.expect("SIP/2.0 200 OK");
+    let in_dialog = |method: &str, cseq: u32| {
+        request(
+            method,
+            &format!("sip:callee@{}", callee.addr),
+            &caller,
+            "lossy",
+            cseq,
+            &format!("Route: <sip:{proxy};lr>\r\n"),
+        )
+        .replace(&format!("To: <sip:callee@{}>", callee.addr), &format!("To: <{uri}>;tag=callee"))
+    };
+    caller.send(proxy, &in_dialog("ACK", 1));
+    callee.expect("ACK ");
+    // A re-INVITE in the dialog goes through and is answered.
+    caller.send(proxy, &in_dialog("INVITE", 2));
+    let (reinvite, _) = callee.expect("INVITE ");
+    assert!(reinvite.contains("CSeq: 2 INVITE"), "{reinvite}");
+    callee.send(proxy, &answer(&reinvite, "200 OK", callee.addr));
+    caller.expect("SIP/2.0 200 OK");
+    caller.send(proxy, &in_dialog("ACK", 2));
+    callee.expect("ACK ");
+    // The callee hangs up: its BYE (to the caller's Contact, via our Record-Route) reaches the caller.
+    let bye = format!(
+        "BYE sip:caller@{} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKcalleebye\r\nMax-Forwards: 70\r\n\
+Route: <sip:{proxy};lr>\r\nFrom: <{uri}>;tag=callee\r\nTo: <sip:caller@{}>;tag=caller\r\nCall-ID: lossy\r\n\
+CSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        caller.addr, callee.addr, caller.addr
+    );
+    callee.send(proxy, &bye);
+    let (bye_at_caller, from) = caller.expect("BYE ");
+    assert_eq!(from, proxy);
+    caller.send(proxy, &answer(&bye_at_caller, "200 OK", caller.addr));
+    callee.expect("SIP/2.0 200 OK");
+}
