@@ -191,3 +191,28 @@ CSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
     caller.send(proxy, &answer(&bye_at_caller, "200 OK", caller.addr));
     callee.expect("SIP/2.0 200 OK");
 }
+
+#[test]
+fn a_cancelled_call_ends_with_487_on_both_sides() {
+    let callee = Ua::new();
+    let (_server, proxy) = start(Some(callee.addr));
+    let caller = Ua::new();
+    let uri = format!("sip:callee@{proxy}");
+    let invite = request("INVITE", &uri, &caller, "cancelled", 1, "");
+    caller.send(proxy, &invite);
+    let (relayed, _) = callee.expect("INVITE ");
+    callee.send(proxy, &answer(&relayed, "180 Ringing", callee.addr));
+    caller.expect("SIP/2.0 180 Ringing");
+    // CANCEL: same branch, Call-ID, From, To and CSeq number as the INVITE (§9.1).
+    let cancel = invite.replace("INVITE sip:", "CANCEL sip:").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    caller.send(proxy, &cancel);
+    let (ok, _) = caller.expect("SIP/2.0 200 OK");
+    assert!(ok.contains("CSeq: 1 CANCEL"), "{ok}");
+    let (cancel_at_callee, _) = callee.expect("CANCEL ");
+    callee.send(proxy, &answer(&cancel_at_callee, "200 OK", callee.addr));
+    callee.send(proxy, &answer(&relayed, "487 Request Terminated", callee.addr));
+    // The proxy ACKs the 487 hop by hop and relays it up.
+    callee.expect("ACK ");
+    let (terminated, _) = caller.expect("SIP/2.0 487 Request Terminated");
+    assert!(terminated.contains("CSeq: 1 INVITE"), "{terminated}");
+}
