@@ -66,7 +66,7 @@ pub(crate) struct ServerSection {
     pub(crate) shards: Shards,
     /// Cores to pin shards to, in order (empty: every online core).
     pub(crate) cores: Vec<usize>,
-    /// The role: "proxy" (the B2BUA comes later).
+    /// The role: "proxy" or "b2bua".
     pub(crate) role: String,
     /// "udp", "tcp" or "both".
     pub(crate) transport: String,
@@ -304,9 +304,14 @@ impl Config {
             }
             Shards::Count(n) => pool[..n].to_vec(),
         };
-        if server.role != "proxy" {
-            error("server.role", format!("{:?}: only \"proxy\" is available in this build", server.role));
-        }
+        let b2bua = match server.role.as_str() {
+            "proxy" => false,
+            "b2bua" => true,
+            other => {
+                error("server.role", format!("{other:?}: expected \"proxy\" or \"b2bua\""));
+                false
+            }
+        };
         let transports = match server.transport.as_str() {
             "udp" => Transports { udp: true, tcp: false },
             "tcp" => Transports { udp: false, tcp: true },
@@ -386,7 +391,7 @@ impl Config {
             listen: listen.expect("invariant: no error means the address parsed"),
             cores,
             transports,
-            proxy: ProxyConfig { routes, default_route, record_route: self.proxy.record_route },
+            proxy: ProxyConfig { routes, default_route, record_route: self.proxy.record_route, b2bua },
             timers: TimerConfig {
                 t1: Duration::from_millis(t.t1_ms),
                 t2: Duration::from_millis(t.t2_ms),
@@ -449,7 +454,7 @@ mod tests {
 [server]
 listen = "0.0.0.0:5060"
 shards = 9
-role = "b2bua"
+role = "b2bb"
 
 [proxy]
 default_route = "sip:proxy.example.com"

@@ -46,7 +46,7 @@ struct RunArgs {
     /// Number of shards, or "auto" for one per core (server.shards).
     #[arg(long)]
     shards: Option<Shards>,
-    /// Role (server.role): proxy.
+    /// Role (server.role): proxy or b2bua.
     #[arg(long)]
     role: Option<String>,
     /// Default route for requests no other rule matches (proxy.default_route), e.g. sip:127.0.0.1:5090.

@@ -97,6 +97,8 @@ pub struct B2buaCall {
     pub b_call_id: Box<str>,
     /// Call timers and their deadlines.
     pub timers: Vec<(CallTimer, u64)>,
+    /// CSeq of the latest INVITE sent on each leg (A, B): the ACK of its 2xx carries it.
+    pub ack_cseq: [u32; 2],
 }
 
 #[cfg(test)]
@@ -144,6 +146,7 @@ mod tests {
             b_leg: leg("b"),
             b_call_id: "b2b-1".into(),
             timers: vec![(CallTimer::NoAnswer, 60_000)],
+            ack_cseq: [0, 1],
         };
         let (_, back): (_, B2buaCall) = codec::decode(&codec::encode(StripeId(3), 1, &call)).expect("decodes");
         assert_eq!(back, call);

@@ -9,6 +9,7 @@
 pub mod timer;
 pub mod transaction;
 
+pub mod b2bua;
 pub mod dialog;
 pub mod proxy;
 pub mod registrar;

@@ -109,6 +109,9 @@ pub struct ProxyConfig {
     pub default_route: Option<RouteTarget>,
     /// Whether to Record-Route dialog-creating requests (so BYE and re-INVITE come back here).
     pub record_route: bool,
+    /// B2BUA mode: an INVITE out of dialog is bridged onto a new B leg (topology hiding)
+    /// instead of relayed; other requests out of dialog are still relayed.
+    pub b2bua: bool,
 }
 
 /// Counters of the proxy's own answers.
@@ -252,6 +255,10 @@ impl TransactionUser for Proxy {
             return self.reject(FinalResponse::new(481, "Call/Transaction Does Not Exist"));
         }
         match hop {
+            Ok(relay) if self.config.b2bua && !in_dialog && method == Method::Invite => {
+                self.stats.relayed += 1;
+                Decision::Bridge(relay)
+            }
             Ok(mut relay) => {
                 self.stats.relayed += 1;
                 relay.record_route = self.config.record_route && !in_dialog && method == Method::Invite;

@@ -21,9 +21,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 pub use sipshard_parser::Message;
-use sipshard_parser::{Editor, HeaderSlot, Method, ResponseSpec, peek_call_id, write_response};
+use sipshard_parser::{Editor, HeaderName, HeaderSlot, Method, ResponseSpec, peek_call_id, write_response};
 
-use crate::dialog::DialogState;
+use crate::b2bua::{LegRequest, Side, b_leg_call_id, without_tag, write_leg_request};
+use crate::dialog::{B2buaCall, Dialog, DialogState};
 use crate::registrar::{self, Binding, LocationUpdate, RegistrarConfig};
 
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
@@ -170,6 +171,9 @@ pub enum Decision {
     Respond(FinalResponse),
     /// Relay it downstream statefully.
     Relay(Relay),
+    /// Bridge it as a B2BUA (an INVITE out of dialog): a new B leg toward `to`, with a
+    /// fresh Call-ID, tags and Via; the call's record holds both dialogs ([`crate::b2bua`]).
+    Bridge(Relay),
 }
 
 impl From<FinalResponse> for Decision {
@@ -322,6 +326,9 @@ pub struct ServerTxn {
     pub response: Vec<u8>,
     /// Whether a final response was sent (a late client timeout must not add a second one).
     pub answered: bool,
+    /// The request, kept only on a B2BUA call: its responses are rebuilt from it.
+    #[serde(with = "serde_bytes")]
+    pub request: Vec<u8>,
     /// Armed timers and their deadlines (ms on the shard's clock).
     pub timers: TxnTimers,
 }
@@ -432,6 +439,8 @@ pub struct CallRecord {
     pub dialog: Option<DialogState>,
     /// An AoR's bindings, when the record's key is an address-of-record (registrar).
     pub bindings: Vec<Binding>,
+    /// Both dialogs of a B2BUA call (boxed: proxied calls do not pay for it).
+    pub bridge: Option<Box<B2buaCall>>,
 }
 
 impl CallRecord {
@@ -474,6 +483,8 @@ pub struct Shard<T> {
     armed: hashbrown::HashMap<(u64, TxnTimer), TimerId>,
     /// Which call each live transaction belongs to.
     txn_calls: hashbrown::HashMap<u64, (StripeId, Box<[u8]>)>,
+    /// B2BUA calls: the A leg's Call-ID (the record key) of each B leg's Call-ID.
+    b_index: hashbrown::HashMap<Box<[u8]>, Box<[u8]>>,
     outputs: std::collections::VecDeque<Output>,
     /// Header slots, reused by every message (they hold offsets, not borrows).
     slots: Box<[HeaderSlot]>,
@@ -511,6 +522,7 @@ impl<T: TransactionUser> Shard<T> {
             wheel: TimerWheel::new(config.max_timers, 0),
             armed: hashbrown::HashMap::new(),
             txn_calls: hashbrown::HashMap::new(),
+            b_index: hashbrown::HashMap::new(),
             outputs: std::collections::VecDeque::new(),
             epoch: now,
             next_txn: 1,
@@ -631,6 +643,9 @@ impl<T: TransactionUser> Shard<T> {
         let aor = self.registration_aor(bytes);
         let key = aor.as_deref().map_or(call_id, str::as_bytes);
         let stripe = StripeId::of_call_id(key, self.stripes.stripe_count());
+        // A B2BUA's B leg: the record is under the A leg's Call-ID (same stripe by construction).
+        let a_key = if call_id.starts_with(b"b2b~") { self.b_index.get(call_id).cloned() } else { None };
+        let key = a_key.as_deref().unwrap_or(key);
         match self.stripes.route(stripe, self.config.node, self.config.shard) {
             Route::Local => {}
             // A message routed here by a peer with an older map is processed anyway: the
@@ -652,7 +667,7 @@ impl<T: TransactionUser> Shard<T> {
         let mut slots = std::mem::take(&mut self.slots);
         match sipshard_parser::parse(bytes, &mut slots) {
             Err(_) => self.stats.dropped_malformed += 1,
-            Ok(msg) if !msg.is_request() => self.on_response(now_ms, stripe, call_id, &msg),
+            Ok(msg) if !msg.is_request() => self.on_response(now_ms, stripe, key, &msg),
             Ok(msg) if msg.len() > self.config.max_message_bytes => {
                 self.stats.refused_too_large += 1;
                 self.respond_stateless(&msg, peer, 513, "Message Too Large");
@@ -746,6 +761,7 @@ impl<T: TransactionUser> Shard<T> {
             Err(e) => panic!("invariant: a shard never holds a checkout across inputs ({e:?})"),
         };
         let mut fx = self.take_effects();
+        let side = record.bridge.as_ref().map(|bridge| side_of(bridge, msg));
         if let Some(i) = record.transactions.iter().position(|t| t.key == key) {
             self.stats.retransmissions_received += u64::from(!is_ack);
             let event = if is_ack { ServerEvent::Ack } else { ServerEvent::Request };
@@ -755,6 +771,11 @@ impl<T: TransactionUser> Shard<T> {
                 self.relay_ack(now_ms, peer, record.dialog, msg);
             }
             self.apply_server(now_ms, &mut record, i, call_id, actions, &mut fx);
+            return self.finish(stripe, call_id, record, fx);
+        }
+        if let (true, Some(side)) = (is_ack, side) {
+            // A B2BUA's ACK of a 2xx: the other leg gets its own.
+            self.bridge_ack(&mut record, side, call_id, msg, &mut fx);
             return self.finish(stripe, call_id, record, fx);
         }
         if is_ack {
@@ -788,6 +809,7 @@ impl<T: TransactionUser> Shard<T> {
             peer,
             response: Vec::new(),
             answered: false,
+            request: Vec::new(),
             timers: TxnTimers::default(),
         });
         self.txn_calls.insert(id, (stripe, call_id.into()));
@@ -795,6 +817,11 @@ impl<T: TransactionUser> Shard<T> {
         let mut location = None;
         let decision = if method == Some(Method::Cancel) {
             self.cancel(now_ms, &mut record, &mut fx)
+        } else if let Some(side) = side {
+            // In a B2BUA call: the request goes on to the other leg, rebuilt from its dialog.
+            self.keep_request(&mut record, id, msg);
+            self.bridge_request(now_ms, &mut record, id, side, call_id, msg, &mut fx);
+            return self.finish(stripe, call_id, record, fx);
         } else if let (true, Some(registrar)) = (registering, self.config.registrar.as_ref()) {
             let before = record.bindings.clone();
             let answer = registrar::register(registrar, now_ms, &mut record.bindings, msg);
@@ -818,6 +845,11 @@ impl<T: TransactionUser> Shard<T> {
                     record.dialog = Some(DialogState::Early);
                 }
                 self.relay_request(now_ms, &mut record, id, call_id, msg, &relay, &mut fx);
+            }
+            Decision::Bridge(relay) => {
+                self.answer_with(now_ms, &mut record, id, call_id, msg, 100, "Trying", &[], &mut fx);
+                self.keep_request(&mut record, id, msg);
+                self.bridge_call(now_ms, &mut record, id, stripe, call_id, peer, msg, &relay, &mut fx);
             }
         }
         self.finish(stripe, call_id, record, fx);
@@ -1167,6 +1199,10 @@ impl<T: TransactionUser> Shard<T> {
             return;
         }
         let reason = if code == 408 { "Request Timeout" } else { "Service Unavailable" };
+        if record.bridge.is_some() {
+            // A B2BUA answers from the request it received, not from the one it sent.
+            return self.answer_kept(now_ms, record, server, call_id, code, reason, fx);
+        }
         let request = record.clients[i].request.clone();
         let mut slots = std::mem::take(&mut self.spare_slots);
         let mut first = vec![0u8; request.len() + 256];
@@ -1210,6 +1246,9 @@ impl<T: TransactionUser> Shard<T> {
         }
         let server = client.server;
         let is_invite = matches!(client.fsm, ClientFsm::Invite(_));
+        if record.bridge.is_some() {
+            return self.bridge_response(now_ms, record, server, is_invite, call_id, response, code, fx);
+        }
         let mut out = vec![0u8; response.len()];
         let Some(n) = Editor::new(response).pop_via().ok().and_then(|e| e.write(&mut out).ok()) else {
             self.stats.dropped_malformed += 1;
@@ -1290,6 +1329,9 @@ impl<T: TransactionUser> Shard<T> {
     /// Check-in first, then the messages and timers the change caused (DESIGN.md §3 step 6).
     fn finish(&mut self, stripe: StripeId, call_id: &[u8], record: CallRecord, mut fx: Effects) {
         if record.is_idle() {
+            if let Some(bridge) = &record.bridge {
+                self.b_index.remove(bridge.b_call_id.as_bytes());
+            }
             let ended = if record.dialog == Some(DialogState::Terminated) { Hints::CALL_ENDED } else { Hints::NONE };
             self.table.remove(stripe, call_id, fx.hints | ended);
         } else {
@@ -1386,6 +1428,287 @@ impl<T: TransactionUser> Shard<T> {
         }
     }
 
+    /// Keeps a B2BUA server transaction's request, to build its responses from.
+    fn keep_request(&mut self, record: &mut CallRecord, id: u64, msg: &Message<'_>) {
+        if let Some(txn) = record.transactions.iter_mut().find(|t| t.id == id) {
+            txn.request = msg.as_bytes().to_vec();
+        }
+    }
+
+    /// Our Contact URI toward a peer.
+    fn contact_for(&self, peer: Peer) -> String {
+        match peer.transport {
+            Transport::Udp => format!("sip:{}", self.config.local),
+            Transport::Tcp => format!("sip:{};transport=tcp", self.config.local),
+        }
+    }
+
+    /// A Via value with a fresh branch toward `peer`, and the branch.
+    fn via_for(&mut self, peer: Peer) -> (String, String) {
+        let branch = self.branch();
+        let prefix = &self.via_prefix[usize::from(peer.transport == Transport::Tcp)];
+        (format!("{prefix}{branch}"), branch)
+    }
+
+    /// B2BUA, a new call: both dialogs into the record, the B leg's INVITE out.
+    #[allow(clippy::too_many_arguments)] // The pieces of one call; a struct would only rename them.
+    fn bridge_call(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        server: u64,
+        stripe: StripeId,
+        call_id: &[u8],
+        peer: Peer,
+        msg: &Message<'_>,
+        relay: &Relay,
+        fx: &mut Effects,
+    ) {
+        let text = |name| msg.header(name).and_then(|v| core::str::from_utf8(v).ok()).unwrap_or_default();
+        let (from, to) = (text(HeaderName::From), text(HeaderName::To));
+        let from_tag = msg.from().ok().flatten().and_then(|f| f.tag()).unwrap_or_default();
+        let a_contact = msg.contacts().find_map(|c| match c {
+            Ok(sipshard_parser::Contact::Address { addr, .. }) => Some(addr.uri.raw),
+            _ => None,
+        });
+        let request_uri = msg.request_line().map(|l| l.uri).unwrap_or_default();
+        let cseq = msg.cseq().ok().flatten().map_or(1, |c| c.seq);
+        let a_tag = self.tag();
+        let b_tag = self.tag();
+        let b_call_id = b_leg_call_id(stripe, self.next_token());
+        let as_text = |tag: [u8; 16]| -> Box<str> { core::str::from_utf8(&tag).expect("invariant: hex digits").into() };
+        let a_leg = Dialog {
+            local_tag: as_text(a_tag),
+            remote_tag: from_tag.into(),
+            local_uri: without_tag(to).into(),
+            remote_uri: without_tag(from).into(),
+            remote_target: a_contact.unwrap_or(request_uri).into(),
+            route_set: msg.record_routes().filter_map(Result::ok).map(|r| format!("<{}>", r.uri.raw).into()).collect(),
+            local_cseq: 0,
+            remote_cseq: cseq,
+            peer,
+            state: DialogState::Early,
+        };
+        let b_leg = Dialog {
+            local_tag: as_text(b_tag),
+            remote_tag: "".into(),
+            local_uri: without_tag(from).into(),
+            remote_uri: without_tag(to).into(),
+            remote_target: relay.request_uri.as_deref().unwrap_or(request_uri).into(),
+            route_set: Vec::new(),
+            local_cseq: 1,
+            remote_cseq: 0,
+            peer: relay.to,
+            state: DialogState::Early,
+        };
+        let (via, branch) = self.via_for(relay.to);
+        let contact = self.contact_for(relay.to);
+        let max_forwards = msg.max_forwards().ok().flatten().unwrap_or(70).saturating_sub(1);
+        let invite = write_leg_request(
+            &b_leg,
+            &LegRequest {
+                method: "INVITE",
+                cseq: 1,
+                call_id: &b_call_id,
+                via: &via,
+                contact: &contact,
+                max_forwards,
+                content_type: msg.header(HeaderName::ContentType),
+                body: msg.body(),
+            },
+        );
+        self.b_index.insert(b_call_id.as_bytes().into(), call_id.into());
+        record.bridge = Some(Box::new(B2buaCall {
+            a_leg,
+            b_leg,
+            b_call_id: b_call_id.into(),
+            timers: Vec::new(),
+            ack_cseq: [0, 1],
+        }));
+        record.dialog = Some(DialogState::Early);
+        self.start_client(now_ms, record, server, branch.into(), false, relay.to, invite, fx);
+    }
+
+    /// B2BUA, a request inside the call from `side`: rebuilt on the other leg.
+    #[allow(clippy::too_many_arguments)] // The pieces of one request; a struct would only rename them.
+    fn bridge_request(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        server: u64,
+        side: Side,
+        call_id: &[u8],
+        msg: &Message<'_>,
+        fx: &mut Effects,
+    ) {
+        let method = msg.method().map(|m| m.as_str()).unwrap_or_default();
+        let other = side.other();
+        let bridge = record.bridge.as_mut().expect("invariant: a bridged record");
+        if let Some(cseq) = msg.cseq().ok().flatten() {
+            bridge.leg_mut(side).remote_cseq = cseq.seq;
+        }
+        let leg = bridge.leg_mut(other);
+        leg.local_cseq += 1;
+        let cseq = leg.local_cseq;
+        if method == "INVITE" {
+            bridge.ack_cseq[other as usize] = cseq;
+        }
+        let peer = bridge.leg(other).peer;
+        let leg_call_id: String = match other {
+            Side::A => String::from_utf8_lossy(call_id).into_owned(),
+            Side::B => bridge.b_call_id.to_string(),
+        };
+        let (via, branch) = self.via_for(peer);
+        let contact = self.contact_for(peer);
+        let bridge = record.bridge.as_ref().expect("invariant: a bridged record");
+        let request = write_leg_request(
+            bridge.leg(other),
+            &LegRequest {
+                method,
+                cseq,
+                call_id: &leg_call_id,
+                via: &via,
+                contact: &contact,
+                max_forwards: 70,
+                content_type: msg.header(HeaderName::ContentType),
+                body: msg.body(),
+            },
+        );
+        self.start_client(now_ms, record, server, branch.into(), false, peer, request, fx);
+    }
+
+    /// B2BUA, the ACK of a 2xx from `side`: the other leg gets its own ACK (no transaction).
+    fn bridge_ack(&mut self, record: &mut CallRecord, side: Side, call_id: &[u8], msg: &Message<'_>, fx: &mut Effects) {
+        let other = side.other();
+        let bridge = record.bridge.as_ref().expect("invariant: a bridged record");
+        let cseq = bridge.ack_cseq[other as usize];
+        if cseq == 0 || bridge.leg(other).remote_tag.is_empty() {
+            return;
+        }
+        let peer = bridge.leg(other).peer;
+        let leg_call_id: String = match other {
+            Side::A => String::from_utf8_lossy(call_id).into_owned(),
+            Side::B => bridge.b_call_id.to_string(),
+        };
+        let (via, _) = self.via_for(peer);
+        let contact = self.contact_for(peer);
+        let bridge = record.bridge.as_ref().expect("invariant: a bridged record");
+        let ack = write_leg_request(
+            bridge.leg(other),
+            &LegRequest {
+                method: "ACK",
+                cseq,
+                call_id: &leg_call_id,
+                via: &via,
+                contact: &contact,
+                max_forwards: 70,
+                content_type: msg.header(HeaderName::ContentType),
+                body: msg.body(),
+            },
+        );
+        self.stats.acks_relayed += 1;
+        fx.requests += 1;
+        fx.sends.push((peer, ack));
+    }
+
+    /// B2BUA, a response from one leg: the dialog learns from it, and the server transaction
+    /// on the other leg answers with a response rebuilt from its own request.
+    #[allow(clippy::too_many_arguments)] // The pieces of one response; a struct would only rename them.
+    fn bridge_response(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        server: u64,
+        is_invite: bool,
+        call_id: &[u8],
+        response: &Message<'_>,
+        code: u16,
+        fx: &mut Effects,
+    ) {
+        let bridge = record.bridge.as_mut().expect("invariant: a bridged record");
+        let side = side_of(bridge, response);
+        let leg = bridge.leg_mut(side);
+        if is_invite && code > 100 && leg.remote_tag.is_empty() {
+            if let Some(tag) = response.to().ok().flatten().and_then(|to| to.tag()) {
+                leg.remote_tag = tag.into();
+            }
+        }
+        if is_invite && (200..300).contains(&code) {
+            if let Some(Ok(sipshard_parser::Contact::Address { addr, .. })) = response.contacts().next() {
+                leg.remote_target = addr.uri.raw.into();
+            }
+            if leg.state != DialogState::Confirmed {
+                // §12.1.2: the UAC's route set is the Record-Route of the 2xx, reversed.
+                let mut routes: Vec<Box<str>> = response
+                    .record_routes()
+                    .filter_map(Result::ok)
+                    .map(|r| format!("<{}>", r.uri.raw).into())
+                    .collect();
+                routes.reverse();
+                leg.route_set = routes;
+                leg.state = DialogState::Confirmed;
+                bridge.leg_mut(side.other()).state = DialogState::Confirmed;
+                record.dialog = Some(DialogState::Confirmed);
+                fx.hints = fx.hints | Hints::DIALOG_CONFIRMED;
+            }
+        }
+        if response.cseq().ok().flatten().is_some_and(|c| c.method == Method::Bye) && code >= 200 {
+            record.dialog = Some(DialogState::Terminated);
+        }
+        let bridge = record.bridge.as_ref().expect("invariant: a bridged record");
+        let to_tag = bridge.leg(side.other()).local_tag.clone();
+        let contact = format!("<{}>", self.contact_for(bridge.leg(side.other()).peer));
+        let Some(txn) = record.transactions.iter().find(|t| t.id == server) else { return };
+        let request = txn.request.clone();
+        let reason = response.status_line().map(|l| l.reason).unwrap_or_default();
+        let mut headers: Vec<(&str, &[u8])> = vec![("Contact", contact.as_bytes())];
+        if let Some(content_type) = response.header(HeaderName::ContentType) {
+            headers.push(("Content-Type", content_type));
+        }
+        let spec = ResponseSpec { code, reason, to_tag: Some(&to_tag), headers: &headers, body: response.body() };
+        let mut slots = std::mem::take(&mut self.spare_slots);
+        let mut out = vec![0u8; request.len() + response.len() + 256];
+        let written = sipshard_parser::parse(&request, &mut slots)
+            .ok()
+            .and_then(|req| write_response(&req, &spec, &mut out).ok());
+        self.spare_slots = slots;
+        if let Some(n) = written {
+            out.truncate(n);
+            self.server_respond(now_ms, record, server, call_id, out, code, fx);
+        }
+    }
+
+    /// Answers a B2BUA server transaction from its kept request (a timeout or transport error).
+    #[allow(clippy::too_many_arguments)] // The pieces of one answer; a struct would only rename them.
+    fn answer_kept(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        server: u64,
+        call_id: &[u8],
+        code: u16,
+        reason: &str,
+        fx: &mut Effects,
+    ) {
+        let Some(txn) = record.transactions.iter().find(|t| t.id == server) else { return };
+        let request = txn.request.clone();
+        let mut slots = std::mem::take(&mut self.spare_slots);
+        let written = sipshard_parser::parse(&request, &mut slots).ok().map(|req| {
+            let tag = self.tag();
+            let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
+            let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers: &[], body: b"" };
+            let mut out = vec![0u8; request.len() + 256];
+            write_response(&req, &spec, &mut out).ok().map(|n| {
+                out.truncate(n);
+                out
+            })
+        });
+        self.spare_slots = slots;
+        if let Some(Some(out)) = written {
+            self.server_respond(now_ms, record, server, call_id, out, code, fx);
+        }
+    }
+
     fn respond_stateless(&mut self, msg: &Message<'_>, peer: Peer, code: u16, reason: &'static str) {
         if msg.method() == Some(Method::Ack) {
             return;
@@ -1402,6 +1725,14 @@ impl<T: TransactionUser> Shard<T> {
             self.stats.responses_sent += 1;
             self.outputs.push_back(Output::Transmit { peer, bytes: out });
         }
+    }
+}
+
+/// Which leg of a B2BUA call a message belongs to: the B leg has its own Call-ID.
+fn side_of(bridge: &B2buaCall, msg: &Message<'_>) -> Side {
+    match msg.call_id() {
+        Ok(Some(id)) if *id == *bridge.b_call_id => Side::B,
+        _ => Side::A,
     }
 }
 

@@ -18,9 +18,21 @@ pub const MAX_REPLICAS: usize = 4;
 pub struct StripeId(pub u32);
 
 impl StripeId {
-    /// The stripe of a Call-ID among `stripe_count` stripes (the parser's stable hash).
+    /// The stripe of a Call-ID among `stripe_count` stripes: the parser's stable hash, except
+    /// for the B-leg Call-IDs a B2BUA makes, which carry their A leg's stripe in the clear
+    /// (`b2b~SSSS~...`, SSSS in hex: see [`crate::b2bua::b_leg_call_id`]), so that both legs
+    /// of a call land on the same owner without a lookup.
     pub fn of_call_id(call_id: &[u8], stripe_count: u32) -> StripeId {
-        StripeId(stripe_of(call_id, stripe_count))
+        match call_id {
+            [b'b', b'2', b'b', b'~', a, b, c, d, b'~', ..] => {
+                let hex = [*a, *b, *c, *d];
+                match core::str::from_utf8(&hex).ok().and_then(|h| u32::from_str_radix(h, 16).ok()) {
+                    Some(stripe) => StripeId(stripe % stripe_count.max(1)),
+                    None => StripeId(stripe_of(call_id, stripe_count)),
+                }
+            }
+            _ => StripeId(stripe_of(call_id, stripe_count)),
+        }
     }
 }
 

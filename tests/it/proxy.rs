@@ -30,6 +30,7 @@ impl Rig {
             }],
             default_route: Some(RouteTarget::parse(&format!("sip:{CALLEE}")).expect("route")),
             record_route: true,
+            b2bua: false,
         };
         let start = Instant::now();
         let shard = Shard::new(ShardConfig::standalone(64), Proxy::new(config), start);
@@ -388,4 +389,103 @@ Contact: <sip:alice@127.0.0.1:5095;transport=udp>\r\nExpires: 600\r\nContent-Len
     assert!(out[0].1.starts_with("SIP/2.0 200 OK\r\n"));
     assert!(!out[0].1.contains("Contact:"), "{}", out[0].1);
     assert_eq!(rig.shard.tu().location().len(), 0);
+}
+
+mod b2bua {
+    use super::*;
+
+    fn rig() -> Rig {
+        let mut rig = Rig::new();
+        let config = ProxyConfig {
+            default_route: Some(RouteTarget::parse(&format!("sip:{CALLEE}")).expect("route")),
+            b2bua: true,
+            ..ProxyConfig::default()
+        };
+        rig.shard = Shard::new(ShardConfig::standalone(64), Proxy::new(config), rig.start);
+        rig
+    }
+
+    fn header<'a>(message: &'a str, name: &str) -> &'a str {
+        message
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(": ")))
+            .unwrap_or_else(|| panic!("no {name} in {message}"))
+    }
+
+    #[test]
+    fn a_call_is_bridged_with_topology_hidden_and_either_side_hangs_up() {
+        let mut rig = rig();
+        let out = rig.send(CALLER, invite("a-leg-1", "inv1", "Record-Route: <sip:10.9.9.9;lr>\r\n").as_bytes());
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(status(&out[0].1), 100);
+        let (dest, b_invite) = (out[1].0, out[1].1.clone());
+        assert_eq!(dest, to(CALLEE));
+        let b_call_id = header(&b_invite, "Call-ID").to_owned();
+        assert!(b_call_id.starts_with("b2b~"), "{b_invite}");
+        for hidden in ["a-leg-1", "caller-tag", "10.9.9.9", "z9hG4bKinv1"] {
+            assert!(!b_invite.contains(hidden), "{hidden} leaks to the B side: {b_invite}");
+        }
+        // The caller's identity (From URI) goes on; where it is (Via, Contact) does not.
+        assert_eq!(header(&b_invite, "Contact"), "<sip:127.0.0.1:5060>");
+        assert!(!header(&b_invite, "Via").contains(CALLER), "{b_invite}");
+        assert!(b_invite.ends_with("v=0\n"), "the SDP travels: {b_invite}");
+
+        let out = rig.send(CALLEE, answer(&b_invite, 180, "Ringing", "callee-tag").as_bytes());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].0, status(&out[0].1)), (to(CALLER), 180));
+        assert_eq!(header(&out[0].1, "Call-ID"), "a-leg-1");
+        let a_tag = header(&out[0].1, "To").split("tag=").nth(1).expect("a To tag").to_owned();
+        let out = rig.send(CALLEE, answer(&b_invite, 200, "OK", "callee-tag").as_bytes());
+        assert_eq!((out[0].0, status(&out[0].1)), (to(CALLER), 200));
+        assert!(header(&out[0].1, "To").ends_with(&format!("tag={a_tag}")), "one To tag for the A leg");
+        assert!(!out[0].1.contains(CALLEE), "the B side's Contact is hidden: {}", out[0].1);
+
+        // A's ACK becomes B's ACK (CSeq 1, B's Call-ID and tags).
+        let ack = in_dialog("ACK", "a-leg-1", "ack1", 1, false).replace("tag=callee-tag", &format!("tag={a_tag}"));
+        let out = rig.send(CALLER, ack.as_bytes());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].1.starts_with("ACK sip:service@127.0.0.1:5090 SIP/2.0\r\n"), "{}", out[0].1);
+        assert_eq!(header(&out[0].1, "Call-ID"), b_call_id);
+        assert_eq!(header(&out[0].1, "CSeq"), "1 ACK");
+        assert!(header(&out[0].1, "To").ends_with(";tag=callee-tag"));
+
+        // The callee hangs up: its BYE reaches the caller on the A leg, the 200 goes back.
+        let b_from = header(&b_invite, "From").to_owned();
+        let bye = format!(
+            "BYE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKbbye\r\nFrom: service <sip:service@127.0.0.1:5060>;tag=callee-tag\r\n\
+To: {b_from}\r\nCall-ID: {b_call_id}\r\nCSeq: 7 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        let out = rig.send(CALLEE, bye.as_bytes());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, to(CALLER));
+        assert!(out[0].1.starts_with(&format!("BYE sip:sipp@{CALLER} SIP/2.0\r\n")), "{}", out[0].1);
+        assert_eq!(header(&out[0].1, "Call-ID"), "a-leg-1");
+        assert_eq!(header(&out[0].1, "To"), "sipp <sip:sipp@127.0.0.1:5061>;tag=caller-tag");
+        let out = rig.send(CALLER, answer(&out[0].1, 200, "OK", "x").as_bytes());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].0, status(&out[0].1)), (to(CALLEE), 200));
+        assert_eq!(header(&out[0].1, "Call-ID"), b_call_id);
+        rig.settle();
+        assert_eq!(rig.shard.calls(), 0, "the call is over and forgotten");
+    }
+
+    #[test]
+    fn a_busy_callee_is_reported_to_the_caller() {
+        let mut rig = rig();
+        let out = rig.send(CALLER, invite("a-leg-2", "inv2", "").as_bytes());
+        let b_invite = out[1].1.clone();
+        let out = rig.send(CALLEE, answer(&b_invite, 486, "Busy Here", "b").as_bytes());
+        let mut lines: Vec<(SocketAddr, String)> =
+            out.iter().map(|(a, m)| (*a, m.lines().next().unwrap_or_default().to_owned())).collect();
+        lines.sort();
+        assert_eq!(
+            lines,
+            vec![
+                (to(CALLER), "SIP/2.0 486 Busy Here".to_owned()),
+                (to(CALLEE), "ACK sip:service@127.0.0.1:5060 SIP/2.0".to_owned())
+            ]
+        );
+        rig.settle();
+        assert_eq!(rig.shard.calls(), 0);
+    }
 }

@@ -277,3 +277,24 @@ fn sipp_calls_a_registered_user_on_the_embedded_default() {
     assert!(status.success(), "sipp uac exit status {status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sipp_calls_through_the_b2bua_over_udp_with_two_shards() {
+    let Some(sipp) = tool("sipp") else { return };
+    let run = run_calls(&sipp, 2000, 200, "[server]\nrole = \"b2bua\"\n", false);
+    run.assert_all_calls_ok(2000);
+    run.assert_owners_did_the_work();
+    // Two client transactions per call (the B leg's INVITE and BYE), on the owner.
+    assert_eq!(run.total("client_transactions"), 4000, "{}", run.report);
+    assert_eq!(run.total("acks_relayed"), 2000, "{}", run.report);
+}
+
+#[test]
+fn sipp_calls_through_the_b2bua_over_tcp_with_two_shards() {
+    let Some(sipp) = tool("sipp") else { return };
+    let run = run_calls(&sipp, 2000, 200, "[server]\nrole = \"b2bua\"\n", true);
+    run.assert_all_calls_ok(2000);
+    run.assert_owners_did_the_work();
+    assert_eq!(run.total("tcp_framing_errors"), 0, "{}", run.report);
+    assert_eq!(run.total("retransmissions_received"), 0, "{}", run.report);
+}
