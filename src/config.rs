@@ -81,6 +81,10 @@ pub(crate) struct ServerSection {
     pub(crate) drain_s: u64,
     /// Largest request handled; larger ones get 513 Message Too Large.
     pub(crate) max_message_bytes: usize,
+    /// Seconds an INVITE may ring before it is CANCELled and answered 408 (Timer C: over 180).
+    pub(crate) no_answer_s: u64,
+    /// Seconds a call may last (a B2BUA then sends BYE on both legs).
+    pub(crate) max_call_duration_s: u64,
     /// Most TCP connections per shard (accepted and opened together).
     pub(crate) tcp_max_connections: usize,
     /// Seconds a TCP connection may stay silent before it is closed.
@@ -105,6 +109,8 @@ impl Default for ServerSection {
             io_memory_kib: 512,
             drain_s: 32,
             max_message_bytes: sipshard_shards::shard::DEFAULT_MAX_MESSAGE_BYTES,
+            no_answer_s: sipshard_shards::shard::DEFAULT_NO_ANSWER.as_secs(),
+            max_call_duration_s: sipshard_shards::shard::DEFAULT_MAX_CALL_DURATION.as_secs(),
             tcp_max_connections: 4_096,
             tcp_idle_s: 300,
             tcp_queue: 1_024,
@@ -223,6 +229,10 @@ pub(crate) struct Settings {
     pub(crate) tcp: TcpLimits,
     /// Largest request handled.
     pub(crate) max_message_bytes: usize,
+    /// No-answer bound (Timer C).
+    pub(crate) no_answer: Duration,
+    /// Maximum call duration.
+    pub(crate) max_call_duration: Duration,
     /// The registrar, if enabled.
     pub(crate) registrar: Option<RegistrarConfig>,
 }
@@ -330,6 +340,9 @@ impl Config {
         if !(1_024..=65_535).contains(&server.max_message_bytes) {
             error("server.max_message_bytes", "must lie between 1024 and 65535".into());
         }
+        if server.no_answer_s == 0 || server.max_call_duration_s == 0 {
+            error("server.no_answer_s", "no_answer_s and max_call_duration_s must be at least 1".into());
+        }
         if server.io_memory_kib < 64 {
             error("server.io_memory_kib", "must be at least 64".into());
         }
@@ -408,6 +421,8 @@ impl Config {
                 queue: server.tcp_queue,
             },
             max_message_bytes: server.max_message_bytes,
+            no_answer: Duration::from_secs(server.no_answer_s),
+            max_call_duration: Duration::from_secs(server.max_call_duration_s),
             registrar: self.registrar.enabled.then_some(RegistrarConfig {
                 min_expires_s: self.registrar.min_expires_s,
                 max_expires_s: self.registrar.max_expires_s,

@@ -49,6 +49,8 @@ fn shard(now: Instant, replicate: bool) -> Shard<Answer> {
         retry_after_s: 5,
         registrar: None,
         max_message_bytes: sipshard_shards::shard::DEFAULT_MAX_MESSAGE_BYTES,
+        no_answer: sipshard_shards::shard::DEFAULT_NO_ANSWER,
+        max_call_duration: sipshard_shards::shard::DEFAULT_MAX_CALL_DURATION,
     };
     Shard::new(config, Answer, now)
 }

@@ -93,7 +93,6 @@ fn main() {
         a_leg: leg(format!("{i:010}"), "1928301774", "<sip:alice@192.0.2.101:5060>"),
         b_leg: leg(format!("b{i:09}"), "a6c85cf", "<sip:bob@192.0.2.201:5060>"),
         b_call_id: format!("b2b~0000~{i:016x}").into(),
-        timers: vec![(CallTimer::MaxDuration, 7_200_000), (CallTimer::SessionExpires, 1_800_000)],
         ack_cseq: [0, 1],
     });
     let txn = measure("call with one server transaction in Completed", |i| CallRecord {

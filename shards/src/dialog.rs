@@ -24,7 +24,7 @@ pub enum DialogState {
 }
 
 /// A call timer kept with the call (not a transaction timer).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CallTimer {
     /// No answer within the configured time: CANCEL (B2BUA) or 408.
     NoAnswer,
@@ -95,8 +95,6 @@ pub struct B2buaCall {
     pub b_leg: Dialog,
     /// The B leg's Call-ID (fresh: topology hiding).
     pub b_call_id: Box<str>,
-    /// Call timers and their deadlines.
-    pub timers: Vec<(CallTimer, u64)>,
     /// CSeq of the latest INVITE sent on each leg (A, B): the ACK of its 2xx carries it.
     pub ack_cseq: [u32; 2],
 }
@@ -141,13 +139,7 @@ mod tests {
             peer: peer(5070),
             state: DialogState::Early,
         };
-        let call = B2buaCall {
-            a_leg: leg("a"),
-            b_leg: leg("b"),
-            b_call_id: "b2b-1".into(),
-            timers: vec![(CallTimer::NoAnswer, 60_000)],
-            ack_cseq: [0, 1],
-        };
+        let call = B2buaCall { a_leg: leg("a"), b_leg: leg("b"), b_call_id: "b2b-1".into(), ack_cseq: [0, 1] };
         let (_, back): (_, B2buaCall) = codec::decode(&codec::encode(StripeId(3), 1, &call)).expect("decodes");
         assert_eq!(back, call);
     }

@@ -24,7 +24,7 @@ pub use sipshard_parser::Message;
 use sipshard_parser::{Editor, HeaderName, HeaderSlot, Method, ResponseSpec, peek_call_id, write_response};
 
 use crate::b2bua::{LegRequest, Side, b_leg_call_id, without_tag, write_leg_request};
-use crate::dialog::{B2buaCall, Dialog, DialogState};
+use crate::dialog::{B2buaCall, CallTimer, Dialog, DialogState};
 use crate::registrar::{self, Binding, LocationUpdate, RegistrarConfig};
 
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
@@ -241,6 +241,12 @@ pub struct ShardConfig {
     pub registrar: Option<RegistrarConfig>,
     /// Largest request handled; a larger one gets 513 Message Too Large.
     pub max_message_bytes: usize,
+    /// A relayed or bridged INVITE with no final response by then is CANCELled and answered
+    /// 408 (a proxy's Timer C, §16.8, which must exceed 3 minutes; a B2BUA's no-answer timer).
+    pub no_answer: Duration,
+    /// A call up this long is ended: a B2BUA sends BYE on both legs, a proxy forgets the
+    /// dialog (later in-dialog requests get 481).
+    pub max_call_duration: Duration,
 }
 
 impl ShardConfig {
@@ -260,9 +266,17 @@ impl ShardConfig {
             retry_after_s: 5,
             registrar: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            no_answer: DEFAULT_NO_ANSWER,
+            max_call_duration: DEFAULT_MAX_CALL_DURATION,
         }
     }
 }
+
+/// Default of [`ShardConfig::no_answer`]: Timer C's 3 minutes, and a little more.
+pub const DEFAULT_NO_ANSWER: Duration = Duration::from_secs(181);
+
+/// Default of [`ShardConfig::max_call_duration`].
+pub const DEFAULT_MAX_CALL_DURATION: Duration = Duration::from_secs(4 * 3600);
 
 /// Default of [`ShardConfig::max_message_bytes`]: generous for SDP, far below a UDP datagram's maximum.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024;
@@ -441,6 +455,10 @@ pub struct CallRecord {
     pub bindings: Vec<Binding>,
     /// Both dialogs of a B2BUA call (boxed: proxied calls do not pay for it).
     pub bridge: Option<Box<B2buaCall>>,
+    /// Call timers (no answer / Timer C, maximum duration) and their deadlines (ms).
+    pub call_timers: Vec<(CallTimer, u64)>,
+    /// The id the call timers go by in the wheel (0: none yet).
+    pub call_timer_id: u64,
 }
 
 impl CallRecord {
@@ -478,11 +496,13 @@ pub struct Shard<T> {
     config: ShardConfig,
     stripes: StripeMap,
     table: CallTable<CallRecord>,
-    wheel: TimerWheel<(u64, TxnTimer)>,
+    wheel: TimerWheel<(u64, WheelTimer)>,
     /// Timers armed in the wheel, by (transaction id, timer).
-    armed: hashbrown::HashMap<(u64, TxnTimer), TimerId>,
+    armed: hashbrown::HashMap<(u64, WheelTimer), TimerId>,
     /// Which call each live transaction belongs to.
     txn_calls: hashbrown::HashMap<u64, (StripeId, Box<[u8]>)>,
+    /// Which call each call-timer id belongs to.
+    timer_calls: hashbrown::HashMap<u64, (StripeId, Box<[u8]>)>,
     /// B2BUA calls: the A leg's Call-ID (the record key) of each B leg's Call-ID.
     b_index: hashbrown::HashMap<Box<[u8]>, Box<[u8]>>,
     outputs: std::collections::VecDeque<Output>,
@@ -523,6 +543,7 @@ impl<T: TransactionUser> Shard<T> {
             armed: hashbrown::HashMap::new(),
             txn_calls: hashbrown::HashMap::new(),
             b_index: hashbrown::HashMap::new(),
+            timer_calls: hashbrown::HashMap::new(),
             outputs: std::collections::VecDeque::new(),
             epoch: now,
             next_txn: 1,
@@ -845,11 +866,17 @@ impl<T: TransactionUser> Shard<T> {
                     record.dialog = Some(DialogState::Early);
                 }
                 self.relay_request(now_ms, &mut record, id, call_id, msg, &relay, &mut fx);
+                if is_invite {
+                    let deadline = now_ms + self.config.no_answer.as_millis() as u64;
+                    self.arm_call_timer(&mut record, stripe, call_id, CallTimer::NoAnswer, deadline, &mut fx);
+                }
             }
             Decision::Bridge(relay) => {
                 self.answer_with(now_ms, &mut record, id, call_id, msg, 100, "Trying", &[], &mut fx);
                 self.keep_request(&mut record, id, msg);
                 self.bridge_call(now_ms, &mut record, id, stripe, call_id, peer, msg, &relay, &mut fx);
+                let deadline = now_ms + self.config.no_answer.as_millis() as u64;
+                self.arm_call_timer(&mut record, stripe, call_id, CallTimer::NoAnswer, deadline, &mut fx);
             }
         }
         self.finish(stripe, call_id, record, fx);
@@ -938,7 +965,7 @@ impl<T: TransactionUser> Shard<T> {
                 if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
                     let txn = record.transactions.swap_remove(i);
                     for (timer, _) in txn.timers.iter() {
-                        fx.timer_ops.push(TimerOp::Cancel(txn.id, timer));
+                        fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
                     }
                     self.txn_calls.remove(&txn.id);
                     self.stats.transactions_ended += 1;
@@ -1054,8 +1081,12 @@ impl<T: TransactionUser> Shard<T> {
         };
         record.clients.reserve_exact(1);
         record.clients.push(ClientTxn { id, server, branch, cancel, fsm, peer, request, timers: TxnTimers::default() });
-        let (stripe, call_id) =
-            self.txn_calls.get(&server).cloned().expect("invariant: the server transaction is live");
+        let (stripe, call_id) = self
+            .txn_calls
+            .get(&server)
+            .or_else(|| self.timer_calls.get(&record.call_timer_id))
+            .cloned()
+            .expect("invariant: the server transaction, or the call's timers, are live");
         self.txn_calls.insert(id, (stripe, call_id.clone()));
         self.stats.client_transactions_created += 1;
         let i = record.clients.len() - 1;
@@ -1085,11 +1116,11 @@ impl<T: TransactionUser> Shard<T> {
                 Action::Arm(timer, after) => {
                     let deadline = now_ms + after.as_millis() as u64;
                     txn.timers.set(timer, deadline);
-                    fx.timer_ops.push(TimerOp::Arm(txn.id, timer, deadline));
+                    fx.timer_ops.push(TimerOp::Arm(txn.id, WheelTimer::Txn(timer), deadline));
                 }
                 Action::Cancel(timer) => {
                     txn.timers.clear(timer);
-                    fx.timer_ops.push(TimerOp::Cancel(txn.id, timer));
+                    fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
                 }
                 Action::Timeout(_) | Action::TransportError => {
                     self.stats.transaction_failures += 1;
@@ -1103,7 +1134,7 @@ impl<T: TransactionUser> Shard<T> {
         if ended {
             let txn = record.transactions.swap_remove(i);
             for (timer, _) in txn.timers.iter() {
-                fx.timer_ops.push(TimerOp::Cancel(txn.id, timer));
+                fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
             }
             self.txn_calls.remove(&txn.id);
             self.stats.transactions_ended += 1;
@@ -1147,11 +1178,11 @@ impl<T: TransactionUser> Shard<T> {
                 Action::Arm(timer, after) => {
                     let deadline = now_ms + after.as_millis() as u64;
                     txn.timers.set(timer, deadline);
-                    fx.timer_ops.push(TimerOp::Arm(txn.id, timer, deadline));
+                    fx.timer_ops.push(TimerOp::Arm(txn.id, WheelTimer::Txn(timer), deadline));
                 }
                 Action::Cancel(timer) => {
                     txn.timers.clear(timer);
-                    fx.timer_ops.push(TimerOp::Cancel(txn.id, timer));
+                    fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
                 }
                 Action::PassToTu => {
                     if let Some(response) = response {
@@ -1174,7 +1205,7 @@ impl<T: TransactionUser> Shard<T> {
         if ended {
             let txn = record.clients.swap_remove(i);
             for (timer, _) in txn.timers.iter() {
-                fx.timer_ops.push(TimerOp::Cancel(txn.id, timer));
+                fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
             }
             self.txn_calls.remove(&txn.id);
             self.stats.client_transactions_ended += 1;
@@ -1255,6 +1286,9 @@ impl<T: TransactionUser> Shard<T> {
             return;
         };
         out.truncate(n);
+        if is_invite && code >= 200 {
+            self.invite_answered(now_ms, record, call_id, code, fx);
+        }
         if is_invite && (200..300).contains(&code) && record.dialog != Some(DialogState::Confirmed) {
             record.dialog = Some(DialogState::Confirmed);
             fx.hints = fx.hints | Hints::DIALOG_CONFIRMED;
@@ -1331,6 +1365,12 @@ impl<T: TransactionUser> Shard<T> {
         if record.is_idle() {
             if let Some(bridge) = &record.bridge {
                 self.b_index.remove(bridge.b_call_id.as_bytes());
+            }
+            if record.call_timer_id != 0 {
+                for (timer, _) in &record.call_timers {
+                    fx.timer_ops.push(TimerOp::Cancel(record.call_timer_id, WheelTimer::Call(*timer)));
+                }
+                self.timer_calls.remove(&record.call_timer_id);
             }
             let ended = if record.dialog == Some(DialogState::Terminated) { Hints::CALL_ENDED } else { Hints::NONE };
             self.table.remove(stripe, call_id, fx.hints | ended);
@@ -1410,11 +1450,21 @@ impl<T: TransactionUser> Shard<T> {
     }
 
     fn fire_timers(&mut self, now_ms: u64) {
-        while let Some((_, (id, timer))) = self.wheel.poll_expired(now_ms) {
-            self.armed.remove(&(id, timer));
-            let Some((stripe, call_id)) = self.txn_calls.get(&id).cloned() else { continue };
+        while let Some((_, (id, wheel_timer))) = self.wheel.poll_expired(now_ms) {
+            self.armed.remove(&(id, wheel_timer));
+            let calls = if matches!(wheel_timer, WheelTimer::Call(_)) { &self.timer_calls } else { &self.txn_calls };
+            let Some((stripe, call_id)) = calls.get(&id).cloned() else { continue };
             let Some(mut record) = self.checkout_existing(stripe, &call_id) else { continue };
             let mut fx = self.take_effects();
+            let timer = match wheel_timer {
+                WheelTimer::Txn(timer) => timer,
+                WheelTimer::Call(timer) => {
+                    record.call_timers.retain(|(t, _)| *t != timer);
+                    self.call_timer_fired(now_ms, &mut record, &call_id, timer, &mut fx);
+                    self.finish(stripe, &call_id, record, fx);
+                    continue;
+                }
+            };
             if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
                 record.transactions[i].timers.clear(timer);
                 let actions = record.transactions[i].fsm.on(ServerEvent::Timer(timer), &self.config.timers);
@@ -1426,6 +1476,119 @@ impl<T: TransactionUser> Shard<T> {
             }
             self.finish(stripe, &call_id, record, fx);
         }
+    }
+
+    /// Arms a call timer (the record's wheel id is made on first use).
+    fn arm_call_timer(
+        &mut self,
+        record: &mut CallRecord,
+        stripe: StripeId,
+        call_id: &[u8],
+        timer: CallTimer,
+        deadline: u64,
+        fx: &mut Effects,
+    ) {
+        if record.call_timer_id == 0 {
+            record.call_timer_id = self.new_txn_id();
+            self.timer_calls.insert(record.call_timer_id, (stripe, call_id.into()));
+        }
+        record.call_timers.retain(|(t, _)| *t != timer);
+        record.call_timers.push((timer, deadline));
+        fx.timer_ops.push(TimerOp::Arm(record.call_timer_id, WheelTimer::Call(timer), deadline));
+    }
+
+    fn cancel_call_timer(&mut self, record: &mut CallRecord, timer: CallTimer, fx: &mut Effects) {
+        if record.call_timers.iter().any(|(t, _)| *t == timer) {
+            record.call_timers.retain(|(t, _)| *t != timer);
+            fx.timer_ops.push(TimerOp::Cancel(record.call_timer_id, WheelTimer::Call(timer)));
+        }
+    }
+
+    /// A final response to an INVITE: no more waiting for an answer; a 2xx of the first
+    /// INVITE starts the call's maximum duration.
+    fn invite_answered(&mut self, now_ms: u64, record: &mut CallRecord, call_id: &[u8], code: u16, fx: &mut Effects) {
+        self.cancel_call_timer(record, CallTimer::NoAnswer, fx);
+        let first_answer = !matches!(record.dialog, Some(DialogState::Confirmed | DialogState::Terminated));
+        if (200..300).contains(&code) && first_answer && record.call_timer_id != 0 {
+            let stripe = StripeId::of_call_id(call_id, self.stripes.stripe_count());
+            let deadline = now_ms + self.config.max_call_duration.as_millis() as u64;
+            self.arm_call_timer(record, stripe, call_id, CallTimer::MaxDuration, deadline, fx);
+        }
+    }
+
+    /// A call timer fired.
+    fn call_timer_fired(
+        &mut self,
+        now_ms: u64,
+        record: &mut CallRecord,
+        call_id: &[u8],
+        timer: CallTimer,
+        fx: &mut Effects,
+    ) {
+        match timer {
+            CallTimer::NoAnswer | CallTimer::C => {
+                // §16.8: CANCEL what still rings, and answer the caller 408 ourselves.
+                let pending = record
+                    .clients
+                    .iter()
+                    .position(|c| !c.cancel && !c.fsm.has_final() && matches!(c.fsm, ClientFsm::Invite(_)));
+                let Some(i) = pending else { return };
+                let (peer, branch, request, server) = {
+                    let c = &record.clients[i];
+                    (c.peer, c.branch.clone(), c.request.clone(), c.server)
+                };
+                let mut slots = std::mem::take(&mut self.spare_slots);
+                let mut out = vec![0u8; request.len() + 64];
+                let written = sipshard_parser::parse(&request, &mut slots)
+                    .ok()
+                    .and_then(|sent| sipshard_parser::write_cancel(&sent, &mut out).ok());
+                self.spare_slots = slots;
+                self.answer_from_client(now_ms, record, i, server, call_id, 408, fx);
+                if let Some(n) = written {
+                    out.truncate(n);
+                    self.start_client(now_ms, record, server, branch, true, peer, out, fx);
+                }
+            }
+            CallTimer::MaxDuration => {
+                record.dialog = Some(DialogState::Terminated);
+                if record.bridge.is_some() {
+                    // A B2BUA ends the call itself: BYE on both legs.
+                    for side in [Side::A, Side::B] {
+                        self.bridge_bye(now_ms, record, side, call_id, fx);
+                    }
+                }
+            }
+            CallTimer::SessionExpires => {}
+        }
+    }
+
+    /// B2BUA: a BYE of our own on one leg (maximum duration), with no server transaction.
+    fn bridge_bye(&mut self, now_ms: u64, record: &mut CallRecord, side: Side, call_id: &[u8], fx: &mut Effects) {
+        let bridge = record.bridge.as_mut().expect("invariant: a bridged record");
+        let leg = bridge.leg_mut(side);
+        leg.local_cseq += 1;
+        let (cseq, peer) = (leg.local_cseq, leg.peer);
+        let leg_call_id: String = match side {
+            Side::A => String::from_utf8_lossy(call_id).into_owned(),
+            Side::B => bridge.b_call_id.to_string(),
+        };
+        let (via, branch) = self.via_for(peer);
+        let contact = self.contact_for(peer);
+        let bridge = record.bridge.as_ref().expect("invariant: a bridged record");
+        let bye = write_leg_request(
+            bridge.leg(side),
+            &LegRequest {
+                method: "BYE",
+                cseq,
+                call_id: &leg_call_id,
+                via: &via,
+                contact: &contact,
+                max_forwards: 70,
+                content_type: None,
+                body: b"",
+            },
+        );
+        self.start_client(now_ms, record, 0, branch.into(), false, peer, bye, fx);
     }
 
     /// Keeps a B2BUA server transaction's request, to build its responses from.
@@ -1518,13 +1681,7 @@ impl<T: TransactionUser> Shard<T> {
             },
         );
         self.b_index.insert(b_call_id.as_bytes().into(), call_id.into());
-        record.bridge = Some(Box::new(B2buaCall {
-            a_leg,
-            b_leg,
-            b_call_id: b_call_id.into(),
-            timers: Vec::new(),
-            ack_cseq: [0, 1],
-        }));
+        record.bridge = Some(Box::new(B2buaCall { a_leg, b_leg, b_call_id: b_call_id.into(), ack_cseq: [0, 1] }));
         record.dialog = Some(DialogState::Early);
         self.start_client(now_ms, record, server, branch.into(), false, relay.to, invite, fx);
     }
@@ -1625,6 +1782,9 @@ impl<T: TransactionUser> Shard<T> {
         code: u16,
         fx: &mut Effects,
     ) {
+        if is_invite && code >= 200 {
+            self.invite_answered(now_ms, record, call_id, code, fx);
+        }
         let bridge = record.bridge.as_mut().expect("invariant: a bridged record");
         let side = side_of(bridge, response);
         let leg = bridge.leg_mut(side);
@@ -1750,6 +1910,13 @@ fn upstream_of(response: &Message<'_>) -> Option<Peer> {
 
 #[derive(Copy, Clone, Debug)]
 enum TimerOp {
-    Arm(u64, TxnTimer, u64),
-    Cancel(u64, TxnTimer),
+    Arm(u64, WheelTimer, u64),
+    Cancel(u64, WheelTimer),
+}
+
+/// What the wheel holds under an id: a transaction's timer, or a call's.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+enum WheelTimer {
+    Txn(TxnTimer),
+    Call(CallTimer),
 }

@@ -198,6 +198,8 @@ impl<T: TransactionUser> Cluster<T> {
                             retry_after_s: 5,
                             registrar: None,
                             max_message_bytes: crate::shard::DEFAULT_MAX_MESSAGE_BYTES,
+                            no_answer: crate::shard::DEFAULT_NO_ANSWER,
+                            max_call_duration: crate::shard::DEFAULT_MAX_CALL_DURATION,
                         };
                         Shard::new(config, tu(), base)
                     })

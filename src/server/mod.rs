@@ -325,6 +325,8 @@ async fn shard_main(
         retry_after_s: settings.retry_after_s,
         registrar: settings.registrar.clone(),
         max_message_bytes: settings.max_message_bytes,
+        no_answer: settings.no_answer,
+        max_call_duration: settings.max_call_duration,
     };
     let shard = Shard::new(config, Proxy::new(settings.proxy.clone()), epoch);
     let driver = Rc::new(Driver {
