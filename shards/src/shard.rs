@@ -462,11 +462,12 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
-    /// Whether nothing is left to keep: no transaction, no live dialog.
+    /// Whether nothing is left to keep: no transaction, no confirmed dialog, no binding.
     fn is_idle(&self) -> bool {
         self.transactions.is_empty()
             && self.clients.is_empty()
-            && !matches!(self.dialog, Some(DialogState::Early | DialogState::Confirmed))
+            // An early dialog lives only as long as its INVITE's transactions.
+            && self.dialog != Some(DialogState::Confirmed)
             && self.bindings.is_empty()
     }
 }

@@ -504,21 +504,30 @@ Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
     .into_bytes()
 }
 
-/// A transaction user for fuzzing: answers by header count, including a non-final code
-/// the shard must replace with 500.
+/// A transaction user for fuzzing: answers, relays or bridges by header count, including
+/// a non-final code the shard must replace with 500.
 #[derive(Debug, Default)]
 pub struct FuzzAnswer;
 
 impl TransactionUser for FuzzAnswer {
     fn on_request(&mut self, _: &RequestContext, request: &Message<'_>) -> Decision {
-        let code = [200, 486, 180, 302][request.header_count() % 4];
-        FinalResponse::new(code, "Fuzz").into()
+        let relay = crate::shard::Relay {
+            to: Peer { addr: SocketAddr::from(([127, 0, 0, 1], 5090)), transport: crate::shard::Transport::Udp },
+            request_uri: None,
+            pop_route: request.header_count() % 2 == 0,
+            record_route: true,
+        };
+        match request.header_count() % 6 {
+            4 => Decision::Relay(relay),
+            5 if request.method() == Some(Method::Invite) => Decision::Bridge(relay),
+            n => FinalResponse::new([200, 486, 180, 302, 200, 603][n], "Fuzz").into(),
+        }
     }
 }
 
 /// Feeds `data`, split into datagrams at 0xFF bytes, to one shard that owns every
 /// stripe, from UDP and TCP peers, advancing the clock and firing timers in between,
-/// reporting some sends back as failed, and draining outputs after every input; then waits out every transaction and checks
+/// reporting some sends back as failed, and draining outputs after every input; then waits out every transaction (70 s) and checks
 /// that nothing is left. Panics on any broken invariant: the fuzz target and the
 /// regression tests both run this.
 pub fn replay_datagrams(base: Instant, data: &[u8]) {
@@ -544,10 +553,14 @@ pub fn replay_datagrams(base: Instant, data: &[u8]) {
         shard.handle(now, Input::Timeout);
         while shard.poll_output().is_some() {}
     }
-    // Every transaction ends within 64*T1 + T4 once input stops.
-    now += Duration::from_secs(40);
-    shard.handle(now, Input::Timeout);
-    while shard.poll_output().is_some() {}
+    // Every transaction ends once input stops: a relayed INVITE nobody answers takes
+    // timer B (64*T1) for its 408 and then timer H (64*T1) waiting for the ACK. Time moves
+    // in steps, as a driver's would, so timers armed by a firing timer fire in turn.
+    for _ in 0..70 {
+        now += Duration::from_secs(1);
+        shard.handle(now, Input::Timeout);
+        while shard.poll_output().is_some() {}
+    }
     assert_eq!(shard.transactions(), 0, "a server transaction outlived its timers");
     assert_eq!(shard.calls(), 0, "a call record outlived its transactions");
     assert_eq!(shard.armed_timers(), 0, "a timer outlived its transaction");

@@ -17,7 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -143,15 +143,19 @@ pub(crate) fn run_until(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Re
     let mesh = MeshBuilder::<Hop, Full>::full(shards, MESH_DEPTH);
     let stripes = StripeMap::balanced(1, DEFAULT_STRIPES, &[NodeId(0)], shards as u16, 1);
     let mut handles = Vec::with_capacity(shards);
+    // Each shard's count of transactions still waiting for a final response, for a
+    // graceful stop (usize::MAX until the shard has counted).
+    let pending: Arc<[AtomicUsize]> = (0..shards).map(|_| AtomicUsize::new(usize::MAX / shards)).collect();
     // One clock origin for the node: registrations expire at the same ms on every shard.
     #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
     let epoch = Instant::now();
+    let node = NodeShared { stripes, stop, epoch, pending };
     for (index, &core) in settings.cores.iter().enumerate() {
-        let (mesh, stripes, settings, stop) = (mesh.clone(), stripes.clone(), settings.clone(), Arc::clone(&stop));
+        let (mesh, settings, node) = (mesh.clone(), settings.clone(), node.clone());
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{index}"))
             .io_memory(settings.io_memory)
-            .spawn(move || async move { shard_main(index, core, settings, stripes, mesh, stop, epoch).await })
+            .spawn(move || async move { shard_main(index, core, settings, mesh, node).await })
             .map_err(|e| anyhow::anyhow!("starting shard {index} on core {core}: {e}"))?;
         handles.push(handle);
     }
@@ -288,15 +292,24 @@ fn bump(cell: &Cell<u64>) {
     cell.set(cell.get() + 1);
 }
 
+/// What every shard of the node shares at start: the stripe map, the stop flag, the clock
+/// origin, and each shard's count of unanswered transactions (for a graceful stop).
+#[derive(Clone)]
+struct NodeShared {
+    stripes: StripeMap,
+    stop: Arc<AtomicBool>,
+    epoch: Instant,
+    pending: Arc<[AtomicUsize]>,
+}
+
 async fn shard_main(
     index: usize,
     core: usize,
     settings: Settings,
-    stripes: StripeMap,
     mesh: MeshBuilder<Hop, Full>,
-    stop: Arc<AtomicBool>,
-    epoch: Instant,
+    node: NodeShared,
 ) -> anyhow::Result<ShardReport> {
+    let NodeShared { stripes, stop, epoch, pending } = node;
     let udp =
         match settings.transports.udp {
             true => Some(UdpSocket::bind(settings.listen).map_err(|e| {
@@ -371,7 +384,8 @@ async fn shard_main(
         glommio::spawn_local(async move { driver.accept_loop(listener, done).await }).detach();
     }
     let timers = {
-        let (driver, done, stop) = (Rc::clone(&driver), Rc::clone(&done), Arc::clone(&stop));
+        let (driver, done, stop, pending) =
+            (Rc::clone(&driver), Rc::clone(&done), Arc::clone(&stop), Arc::clone(&pending));
         let drain = settings.drain;
         glommio::spawn_local(async move {
             let mut stopping_since: Option<Instant> = None;
@@ -387,7 +401,12 @@ async fn shard_main(
                         driver.shard.borrow_mut().set_draining(true);
                         now
                     });
-                    if driver.shard.borrow().unanswered_transactions() == 0 || now.duration_since(since) >= drain {
+                    // Every shard keeps reading until the whole node is quiet: a message for a
+                    // transaction on another shard may still arrive on this one's socket.
+                    let mine = driver.shard.borrow().unanswered_transactions();
+                    pending[index].store(mine, Ordering::Relaxed);
+                    let node: usize = pending.iter().map(|p| p.load(Ordering::Relaxed)).sum();
+                    if node == 0 || now.duration_since(since) >= drain {
                         done.set(true);
                         break;
                     }

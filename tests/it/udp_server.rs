@@ -216,3 +216,34 @@ fn a_cancelled_call_ends_with_487_on_both_sides() {
     let (terminated, _) = caller.expect("SIP/2.0 487 Request Terminated");
     assert!(terminated.contains("CSeq: 1 INVITE"), "{terminated}");
 }
+
+#[test]
+fn sigterm_refuses_new_calls_and_lets_a_ringing_call_finish() {
+    let callee = Ua::new();
+    let (mut server, proxy) = start(Some(callee.addr));
+    let caller = Ua::new();
+    let uri = format!("sip:callee@{proxy}");
+    caller.send(proxy, &request("INVITE", &uri, &caller, "draining-1", 1, ""));
+    let (relayed, _) = callee.expect("INVITE ");
+    callee.send(proxy, &answer(&relayed, "180 Ringing", callee.addr));
+    caller.expect("SIP/2.0 180 Ringing");
+    let killed = Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(200));
+    // A new call is refused while the ringing one may still finish.
+    caller.send(proxy, &request("INVITE", &uri, &caller, "draining-2", 1, ""));
+    let (refused, _) = caller.expect("SIP/2.0 503 Service Unavailable");
+    assert!(refused.contains("Call-ID: draining-2"), "{refused}");
+    assert!(refused.contains("\r\nRetry-After: 5\r\n"), "{refused}");
+    callee.send(proxy, &answer(&relayed, "200 OK", callee.addr));
+    caller.expect("SIP/2.0 200 OK");
+    // With no transaction waiting any more, the server exits on its own, successfully.
+    for _ in 0..50 {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("sipshard did not exit within 5 s of its last answered transaction");
+}
