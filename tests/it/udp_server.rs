@@ -1,7 +1,8 @@
 //! The running server over real UDP sockets, with test sockets as caller and
 //! callee: every error reply the proxy generates, provoked by a bad request;
 //! a call that recovers from a lost INVITE (timer A) and a retransmitted 2xx;
-//! a BYE from the callee's side; a re-INVITE.
+//! a BYE from the callee's side; a re-INVITE; CANCEL; a graceful stop; and the
+//! same dialog operations through the B2BUA.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
@@ -9,11 +10,16 @@ use std::time::Duration;
 
 use crate::support::{Running, free_port, wait_until_healthy};
 
-/// A sipshard process on a free port; `route` is its default route, if any.
+/// A sipshard process (proxy) on a free port; `route` is its default route, if any.
 fn start(route: Option<SocketAddr>) -> (Running, SocketAddr) {
+    start_as("proxy", route)
+}
+
+/// A sipshard process in `role` on a free port.
+fn start_as(role: &str, route: Option<SocketAddr>) -> (Running, SocketAddr) {
     let server: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let mut command = Command::new(env!("CARGO_BIN_EXE_sipshard"));
-    command.args(["run", "--listen", &server.to_string(), "--shards", "2"]);
+    command.args(["run", "--listen", &server.to_string(), "--shards", "2", "--role", role]);
     if let Some(route) = route {
         command.args(["--route", &format!("sip:{route}")]);
     }
@@ -246,4 +252,77 @@ fn sigterm_refuses_new_calls_and_lets_a_ringing_call_finish() {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("sipshard did not exit within 5 s of its last answered transaction");
+}
+
+/// The value of a header in a message.
+fn header<'a>(message: &'a str, name: &str) -> &'a str {
+    message.split("\r\n").find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(": "))).unwrap_or_default()
+}
+
+#[test]
+fn through_the_b2bua_a_reinvite_goes_across_and_the_callee_hangs_up() {
+    let callee = Ua::new();
+    let (_server, b2bua) = start_as("b2bua", Some(callee.addr));
+    let caller = Ua::new();
+    let uri = format!("sip:callee@{b2bua}");
+    caller.send(b2bua, &request("INVITE", &uri, &caller, "bridged", 1, ""));
+    caller.expect("SIP/2.0 100 Trying");
+    let (b_invite, _) = callee.expect("INVITE ");
+    let b_call_id = header(&b_invite, "Call-ID").to_owned();
+    assert!(b_call_id.starts_with("b2b~") && !b_invite.contains("bridged"), "{b_invite}");
+    callee.send(b2bua, &answer(&b_invite, "200 OK", callee.addr));
+    let (ok, _) = caller.expect("SIP/2.0 200 OK");
+    let a_to = header(&ok, "To").to_owned();
+    let in_dialog = |method: &str, cseq: u32| {
+        request(method, &format!("sip:{b2bua}"), &caller, "bridged", cseq, "")
+            .replace(&format!("To: <sip:{b2bua}>"), &format!("To: {a_to}"))
+    };
+    caller.send(b2bua, &in_dialog("ACK", 1));
+    let (b_ack, _) = callee.expect("ACK ");
+    assert_eq!(header(&b_ack, "Call-ID"), b_call_id);
+    // A re-INVITE from the caller reaches the callee on the B leg with the B leg's next CSeq.
+    caller.send(b2bua, &in_dialog("INVITE", 2));
+    let (reinvite, _) = callee.expect("INVITE ");
+    assert_eq!(header(&reinvite, "CSeq"), "2 INVITE");
+    assert_eq!(header(&reinvite, "Call-ID"), b_call_id);
+    callee.send(b2bua, &answer(&reinvite, "200 OK", callee.addr));
+    let (reok, _) = caller.expect("SIP/2.0 200 OK");
+    assert_eq!(header(&reok, "CSeq"), "2 INVITE");
+    caller.send(b2bua, &in_dialog("ACK", 2));
+    let (b_ack2, _) = callee.expect("ACK ");
+    assert_eq!(header(&b_ack2, "CSeq"), "2 ACK");
+    // The callee hangs up on the B leg; the caller gets the BYE on the A leg.
+    let bye = format!(
+        "BYE sip:{b2bua} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKbbye\r\nMax-Forwards: 70\r\n\
+From: {};tag=callee\r\nTo: {}\r\nCall-ID: {b_call_id}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        callee.addr,
+        header(&b_invite, "To"),
+        header(&b_invite, "From"),
+    );
+    callee.send(b2bua, &bye);
+    let (a_bye, _) = caller.expect("BYE ");
+    assert_eq!(header(&a_bye, "Call-ID"), "bridged");
+    caller.send(b2bua, &answer(&a_bye, "200 OK", caller.addr));
+    let (bye_ok, _) = callee.expect("SIP/2.0 200 OK");
+    assert_eq!(header(&bye_ok, "Call-ID"), b_call_id);
+}
+
+#[test]
+fn through_the_b2bua_cancel_reaches_the_b_leg() {
+    let callee = Ua::new();
+    let (_server, b2bua) = start_as("b2bua", Some(callee.addr));
+    let caller = Ua::new();
+    let invite = request("INVITE", &format!("sip:callee@{b2bua}"), &caller, "bridged-cancel", 1, "");
+    caller.send(b2bua, &invite);
+    let (b_invite, _) = callee.expect("INVITE ");
+    callee.send(b2bua, &answer(&b_invite, "180 Ringing", callee.addr));
+    caller.expect("SIP/2.0 180 Ringing");
+    caller.send(b2bua, &invite.replace("INVITE sip:", "CANCEL sip:").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL"));
+    caller.expect("SIP/2.0 200 OK");
+    let (b_cancel, _) = callee.expect("CANCEL ");
+    assert_eq!(header(&b_cancel, "Call-ID"), header(&b_invite, "Call-ID"));
+    callee.send(b2bua, &answer(&b_cancel, "200 OK", callee.addr));
+    callee.send(b2bua, &answer(&b_invite, "487 Request Terminated", callee.addr));
+    callee.expect("ACK ");
+    caller.expect("SIP/2.0 487 Request Terminated");
 }
