@@ -960,18 +960,22 @@ impl<T: TransactionUser> Shard<T> {
                 out.truncate(n);
                 self.server_respond(now_ms, record, id, call_id, out, code, fx);
             }
-            Err(_) => {
-                // The request parsed but its response cannot be written: end the transaction.
-                self.stats.dropped_malformed += 1;
-                if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
-                    let txn = record.transactions.swap_remove(i);
-                    for (timer, _) in txn.timers.iter() {
-                        fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
-                    }
-                    self.txn_calls.remove(&txn.id);
-                    self.stats.transactions_ended += 1;
-                }
+            // The request parsed but its response cannot be written: end the transaction.
+            Err(_) => self.drop_server_txn(record, id, fx),
+        }
+    }
+
+    /// Ends a server transaction that cannot be answered (its response cannot be written):
+    /// counted, never left to live without a timer.
+    fn drop_server_txn(&mut self, record: &mut CallRecord, id: u64, fx: &mut Effects) {
+        self.stats.dropped_malformed += 1;
+        if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
+            let txn = record.transactions.swap_remove(i);
+            for (timer, _) in txn.timers.iter() {
+                fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
             }
+            self.txn_calls.remove(&txn.id);
+            self.stats.transactions_ended += 1;
         }
     }
 
@@ -1254,9 +1258,12 @@ impl<T: TransactionUser> Shard<T> {
                 popped
             });
         self.spare_slots = slots;
-        if let Some(n) = written {
-            out.truncate(n);
-            self.server_respond(now_ms, record, server, call_id, out, code, fx);
+        match written {
+            Some(n) => {
+                out.truncate(n);
+                self.server_respond(now_ms, record, server, call_id, out, code, fx);
+            }
+            None => self.drop_server_txn(record, server, fx),
         }
     }
 
@@ -1865,8 +1872,9 @@ impl<T: TransactionUser> Shard<T> {
             })
         });
         self.spare_slots = slots;
-        if let Some(Some(out)) = written {
-            self.server_respond(now_ms, record, server, call_id, out, code, fx);
+        match written {
+            Some(Some(out)) => self.server_respond(now_ms, record, server, call_id, out, code, fx),
+            _ => self.drop_server_txn(record, server, fx),
         }
     }
 
