@@ -971,12 +971,17 @@ impl<T: TransactionUser> Shard<T> {
         self.stats.dropped_malformed += 1;
         if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
             let txn = record.transactions.swap_remove(i);
-            for (timer, _) in txn.timers.iter() {
-                fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
-            }
-            self.txn_calls.remove(&txn.id);
+            self.forget_txn(txn.id, &txn.timers, fx);
             self.stats.transactions_ended += 1;
         }
+    }
+
+    /// A transaction is over: its timers are cancelled after the check-in, its call forgotten.
+    fn forget_txn(&mut self, id: u64, timers: &TxnTimers, fx: &mut Effects) {
+        for (timer, _) in timers.iter() {
+            fx.timer_ops.push(TimerOp::Cancel(id, WheelTimer::Txn(timer)));
+        }
+        self.txn_calls.remove(&id);
     }
 
     /// Hands `response` to server transaction `id` as the TU's response.
@@ -1138,10 +1143,7 @@ impl<T: TransactionUser> Shard<T> {
         }
         if ended {
             let txn = record.transactions.swap_remove(i);
-            for (timer, _) in txn.timers.iter() {
-                fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
-            }
-            self.txn_calls.remove(&txn.id);
+            self.forget_txn(txn.id, &txn.timers, fx);
             self.stats.transactions_ended += 1;
         }
     }
@@ -1209,10 +1211,7 @@ impl<T: TransactionUser> Shard<T> {
         }
         if ended {
             let txn = record.clients.swap_remove(i);
-            for (timer, _) in txn.timers.iter() {
-                fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
-            }
-            self.txn_calls.remove(&txn.id);
+            self.forget_txn(txn.id, &txn.timers, fx);
             self.stats.client_transactions_ended += 1;
         }
     }
@@ -1572,31 +1571,45 @@ impl<T: TransactionUser> Shard<T> {
 
     /// B2BUA: a BYE of our own on one leg (maximum duration), with no server transaction.
     fn bridge_bye(&mut self, now_ms: u64, record: &mut CallRecord, side: Side, call_id: &[u8], fx: &mut Effects) {
-        let bridge = record.bridge.as_mut().expect("invariant: a bridged record");
-        let leg = bridge.leg_mut(side);
+        let leg = record.bridge.as_mut().expect("invariant: a bridged record").leg_mut(side);
         leg.local_cseq += 1;
-        let (cseq, peer) = (leg.local_cseq, leg.peer);
+        let cseq = leg.local_cseq;
+        let (peer, branch, bye) = self.write_on_leg(record, side, call_id, "BYE", cseq, None, b"");
+        self.start_client(now_ms, record, 0, branch.into(), false, peer, bye, fx);
+    }
+
+    /// B2BUA: a request on one leg's dialog, with a fresh Via; returns where it goes, its
+    /// branch and its bytes.
+    #[allow(clippy::too_many_arguments)] // The parts of one request; a struct would only rename them.
+    fn write_on_leg(
+        &mut self,
+        record: &CallRecord,
+        side: Side,
+        call_id: &[u8],
+        method: &str,
+        cseq: u32,
+        content_type: Option<&[u8]>,
+        body: &[u8],
+    ) -> (Peer, String, Vec<u8>) {
+        let bridge = record.bridge.as_ref().expect("invariant: a bridged record");
+        let peer = bridge.leg(side).peer;
         let leg_call_id: String = match side {
             Side::A => String::from_utf8_lossy(call_id).into_owned(),
             Side::B => bridge.b_call_id.to_string(),
         };
         let (via, branch) = self.via_for(peer);
         let contact = self.contact_for(peer);
-        let bridge = record.bridge.as_ref().expect("invariant: a bridged record");
-        let bye = write_leg_request(
-            bridge.leg(side),
-            &LegRequest {
-                method: "BYE",
-                cseq,
-                call_id: &leg_call_id,
-                via: &via,
-                contact: &contact,
-                max_forwards: 70,
-                content_type: None,
-                body: b"",
-            },
-        );
-        self.start_client(now_ms, record, 0, branch.into(), false, peer, bye, fx);
+        let request = LegRequest {
+            method,
+            cseq,
+            call_id: &leg_call_id,
+            via: &via,
+            contact: &contact,
+            max_forwards: 70,
+            content_type,
+            body,
+        };
+        (peer, branch, write_leg_request(bridge.leg(side), &request))
     }
 
     /// Keeps a B2BUA server transaction's request, to build its responses from.
@@ -1718,27 +1731,8 @@ impl<T: TransactionUser> Shard<T> {
         if method == "INVITE" {
             bridge.ack_cseq[other as usize] = cseq;
         }
-        let peer = bridge.leg(other).peer;
-        let leg_call_id: String = match other {
-            Side::A => String::from_utf8_lossy(call_id).into_owned(),
-            Side::B => bridge.b_call_id.to_string(),
-        };
-        let (via, branch) = self.via_for(peer);
-        let contact = self.contact_for(peer);
-        let bridge = record.bridge.as_ref().expect("invariant: a bridged record");
-        let request = write_leg_request(
-            bridge.leg(other),
-            &LegRequest {
-                method,
-                cseq,
-                call_id: &leg_call_id,
-                via: &via,
-                contact: &contact,
-                max_forwards: 70,
-                content_type: msg.header(HeaderName::ContentType),
-                body: msg.body(),
-            },
-        );
+        let (peer, branch, request) =
+            self.write_on_leg(record, other, call_id, method, cseq, msg.header(HeaderName::ContentType), msg.body());
         self.start_client(now_ms, record, server, branch.into(), false, peer, request, fx);
     }
 
@@ -1750,27 +1744,8 @@ impl<T: TransactionUser> Shard<T> {
         if cseq == 0 || bridge.leg(other).remote_tag.is_empty() {
             return;
         }
-        let peer = bridge.leg(other).peer;
-        let leg_call_id: String = match other {
-            Side::A => String::from_utf8_lossy(call_id).into_owned(),
-            Side::B => bridge.b_call_id.to_string(),
-        };
-        let (via, _) = self.via_for(peer);
-        let contact = self.contact_for(peer);
-        let bridge = record.bridge.as_ref().expect("invariant: a bridged record");
-        let ack = write_leg_request(
-            bridge.leg(other),
-            &LegRequest {
-                method: "ACK",
-                cseq,
-                call_id: &leg_call_id,
-                via: &via,
-                contact: &contact,
-                max_forwards: 70,
-                content_type: msg.header(HeaderName::ContentType),
-                body: msg.body(),
-            },
-        );
+        let (peer, _, ack) =
+            self.write_on_leg(record, other, call_id, "ACK", cseq, msg.header(HeaderName::ContentType), msg.body());
         self.stats.acks_relayed += 1;
         fx.requests += 1;
         fx.sends.push((peer, ack));
