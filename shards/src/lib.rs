@@ -2,9 +2,12 @@
 //! clock, no threads, no async: a shard is driven as `handle(now, input)`,
 //! then `poll_output()` until `None`, then `poll_timeout()`.
 //!
-//! Built so far: the stripe map ([`stripe`]), the timer wheel ([`timer`]) and
-//! the RFC 3261 transaction layer ([`transaction`]). The call tables and the
-//! `Shard` driver are in progress (see the shard-core issue).
+//! Built: the stripe map ([`stripe`]), the call tables ([`table`]), the timer
+//! wheel ([`timer`]), the RFC 3261 transaction layer ([`transaction`]), the
+//! [`shard::Shard`] state machine with the mechanics every role shares, and
+//! the roles: the stateful proxy ([`proxy`]), the B2BUA ([`b2bua`]) and the
+//! registrar ([`registrar`]). Replication, geo shipping and the cold path come
+//! next.
 
 pub mod timer;
 pub mod transaction;
