@@ -5,9 +5,10 @@
 //! (the buffer moves, its bytes are not copied).
 //!
 //! Per shard, the driver loop of DESIGN.md §2 runs in three tasks that share
-//! the shard (`Rc<RefCell<_>>`, never borrowed across an await): receive a
-//! datagram, take datagrams forwarded by other shards, fire timers. Each
-//! calls `handle`, takes every output at once, then sends.
+//! the shard (`Rc<RefCell<_>>`, never borrowed across an await): receive
+//! datagrams (one awaited through io_uring, then what else is queued in
+//! `recvmmsg` batches, [`batch`]), take datagrams forwarded by other shards,
+//! fire timers. Each calls `handle`, takes every output at once, then sends.
 //!
 //! Shutdown (SIGINT, SIGTERM): the shards stop accepting new calls (503 with
 //! Retry-After), let live transactions finish up to the drain bound, print their
@@ -15,6 +16,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,6 +34,7 @@ use sipshard_shards::{DEFAULT_STRIPES, NodeId, ShardId, StripeMap};
 
 use crate::config::{Settings, TcpLimits};
 
+mod batch;
 mod tcp;
 
 /// Largest datagram taken from the socket (a UDP payload's maximum).
@@ -83,13 +86,19 @@ pub(crate) struct ShardReport {
     pub(crate) tcp_framing_errors: u64,
     /// Messages dropped because a connection's send queue was full.
     pub(crate) tcp_queue_full: u64,
+    /// `recvmmsg` batches that brought at least one datagram.
+    pub(crate) udp_batches: u64,
+    /// Datagrams those batches brought.
+    pub(crate) udp_batched_datagrams: u64,
+    /// Datagrams larger than a receive buffer, dropped.
+    pub(crate) udp_truncated: u64,
 }
 
 impl ShardReport {
     /// One line, `shard N (core C): key=value ...`, as `sipshard run` prints it on exit.
     pub(crate) fn line(&self) -> String {
         let s = &self.stats;
-        let counters: [(&str, u64); 25] = [
+        let counters: [(&str, u64); 28] = [
             ("local", s.local),
             ("forwarded_to_shard", s.forwarded_to_shard),
             ("transactions", s.transactions_created),
@@ -115,6 +124,9 @@ impl ShardReport {
             ("tcp_closed_idle", self.tcp_closed_idle),
             ("tcp_framing_errors", self.tcp_framing_errors),
             ("tcp_queue_full", self.tcp_queue_full),
+            ("udp_batches", self.udp_batches),
+            ("udp_batched_datagrams", self.udp_batched_datagrams),
+            ("udp_truncated", self.udp_truncated),
         ];
         let mut line = format!("shard {} (core {}):", self.shard, self.core);
         for (name, value) in counters {
@@ -286,6 +298,9 @@ struct Counters {
     tcp_closed_idle: Cell<u64>,
     tcp_framing_errors: Cell<u64>,
     tcp_queue_full: Cell<u64>,
+    udp_batches: Cell<u64>,
+    udp_batched_datagrams: Cell<u64>,
+    udp_truncated: Cell<u64>,
 }
 
 fn bump(cell: &Cell<u64>) {
@@ -424,6 +439,7 @@ async fn shard_main(
         glommio::spawn_local(async move {
             let Some(udp) = driver.udp.as_ref() else { return };
             let mut buf = vec![0u8; MAX_DATAGRAM];
+            let mut batch = batch::Batch::new(MAX_DATAGRAM);
             while !done.get() {
                 let received = futures_lite::future::or(async { Some(udp.recv_from(&mut buf).await) }, async {
                     glommio::timer::sleep(TICK * 10).await;
@@ -451,6 +467,34 @@ async fn shard_main(
                     bytes.truncate(n);
                     driver.hop(shard, Hop::Routed { peer, bytes, via_shard: driver.index }).await;
                 }
+                // The socket is awake: take what else is queued, a batch per system call.
+                loop {
+                    let n = batch.receive(udp.as_raw_fd());
+                    if n > 0 {
+                        bump(&driver.counters.udp_batches);
+                        let c = &driver.counters.udp_batched_datagrams;
+                        c.set(c.get() + n as u64);
+                    }
+                    for i in 0..n {
+                        let Some((bytes, from)) = batch.datagram(i) else {
+                            bump(&driver.counters.udp_truncated);
+                            continue;
+                        };
+                        let peer = Peer { addr: from, transport: Transport::Udp };
+                        if let Some(wrong) = steer.as_ref().and_then(|s| s.wrong_shard(bytes)) {
+                            driver.hop(wrong, Hop::Steered { peer, bytes: batch.take(i) }).await;
+                            continue;
+                        }
+                        if let Some(shard) = driver.process(Input::Datagram { peer, bytes }).await {
+                            driver
+                                .hop(shard, Hop::Routed { peer, bytes: batch.take(i), via_shard: driver.index })
+                                .await;
+                        }
+                    }
+                    if n < batch::BATCH {
+                        break;
+                    }
+                }
             }
         })
     };
@@ -471,6 +515,9 @@ async fn shard_main(
         tcp_closed_idle: c.tcp_closed_idle.get(),
         tcp_framing_errors: c.tcp_framing_errors.get(),
         tcp_queue_full: c.tcp_queue_full.get(),
+        udp_batches: c.udp_batches.get(),
+        udp_batched_datagrams: c.udp_batched_datagrams.get(),
+        udp_truncated: c.udp_truncated.get(),
     })
 }
 
