@@ -5,14 +5,23 @@
 //! until `None`, then sleep until `shard.poll_timeout()`.
 //!
 //! What `handle` does with a datagram: find its Call-ID with the parser's
-//! fast scan, compute the stripe, and if another shard or node owns the
-//! stripe, say so ([`Output::Forward`], [`Output::ForwardToNode`]: the driver
-//! moves the buffer it still holds). The owner parses the message, matches it
-//! to a server transaction (§17.2.3), checks the call's record out of the
-//! table, runs the transaction and its user (the role), checks the record
-//! back in, and only then emits the messages and arms the timers the change
-//! caused. Timers are stored in the record as deadlines, so a replica or a
-//! restarted node can re-arm them.
+//! fast scan (a REGISTER for this registrar: its AoR; a B2BUA's B leg: the A
+//! stripe its Call-ID carries), compute the stripe, and if another shard or
+//! node owns the stripe, say so ([`Output::Forward`], [`Output::ForwardToNode`]:
+//! the driver moves the buffer it still holds). The owner parses the message,
+//! checks the call's record out of the table, and then:
+//!
+//! - a request matches a server transaction (§17.2.3) or makes one, and the
+//!   transaction user (the role) answers it ([`Decision::Respond`]), relays it
+//!   under a client transaction ([`Decision::Relay`], §16.6), or bridges it onto
+//!   a B leg ([`Decision::Bridge`]); CANCEL, in-dialog requests of a B2BUA call
+//!   and REGISTERs for the registrar are handled here without asking;
+//! - a response matches a client transaction (§17.1.3) and goes up through its
+//!   server transaction (§16.7), or, matching none, statelessly by Via (§16.11).
+//!
+//! Then the record is checked back in, and only then are the messages sent and
+//! the timers armed. Timers (transaction and call timers) are stored in the
+//! record as deadlines, so a replica or a restarted node can re-arm them.
 
 use core::time::Duration;
 use std::borrow::Cow;
@@ -868,8 +877,9 @@ impl<T: TransactionUser> Shard<T> {
                 }
                 self.relay_request(now_ms, &mut record, id, call_id, msg, &relay, &mut fx);
                 if is_invite {
+                    // §16.8: the proxy's Timer C bounds how long the INVITE may ring.
                     let deadline = now_ms + self.config.no_answer.as_millis() as u64;
-                    self.arm_call_timer(&mut record, stripe, call_id, CallTimer::NoAnswer, deadline, &mut fx);
+                    self.arm_call_timer(&mut record, stripe, call_id, CallTimer::C, deadline, &mut fx);
                 }
             }
             Decision::Bridge(relay) => {
@@ -1515,6 +1525,7 @@ impl<T: TransactionUser> Shard<T> {
     /// INVITE starts the call's maximum duration.
     fn invite_answered(&mut self, now_ms: u64, record: &mut CallRecord, call_id: &[u8], code: u16, fx: &mut Effects) {
         self.cancel_call_timer(record, CallTimer::NoAnswer, fx);
+        self.cancel_call_timer(record, CallTimer::C, fx);
         let first_answer = !matches!(record.dialog, Some(DialogState::Confirmed | DialogState::Terminated));
         if (200..300).contains(&code) && first_answer && record.call_timer_id != 0 {
             let stripe = StripeId::of_call_id(call_id, self.stripes.stripe_count());
