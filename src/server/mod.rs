@@ -318,7 +318,7 @@ struct NodeShared {
 }
 
 async fn shard_main(
-    index: usize,
+    spawned: usize,
     core: usize,
     settings: Settings,
     mesh: MeshBuilder<Hop, Full>,
@@ -340,6 +340,10 @@ async fn shard_main(
             false => None,
         };
     let (senders, mut receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("joining the shard mesh: {e}"))?;
+    // The shard's number is its place in the mesh (the order shards joined it), not the order
+    // they were spawned in: messages for shard k go to mesh peer k.
+    let index = senders.peer_id();
+    tracing::debug!(shard = index, spawned, core, "shard joined the mesh");
     let config = ShardConfig {
         node: NodeId(0),
         shard: ShardId(index as u16),
@@ -440,13 +444,10 @@ async fn shard_main(
             let Some(udp) = driver.udp.as_ref() else { return };
             let mut buf = vec![0u8; MAX_DATAGRAM];
             let mut batch = batch::Batch::new(MAX_DATAGRAM);
+            // Never raced against a timer: dropping a receive whose io_uring completion is
+            // already posted loses that datagram. The task is dropped when the shard stops.
             while !done.get() {
-                let received = futures_lite::future::or(async { Some(udp.recv_from(&mut buf).await) }, async {
-                    glommio::timer::sleep(TICK * 10).await;
-                    None
-                })
-                .await;
-                let Some(received) = received else { continue };
+                let received = udp.recv_from(&mut buf).await;
                 let (n, from) = match received {
                     Ok(got) => got,
                     Err(e) => {
@@ -499,7 +500,7 @@ async fn shard_main(
         })
     };
     timers.await;
-    receive.await;
+    drop(receive);
     let shard = driver.shard.borrow();
     let c = &driver.counters;
     Ok(ShardReport {

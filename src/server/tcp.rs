@@ -17,7 +17,7 @@ use glommio::net::{TcpListener, TcpStream};
 use sipshard_parser::{Frame, frame};
 use sipshard_shards::shard::{Input, Peer, Transport};
 
-use super::{Driver, Hop, TICK, bump};
+use super::{Driver, Hop, bump};
 
 /// A connection this shard holds: its id (so a late close does not remove a newer one)
 /// and the queue its writer task drains.
@@ -33,18 +33,13 @@ const READ_CHUNK: usize = 16 * 1024;
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Driver {
-    /// Accepts connections until the shard stops.
+    /// Accepts connections until the shard stops (the task is dropped then). An accept is never
+    /// raced against a timer: a cancelled accept can lose a connection the kernel handed over.
     pub(super) async fn accept_loop(self: Rc<Self>, listener: TcpListener, done: Rc<std::cell::Cell<bool>>) {
         while !done.get() {
-            let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                glommio::timer::sleep(TICK * 10).await;
-                None
-            })
-            .await;
-            let stream = match accepted {
-                None => continue,
-                Some(Ok(stream)) => stream,
-                Some(Err(e)) => {
+            let stream = match listener.accept().await {
+                Ok(stream) => stream,
+                Err(e) => {
                     tracing::debug!(error = %e, "TCP accept failed");
                     continue;
                 }

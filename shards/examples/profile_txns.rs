@@ -1,0 +1,46 @@
+//! A fixed workload for instruction-count profiling of the shard core:
+//! `ROUNDS` rounds of 10,000 OPTIONS transactions on one warm shard (request
+//! in, 200 out, timer J fired 32 s later), the path `benches/core.rs` times.
+//!
+//! `cargo build --release -p sipshard-shards --features testing --example profile_txns &&
+//! valgrind --tool=callgrind target/release/examples/profile_txns 2`
+#![allow(clippy::disallowed_methods)] // The harness anchors the shard's clock; the shard reads none itself.
+
+use std::time::{Duration, Instant};
+
+use sipshard_shards::shard::{Decision, FinalResponse, Input, Message, Peer, RequestContext, Shard, ShardConfig};
+use sipshard_shards::shard::{TransactionUser, Transport};
+use sipshard_shards::testing::request;
+
+/// Answers 200: the cost measured is the core's.
+struct Ok200;
+
+impl TransactionUser for Ok200 {
+    fn on_request(&mut self, _: &RequestContext, _: &Message<'_>) -> Decision {
+        FinalResponse::new(200, "OK").into()
+    }
+}
+
+fn main() {
+    let rounds: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2);
+    let peer = Peer { addr: "127.0.0.1:5062".parse().expect("addr"), transport: Transport::Udp };
+    let requests: Vec<Vec<u8>> =
+        (0..10_000).map(|i| request("OPTIONS", peer.addr, &format!("opt-{i}@bench"), 1, &format!("o{i}"))).collect();
+    let start = Instant::now();
+    let mut now = start;
+    let mut shard = Shard::new(ShardConfig::standalone(20_000), Ok200, start);
+    let mut sent = 0u64;
+    for _ in 0..rounds {
+        for bytes in &requests {
+            shard.handle(now, Input::Datagram { peer, bytes });
+            while shard.poll_output().is_some() {
+                sent += 1;
+            }
+        }
+        now += Duration::from_secs(40);
+        shard.handle(now, Input::Timeout);
+        while shard.poll_output().is_some() {}
+        assert_eq!(shard.transactions(), 0, "every transaction ended");
+    }
+    println!("{rounds} rounds, {sent} responses in {:?}", start.elapsed());
+}
