@@ -20,6 +20,9 @@ use sipshard_parser::{HeaderSlot, Message, parse};
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 
+/// How often the live calls are scanned for due timers.
+const SCAN_EVERY: Duration = Duration::from_millis(1);
+
 /// How long the generator sleeps when nothing came in: well under a millisecond, so calls
 /// start on time.
 const IDLE_SLEEP: Duration = Duration::from_micros(50);
@@ -71,6 +74,8 @@ struct Call {
     /// Give up at.
     deadline: Instant,
     provisional: bool,
+    /// A 180 was recorded (a 100 Trying before it must not hide it).
+    ringing: bool,
     to_tag: String,
     /// The callee's Contact (the Request-URI of ACK and BYE, §12.2.1.1), and the route set.
     dialog: Dialog,
@@ -154,6 +159,7 @@ pub(crate) fn run(config: &UacConfig) -> Result<Report> {
     let mut buf = vec![0u8; 65_535];
     let mut slots = vec![HeaderSlot::EMPTY; Message::SLOTS];
     let mut last_report = start;
+    let mut last_scan = start;
     let thread = config.thread;
     let call_id = |i: usize| format!("{i}-{thread}-{pid}@sipbench");
     loop {
@@ -177,14 +183,20 @@ pub(crate) fn run(config: &UacConfig) -> Result<Report> {
                 interval: T1,
                 deadline: now + T1 * 64,
                 provisional: false,
+                ringing: false,
                 to_tag: String::new(),
                 dialog: Dialog::default(),
                 bye_at: now,
             });
             live.push(i);
         }
-        // Timers: retransmissions, timeouts, BYEs due.
-        for &i in &live {
+        // Timers: retransmissions, timeouts, BYEs due; looked at once a millisecond, not per
+        // datagram (the scan is over every live call).
+        let scan = now.duration_since(last_scan) >= SCAN_EVERY;
+        if scan {
+            last_scan = now;
+        }
+        for &i in live.iter().filter(|_| scan) {
             let call = &mut calls[i];
             if call.phase == Phase::Holding && now >= call.bye_at {
                 let bye = in_dialog(config, local, &call_id(i), i, "BYE", &call.to_tag, &call.dialog, 'b');
@@ -208,7 +220,9 @@ pub(crate) fn run(config: &UacConfig) -> Result<Report> {
                 }
             }
         }
-        live.retain(|&i| calls[i].phase != Phase::Done);
+        if scan {
+            live.retain(|&i| calls[i].phase != Phase::Done);
+        }
         let all_started = (calls.len() as u64) >= config.calls || stop_starting;
         if all_started && live.is_empty() {
             break;
@@ -245,7 +259,8 @@ pub(crate) fn run(config: &UacConfig) -> Result<Report> {
         let micros = |since: Instant| now.saturating_duration_since(since).as_micros().max(1) as u64;
         match (call.phase, is_invite, code) {
             (Phase::Inviting, true, 100..=199) => {
-                if code == 180 && !call.provisional {
+                if code == 180 && !call.ringing {
+                    call.ringing = true;
                     let _ = report.ringing.record(micros(call.intended));
                 }
                 call.provisional = true;
