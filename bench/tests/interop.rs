@@ -8,7 +8,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 
-use support::{Running, free_port, tool, wait_until_bound};
+use support::{Running, free_port, last_stats, sipp_uas, stat, tool, wait_until_bound};
 
 #[test]
 fn sipbench_uac_calls_sipp_uas_with_no_failure() {
@@ -16,15 +16,7 @@ fn sipbench_uac_calls_sipp_uas_with_no_failure() {
     let dir = std::env::temp_dir().join(format!("sipbench-interop-uac-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let uas_port = free_port();
-    let _uas = Running(
-        Command::new(&sipp)
-            .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &uas_port.to_string(), "-nostdin"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp uas starts"),
-    );
+    let _uas = sipp_uas(&sipp, uas_port, "u1", &dir);
     wait_until_bound(uas_port, false);
     let json = dir.join("summary.json");
     let status = Command::new(env!("CARGO_BIN_EXE_sipbench"))
@@ -74,16 +66,9 @@ fn sipp_uac_calls_sipbench_uas_with_no_failure() {
         .stderr(Stdio::null())
         .status()
         .expect("sipp uac runs");
-    let text = std::fs::read_to_string(&stats).expect("SIPp statistics");
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next().expect("header").split(';').collect();
-    let last: Vec<&str> = lines.next_back().expect("a row").split(';').collect();
-    let stat = |name: &str| -> u64 {
-        let i = header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}"));
-        last[i].parse().unwrap_or_else(|_| panic!("{name} is not a count"))
-    };
-    assert_eq!(stat("SuccessfulCall(C)"), 300);
-    assert_eq!(stat("FailedCall(C)"), 0);
+    let stats = last_stats(&stats);
+    assert_eq!(stat(&stats, "SuccessfulCall(C)"), 300, "{stats:?}");
+    assert_eq!(stat(&stats, "FailedCall(C)"), 0, "{stats:?}");
     assert!(status.success(), "sipp uac exit {status}");
     let _ = std::fs::remove_dir_all(&dir);
 }

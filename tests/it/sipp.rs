@@ -12,24 +12,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Running, free_port, tool, wait_until_bound, wait_until_healthy};
+use crate::support::{Running, free_port, last_stats, sipp_uas, stat, tool, wait_until_bound, wait_until_healthy};
 
 use sipshard_parser::stripe_of;
 use sipshard_shards::{DEFAULT_STRIPES, NodeId, StripeId, StripeMap};
-
-/// The last row of a SIPp `-trace_stat` file, as (column, value) pairs.
-fn last_stats(path: &Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(path).expect("SIPp wrote its statistics file");
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next().expect("a header row").split(';').collect();
-    let last: Vec<&str> = lines.next_back().expect("a data row").split(';').collect();
-    header.iter().zip(last).map(|(h, v)| (h.to_string(), v.to_string())).collect()
-}
-
-fn stat(stats: &[(String, String)], name: &str) -> u64 {
-    let value = stats.iter().find(|(h, _)| h == name).map(|(_, v)| v.clone());
-    value.unwrap_or_else(|| panic!("no {name} column")).parse().unwrap_or_else(|_| panic!("{name} is not a count"))
-}
 
 /// Per-shard counters from sipshard's exit report (`shard N (core C): key=value ...`).
 fn shard_counters(report: &str) -> Vec<Vec<(String, u64)>> {
@@ -84,15 +70,7 @@ fn run_calls(sipp: &Path, calls: u32, rate: u32, config: &str, tcp: bool) -> Run
             .expect("sipshard starts"),
     );
     wait_until_healthy(server);
-    let _uas = Running(
-        Command::new(sipp)
-            .args(["-sn", "uas", "-t", sipp_transport, "-i", "127.0.0.1", "-p", &uas_port.to_string(), "-nostdin"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp uas starts"),
-    );
+    let _uas = sipp_uas(sipp, uas_port, sipp_transport, &dir);
     wait_until_bound(uas_port, tcp);
     let stats_file = dir.join("uac.csv");
     let mut uac = Command::new(sipp)
@@ -245,15 +223,7 @@ fn sipp_calls_a_registered_user_on_the_embedded_default() {
             .expect("sipshard starts"),
     );
     wait_until_healthy(server);
-    let _uas = Running(
-        Command::new(&sipp)
-            .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &uas_port.to_string(), "-nostdin"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp uas starts"),
-    );
+    let _uas = sipp_uas(&sipp, uas_port, "u1", &dir);
     wait_until_bound(uas_port, false);
     let brief = register(server, "alice", uas_port, 5);
     assert!(brief.starts_with("SIP/2.0 423 Interval Too Brief\r\n"), "{brief}");

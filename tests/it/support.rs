@@ -3,8 +3,8 @@
 //! test, and readiness probes.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::Child;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The path of a tool, or `None` (and a note) when it is missing outside CI.
@@ -83,4 +83,30 @@ pub(crate) fn wait_until_bound(port: u16, tcp: bool) {
         assert!(Instant::now() < deadline, "nothing listens on 127.0.0.1:{port} after 10 s");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The last row of a SIPp `-trace_stat` file, as (column, value) pairs.
+pub(crate) fn last_stats(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).expect("SIPp wrote its statistics file");
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().expect("a header row").split(';').collect();
+    let last: Vec<&str> = lines.next_back().expect("a data row").split(';').collect();
+    header.iter().zip(last).map(|(h, v)| (h.to_string(), v.to_string())).collect()
+}
+
+pub(crate) fn stat(stats: &[(String, String)], name: &str) -> u64 {
+    let value = stats.iter().find(|(h, _)| h == name).map(|(_, v)| v.clone());
+    value.unwrap_or_else(|| panic!("no {name} column")).parse().unwrap_or_else(|_| panic!("{name} is not a count"))
+}
+
+/// `sipp -sn uas` on 127.0.0.1:`port` over `transport` (`u1` or `t1`), working in `dir`.
+pub(crate) fn sipp_uas(sipp: &Path, port: u16, transport: &str, dir: &Path) -> Running {
+    let child = Command::new(sipp)
+        .args(["-sn", "uas", "-t", transport, "-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp uas starts");
+    Running(child)
 }
