@@ -61,6 +61,9 @@ enum Command {
         /// Exit 1 when failed + timed-out calls exceed this share of the attempted ones.
         #[arg(long, default_value_t = 0.0)]
         max_failed_ratio: f64,
+        /// Most calls in progress at once (all threads together); due calls wait beyond it.
+        #[arg(long, default_value_t = 100_000)]
+        max_concurrent: usize,
     },
     /// Answer calls on --listen: 180 and 200 to INVITE, 200 to BYE and the rest.
     Uas {
@@ -88,7 +91,20 @@ fn main() -> Result<()> {
         Command::Uas { listen, duration } => {
             uas::run(listen, duration.map(Duration::from_secs_f64))?;
         }
-        Command::Uac { target, local, rate, calls, duration, hold_ms, threads, service, json, max_failed_ratio } => {
+        Command::Uac {
+            target,
+            local,
+            rate,
+            calls,
+            duration,
+            hold_ms,
+            threads,
+            service,
+            json,
+            max_failed_ratio,
+            max_concurrent,
+        } => {
+            anyhow::ensure!(max_concurrent >= threads, "--max-concurrent must be at least --threads");
             anyhow::ensure!(rate > 0.0, "--rate must be above 0");
             anyhow::ensure!(threads >= 1, "--threads must be at least 1");
             let report = run_uac(threads, |k| uac::UacConfig {
@@ -100,6 +116,7 @@ fn main() -> Result<()> {
                 hold: Duration::from_millis(hold_ms),
                 service: service.clone(),
                 thread: k,
+                max_concurrent: max_concurrent / threads,
             })?;
             print_table(&report);
             if let Some(path) = json {

@@ -46,6 +46,9 @@ pub(crate) struct UacConfig {
     pub(crate) service: String,
     /// This generator's number (keeps Call-IDs, tags and branches unique across threads).
     pub(crate) thread: usize,
+    /// Most calls in progress at once (like SIPp's `-l`): a call due beyond it waits, and its
+    /// latency still counts from when it was due.
+    pub(crate) max_concurrent: usize,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -168,7 +171,7 @@ pub(crate) fn run(config: &UacConfig) -> Result<Report> {
         let stop_starting = config.duration.is_some_and(|d| now.duration_since(start) >= d);
         while !stop_starting && (calls.len() as u64) < config.calls {
             let intended = start + interval * calls.len() as u32;
-            if intended > now {
+            if intended > now || live.len() >= config.max_concurrent {
                 break;
             }
             let i = calls.len();
