@@ -21,7 +21,9 @@ use sipshard_parser::{HeaderName, Message, Method, Uri};
 
 use crate::dialog::DialogState;
 use crate::registrar::{Location, LocationUpdate, aor_key};
-use crate::shard::{Decision, FinalResponse, Peer, Relay, RequestContext, TransactionUser, Transport};
+use crate::shard::{
+    Decision, FinalResponse, Peer, Relay, RequestContext, TransactionUser, Transport, is_local_address,
+};
 
 /// The methods the proxy answers for itself or relays, for `Allow`.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE";
@@ -215,7 +217,7 @@ enum Hop {
 
 /// Whether `uri` names this server (its IP and port).
 fn is_local(uri: &Uri<'_>, local: SocketAddr) -> bool {
-    uri.port.unwrap_or(5060) == local.port() && uri.host.trim_matches(['[', ']']).parse() == Ok(local.ip())
+    is_local_address(uri.host, uri.port, local)
 }
 
 impl TransactionUser for Proxy {
@@ -240,10 +242,7 @@ impl TransactionUser for Proxy {
             let unsupported = FinalResponse::new(420, "Bad Extension").with_header("Unsupported", required.join(", "));
             return self.reject(unsupported);
         }
-        if request.vias().filter_map(Result::ok).any(|via| {
-            via.port.unwrap_or(5060) == ctx.local.port()
-                && via.host.trim_matches(['[', ']']).parse() == Ok(ctx.local.ip())
-        }) {
+        if request.vias().filter_map(Result::ok).any(|via| is_local_address(via.host, via.port, ctx.local)) {
             // sipshard never routes to itself, so a request that already carries our Via is a loop (§16.3 step 4).
             return self.reject(FinalResponse::new(482, "Loop Detected"));
         }

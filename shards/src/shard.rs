@@ -400,6 +400,23 @@ impl TxnTimers {
         }
     }
 
+    /// Carries out an `Arm` or `Cancel` action of transaction `id`: the deadline goes into the
+    /// record now, the wheel change after the check-in.
+    fn apply(&mut self, id: u64, now_ms: u64, action: Action, fx: &mut Effects) {
+        match action {
+            Action::Arm(timer, after) => {
+                let deadline = now_ms + after.as_millis() as u64;
+                self.set(timer, deadline);
+                fx.timer_ops.push(TimerOp::Arm(id, WheelTimer::Txn(timer), deadline));
+            }
+            Action::Cancel(timer) => {
+                self.clear(timer);
+                fx.timer_ops.push(TimerOp::Cancel(id, WheelTimer::Txn(timer)));
+            }
+            _ => {}
+        }
+    }
+
     /// The armed timers and their deadlines.
     pub fn iter(&self) -> impl Iterator<Item = (TxnTimer, u64)> + '_ {
         self.0.iter().flatten().copied()
@@ -720,9 +737,7 @@ impl<T: TransactionUser> Shard<T> {
         let local = self.config.local;
         let aor = sipshard_parser::parse(bytes, &mut slots).ok().and_then(|msg| {
             let uri = msg.request_uri()?.ok()?;
-            let ours = uri.user.is_none()
-                && uri.port.unwrap_or(5060) == local.port()
-                && uri.host.trim_matches(['[', ']']).parse() == Ok(local.ip());
+            let ours = uri.user.is_none() && is_local_address(uri.host, uri.port, local);
             if ours { registrar::register_aor(&msg) } else { None }
         });
         self.slots = slots;
@@ -1133,15 +1148,7 @@ impl<T: TransactionUser> Shard<T> {
                     fx.responses += 1;
                     fx.sends.push((txn.peer, txn.response.clone()));
                 }
-                Action::Arm(timer, after) => {
-                    let deadline = now_ms + after.as_millis() as u64;
-                    txn.timers.set(timer, deadline);
-                    fx.timer_ops.push(TimerOp::Arm(txn.id, WheelTimer::Txn(timer), deadline));
-                }
-                Action::Cancel(timer) => {
-                    txn.timers.clear(timer);
-                    fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
-                }
+                Action::Arm(..) | Action::Cancel(_) => txn.timers.apply(txn.id, now_ms, action, fx),
                 Action::Timeout(_) | Action::TransportError => {
                     self.stats.transaction_failures += 1;
                     self.tu.on_failure(call_id);
@@ -1192,15 +1199,7 @@ impl<T: TransactionUser> Shard<T> {
                         fx.sends.push((txn.peer, out));
                     }
                 }
-                Action::Arm(timer, after) => {
-                    let deadline = now_ms + after.as_millis() as u64;
-                    txn.timers.set(timer, deadline);
-                    fx.timer_ops.push(TimerOp::Arm(txn.id, WheelTimer::Txn(timer), deadline));
-                }
-                Action::Cancel(timer) => {
-                    txn.timers.clear(timer);
-                    fx.timer_ops.push(TimerOp::Cancel(txn.id, WheelTimer::Txn(timer)));
-                }
+                Action::Arm(..) | Action::Cancel(_) => txn.timers.apply(txn.id, now_ms, action, fx),
                 Action::PassToTu => {
                     if let Some(response) = response {
                         self.relay_response(now_ms, record, i, call_id, response, fx);
@@ -1361,8 +1360,7 @@ impl<T: TransactionUser> Shard<T> {
 
     /// Whether `host:port` is this server's address.
     fn is_local(&self, host: &str, port: Option<u16>) -> bool {
-        let local = self.config.local;
-        port.unwrap_or(5060) == local.port() && host.trim_matches(['[', ']']).parse() == Ok(local.ip())
+        is_local_address(host, port, self.config.local)
     }
 
     /// The ACK of a 2xx: relayed end to end where the role says (§16.6 with no transaction).
@@ -1881,6 +1879,12 @@ impl<T: TransactionUser> Shard<T> {
             self.outputs.push_back(Output::Transmit { peer, bytes: out });
         }
     }
+}
+
+/// Whether a URI's or Via's `host` and `port` (5060 when absent) name `local`: an IP literal,
+/// IPv6 with or without brackets. The one rule for "addressed to this server".
+pub(crate) fn is_local_address(host: &str, port: Option<u16>, local: SocketAddr) -> bool {
+    port.unwrap_or(5060) == local.port() && host.trim_matches(['[', ']']).parse() == Ok(local.ip())
 }
 
 /// Which leg of a B2BUA call a message belongs to: the B leg has its own Call-ID.

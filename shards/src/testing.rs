@@ -464,34 +464,20 @@ impl<T: TransactionUser> Cluster<T> {
     }
 }
 
-/// An ACK for a non-2xx final response (§17.1.1.3): the request's Request-URI, Call-ID,
-/// From, CSeq number and top Via; the response's To.
+/// An ACK for a non-2xx final response (§17.1.1.3), as the parser's [`sipshard_parser::write_ack`]
+/// builds it; empty when either message does not parse.
 pub fn ack_for(request: &[u8], response: &[u8]) -> Vec<u8> {
     let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
     let mut rslots = [HeaderSlot::EMPTY; Message::SLOTS];
     let (Ok(req), Ok(resp)) = (parse(request, &mut slots), parse(response, &mut rslots)) else { return Vec::new() };
-    let text = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or_default()).into_owned();
-    use sipshard_parser::HeaderName as H;
-    let via = req.vias().next().and_then(Result::ok).map(|v| {
-        format!(
-            "SIP/2.0/{} {}{};branch={}",
-            v.transport.as_str(),
-            v.host,
-            v.port.map(|p| format!(":{p}")).unwrap_or_default(),
-            v.branch.unwrap_or_default()
-        )
-    });
-    let cseq = req.cseq().ok().flatten().map(|c| c.seq).unwrap_or_default();
-    format!(
-        "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
-        req.request_line().map(|l| l.uri).unwrap_or_default(),
-        via.unwrap_or_default(),
-        text(req.header(H::From)),
-        text(resp.header(H::To)),
-        text(req.header(H::CallId)),
-        cseq
-    )
-    .into_bytes()
+    let mut out = vec![0u8; request.len() + response.len()];
+    match sipshard_parser::write_ack(&req, &resp, &mut out) {
+        Ok(n) => {
+            out.truncate(n);
+            out
+        }
+        Err(_) => Vec::new(),
+    }
 }
 
 /// A request as a UA at `from` sends it: method, Call-ID, CSeq number and branch chosen by the caller.
