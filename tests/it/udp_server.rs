@@ -326,3 +326,48 @@ fn through_the_b2bua_cancel_reaches_the_b_leg() {
     callee.expect("ACK ");
     caller.expect("SIP/2.0 487 Request Terminated");
 }
+
+#[test]
+fn over_tcp_a_stream_that_does_not_frame_is_closed_and_counted() {
+    use std::io::{Read, Write};
+    let server: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut sipshard = Running(
+        Command::new(env!("CARGO_BIN_EXE_sipshard"))
+            .args(["run", "--listen", &server.to_string(), "--shards", "2", "--transport", "both"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipshard starts"),
+    );
+    wait_until_healthy(server);
+    let mut stream = std::net::TcpStream::connect(server).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let local = stream.local_addr().expect("addr");
+    // A health check over TCP: the answer comes back on this connection (§18.2.2).
+    let options = format!(
+        "OPTIONS sip:{server} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKtcp1\r\nMax-Forwards: 70\r\n\
+From: <sip:probe@{local}>;tag=t\r\nTo: <sip:{server}>\r\nCall-ID: tcp-health\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(options.as_bytes()).expect("write");
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).expect("a reply on the same connection");
+    assert!(buf[..n].starts_with(b"SIP/2.0 200 OK\r\n"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // A Content-Length that is not a number cannot be framed (§18.3): the server closes the stream.
+    stream.write_all(b"INVITE sip:x@127.0.0.1 SIP/2.0\r\nContent-Length: many\r\n\r\n").expect("write");
+    let closed = stream.read(&mut buf).expect("the server closes, it does not hang");
+    assert_eq!(closed, 0, "{}", String::from_utf8_lossy(&buf[..closed]));
+    // The counters say why.
+    let killed = Command::new("kill").args(["-TERM", &sipshard.0.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let mut report = String::new();
+    sipshard.0.stdout.take().expect("stdout").read_to_string(&mut report).expect("report");
+    let total = |name: &str| -> u64 {
+        report
+            .split_whitespace()
+            .filter_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(|v| v.parse::<u64>().expect("a count"))
+            .sum()
+    };
+    assert_eq!(total("tcp_accepted"), 1, "{report}");
+    assert_eq!(total("tcp_framing_errors"), 1, "{report}");
+}
