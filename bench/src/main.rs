@@ -1,24 +1,24 @@
-//! `sipbench`: the SIPp-style load generator (DESIGN.md §10).
+//! `sipbench`: the SIPp-style load generator's command line (DESIGN.md §10).
 //!
-//! - `sipbench uac TARGET`: calls at a constant rate (open loop), latency from
-//!   the intended send time into HdrHistograms, a progress line every second,
-//!   a final table and a `--json` summary ([`uac`]).
-//! - `sipbench uas --listen ADDR`: a callee that answers at once ([`uas`]).
+//! - `sipbench uac TARGET`: calls (or registrations, or OPTIONS) on an open-loop
+//!   schedule, latency from the intended send time, a progress line every
+//!   second, a final table, `--json`, `--csv` and `--hdr-log` outputs.
+//! - `sipbench uas --listen ADDR`: a callee that answers at once.
 //! - `sipbench stripe CALL-ID...`: the stripe each Call-ID falls in, with the
 //!   same function the server uses, so load can be aimed at a stripe.
-//!
-//! UDP only so far; TCP, the register and options scenarios, CSV and
-//! HdrHistogram log output are the rest of the sipbench issue.
-
-mod uac;
-mod uas;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use sipshard_bench::digest::Credentials;
+use sipshard_bench::transport::TransportKind;
+use sipshard_bench::uac::{Scenario, UacConfig};
+use sipshard_bench::uas::UasConfig;
+use sipshard_bench::{uac, uas};
 use sipshard_parser::stripe_of;
 
 #[derive(Parser)]
@@ -30,42 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Call TARGET: INVITE, 1xx, 200, ACK, hold, BYE, 200, at a constant rate.
-    Uac {
-        /// The server (ip:port).
-        target: SocketAddr,
-        /// Local address to bind (port 0: any; with several threads, consecutive ports from it).
-        #[arg(long, default_value = "127.0.0.1:0")]
-        local: SocketAddr,
-        /// Calls started per second (all threads together).
-        #[arg(long, default_value_t = 10.0)]
-        rate: f64,
-        /// Calls to start in all.
-        #[arg(long, default_value_t = 100)]
-        calls: u64,
-        /// Stop starting calls after this many seconds.
-        #[arg(long)]
-        duration: Option<f64>,
-        /// Milliseconds between the ACK and the BYE.
-        #[arg(long, default_value_t = 0)]
-        hold_ms: u64,
-        /// Generator threads, each with its own socket and a share of the rate.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// User part of the Request-URI.
-        #[arg(long, default_value = "service")]
-        service: String,
-        /// Write the summary as JSON here.
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-        /// Exit 1 when failed + timed-out calls exceed this share of the attempted ones.
-        #[arg(long, default_value_t = 0.0)]
-        max_failed_ratio: f64,
-        /// Most calls in progress at once (all threads together); due calls wait beyond it.
-        #[arg(long, default_value_t = 100_000)]
-        max_concurrent: usize,
-    },
-    /// Answer calls on --listen: 180 and 200 to INVITE, 200 to BYE and the rest.
+    /// Run a scenario against TARGET on an open-loop schedule.
+    Uac(Box<UacArgs>),
+    /// Answer on --listen (UDP and TCP): 180 and 200 to INVITE, 200 to the rest.
     Uas {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:5090")]
@@ -73,6 +40,12 @@ enum Command {
         /// Stop after this many seconds (default: until killed).
         #[arg(long)]
         duration: Option<f64>,
+        /// UDP receiver threads (SO_REUSEPORT on one address).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Challenge REGISTERs (401, MD5 digest) and accept only USER:PASSWORD.
+        #[arg(long)]
+        auth: Option<Credentials>,
     },
     /// Print the stripe of each Call-ID.
     Stripe {
@@ -85,51 +58,125 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct UacArgs {
+    /// The server (ip:port).
+    target: SocketAddr,
+    /// Local address to bind (port 0: any; with several threads, consecutive ports from it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    local: SocketAddr,
+    /// What each call does.
+    #[arg(long, value_enum, default_value_t = Scenario::Call)]
+    scenario: Scenario,
+    /// UDP (with retransmissions) or TCP (one connection per thread).
+    #[arg(long, value_enum, default_value_t = TransportKind::Udp)]
+    transport: TransportKind,
+    /// Calls started per second at first (all threads together).
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Calls per second added every --step-seconds (like SIPp's -rate_increase).
+    #[arg(long, default_value_t = 0.0)]
+    rate_step: f64,
+    /// Seconds between rate steps (like SIPp's -fd with -rate_increase).
+    #[arg(long, default_value_t = 1.0)]
+    step_seconds: f64,
+    /// The ramp stops at this rate (like SIPp's -rate_max).
+    #[arg(long)]
+    rate_max: Option<f64>,
+    /// Calls to start in all.
+    #[arg(long, default_value_t = 100)]
+    calls: u64,
+    /// Stop starting calls after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Milliseconds between the ACK and the BYE.
+    #[arg(long, default_value_t = 0)]
+    hold_ms: u64,
+    /// Generator threads, each with its own socket and a share of the rate.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// User part of the Request-URI (and prefix of the users registered).
+    #[arg(long, default_value = "service")]
+    service: String,
+    /// The register scenario cycles through this many users (SERVICE0, SERVICE1, ...).
+    #[arg(long, default_value_t = 1000)]
+    users: u64,
+    /// Expires of each REGISTER, seconds.
+    #[arg(long, default_value_t = 3600)]
+    expires: u32,
+    /// Answer digest challenges with USER:PASSWORD.
+    #[arg(long)]
+    auth: Option<Credentials>,
+    /// Most calls in progress at once (all threads together); due calls wait beyond it.
+    #[arg(long, default_value_t = 100_000)]
+    max_concurrent: usize,
+    /// Write the summary as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write per-second and cumulative counts here, `;`-separated like SIPp's -trace_stat.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write an HdrHistogram interval log (one tagged histogram per measure and second) here.
+    #[arg(long)]
+    hdr_log: Option<PathBuf>,
+    /// Exit 1 when failed + timed-out calls exceed this share of the attempted ones.
+    #[arg(long, default_value_t = 0.0)]
+    max_failed_ratio: f64,
+    /// No progress line every second.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl UacArgs {
+    fn config(&self) -> UacConfig {
+        UacConfig {
+            target: self.target,
+            local: self.local,
+            transport: self.transport,
+            scenario: self.scenario,
+            rate: self.rate,
+            rate_step: self.rate_step,
+            step_seconds: self.step_seconds,
+            rate_max: self.rate_max,
+            calls: self.calls,
+            duration: self.duration.map(Duration::from_secs_f64),
+            hold: Duration::from_millis(self.hold_ms),
+            threads: self.threads,
+            service: self.service.clone(),
+            users: self.users,
+            expires: self.expires,
+            auth: self.auth.clone(),
+            max_concurrent: self.max_concurrent,
+            csv: self.csv.clone(),
+            hdr_log: self.hdr_log.clone(),
+            progress: !self.quiet,
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Uas { listen, duration } => {
-            uas::run(listen, duration.map(Duration::from_secs_f64))?;
+        Command::Uas { listen, duration, threads, auth } => {
+            let config =
+                UasConfig { listen, threads, duration: duration.map(Duration::from_secs_f64), auth, progress: true };
+            uas::run(&config)?;
         }
-        Command::Uac {
-            target,
-            local,
-            rate,
-            calls,
-            duration,
-            hold_ms,
-            threads,
-            service,
-            json,
-            max_failed_ratio,
-            max_concurrent,
-        } => {
-            anyhow::ensure!(max_concurrent >= threads, "--max-concurrent must be at least --threads");
-            anyhow::ensure!(rate > 0.0, "--rate must be above 0");
-            anyhow::ensure!(threads >= 1, "--threads must be at least 1");
-            let report = run_uac(threads, |k| uac::UacConfig {
-                target,
-                local: if local.port() == 0 { local } else { SocketAddr::new(local.ip(), local.port() + k as u16) },
-                rate: rate / threads as f64,
-                calls: calls / threads as u64 + u64::from((k as u64) < calls % threads as u64),
-                duration: duration.map(Duration::from_secs_f64),
-                hold: Duration::from_millis(hold_ms),
-                service: service.clone(),
-                thread: k,
-                max_concurrent: max_concurrent / threads,
-            })?;
-            print_table(&report);
-            if let Some(path) = json {
+        Command::Uac(args) => {
+            anyhow::ensure!((0.0..=1.0).contains(&args.max_failed_ratio), "--max-failed-ratio must be between 0 and 1");
+            let report = uac::run(&args.config())?;
+            print!("{}", report.table());
+            if let Some(path) = &args.json {
                 let text = serde_json::to_string_pretty(&report.json())?;
-                std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
             }
-            let bad = (report.failed + report.timed_out) as f64;
-            if bad > max_failed_ratio * report.attempted as f64 {
+            let c = &report.counts;
+            if (c.failed + c.timed_out) as f64 > args.max_failed_ratio * c.attempted as f64 {
                 anyhow::bail!(
                     "{} of {} calls failed or timed out (allowed: {:.3} %)",
-                    report.failed + report.timed_out,
-                    report.attempted,
-                    max_failed_ratio * 100.0
+                    c.failed + c.timed_out,
+                    c.attempted,
+                    args.max_failed_ratio * 100.0
                 );
             }
         }
@@ -146,66 +193,4 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Runs one generator per thread and merges their reports.
-fn run_uac(threads: usize, config: impl Fn(usize) -> uac::UacConfig) -> Result<uac::Report> {
-    let handles: Vec<_> = (0..threads)
-        .map(|k| {
-            let config = config(k);
-            std::thread::spawn(move || uac::run(&config))
-        })
-        .collect();
-    let mut merged: Option<uac::Report> = None;
-    for handle in handles {
-        let report = handle.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
-        merged = Some(match merged {
-            None => report,
-            Some(mut m) => {
-                m.attempted += report.attempted;
-                m.ok += report.ok;
-                m.failed += report.failed;
-                m.timed_out += report.timed_out;
-                m.retransmissions += report.retransmissions;
-                for (code, n) in report.failures_by_code {
-                    *m.failures_by_code.entry(code).or_default() += n;
-                }
-                m.elapsed = m.elapsed.max(report.elapsed);
-                m.setup.add(&report.setup).context("merging histograms")?;
-                m.ringing.add(&report.ringing).context("merging histograms")?;
-                m.bye.add(&report.bye).context("merging histograms")?;
-                m
-            }
-        });
-    }
-    merged.context("no generator ran")
-}
-
-fn print_table(report: &uac::Report) {
-    println!(
-        "calls: attempted {}  ok {}  failed {}  timed out {}  retransmissions {}  {:.1} calls/s over {:.1} s",
-        report.attempted,
-        report.ok,
-        report.failed,
-        report.timed_out,
-        report.retransmissions,
-        report.calls_per_s(),
-        report.elapsed.as_secs_f64()
-    );
-    for (code, n) in &report.failures_by_code {
-        println!("  failed with {code}: {n}");
-    }
-    println!("{:<14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}", "ms", "count", "p50", "p90", "p99", "p99.9", "max");
-    for (name, h) in [("INVITE->180", &report.ringing), ("INVITE->200", &report.setup), ("BYE->200", &report.bye)] {
-        let q = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        println!(
-            "{name:<14} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-            h.len(),
-            q(0.5),
-            q(0.9),
-            q(0.99),
-            q(0.999),
-            h.max() as f64 / 1000.0
-        );
-    }
 }

@@ -1,54 +1,161 @@
-//! `sipbench uac TARGET`: the caller, like `sipp -sn uac`, over UDP: calls
-//! start at a constant rate (open loop: the schedule does not wait for the
-//! server), each INVITE → 1xx → 200 → ACK, holds, then BYE → 200. Latencies
-//! are taken from the *intended* send time, so a stalled server cannot hide
-//! its stalls (coordinated omission), into HdrHistograms in microseconds.
-//! Requests are retransmitted on RFC 3261 timers A and E (T1 = 500 ms,
-//! doubling, E capped at T2 = 4 s) and time out after 64·T1.
+//! `sipbench uac TARGET`: the caller, like `sipp -sn uac`, over UDP or TCP.
+//! Calls start on an open-loop schedule (a constant rate, or a ramp that adds
+//! `rate_step` every `step_seconds`), so the schedule never waits for the
+//! server; each runs its scenario:
 //!
-//! Each generator thread has its own socket and share of the rate; calls are
-//! told apart by their Call-ID (`N-THREAD-PID@sipbench`).
+//! - `call`: INVITE → 100/180 → 200 → ACK, hold, BYE → 200;
+//! - `register`: REGISTER → 200, answering one 401/407 digest challenge when
+//!   credentials are given;
+//! - `options`: OPTIONS → 200.
+//!
+//! Latencies count from the request's *intended* send time (coordinated
+//! omission). Over UDP requests are retransmitted on RFC 3261 timers A and E
+//! (T1 = 500 ms doubling; E capped at T2 = 4 s); over any transport a request
+//! unanswered after 64·T1 times out.
+//!
+//! `--threads T` runs T generators, each with its own socket or connection, a
+//! share of the rate and of the calls, and its own Call-IDs
+//! (`SEQ-THREAD-PID@sipbench`). Each sends its counts and histograms once a
+//! second to the caller's thread, which merges them into the progress line,
+//! the `--csv` row and the `--hdr-log` interval, and at the end into the
+//! [`Report`].
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use hdrhistogram::Histogram;
-use sipshard_parser::{HeaderSlot, Message, parse};
+use sipshard_parser::{Contact, HeaderName, HeaderSlot, Message, Method, parse};
+
+use crate::digest::{self, Credentials};
+use crate::report::{Counts, CsvWriter, HdrLogWriter, Interval, Measures, Report};
+use crate::transport::{Link, TransportKind};
 
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 
-/// How often the live calls are scanned for due timers.
-const SCAN_EVERY: Duration = Duration::from_millis(1);
+/// Longest wait for input when nothing is due (the merging thread hears from each generator at
+/// least this often).
+const MAX_WAIT: Duration = Duration::from_millis(10);
 
-/// How long the generator sleeps when nothing came in: well under a millisecond, so calls
-/// start on time.
-const IDLE_SLEEP: Duration = Duration::from_micros(50);
+/// What each call does.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// INVITE, 1xx, 200, ACK, hold, BYE, 200.
+    Call,
+    /// REGISTER (answering a digest challenge with --auth), 200.
+    Register,
+    /// OPTIONS, 200.
+    Options,
+}
 
 /// What a run is asked to do.
 #[derive(Clone, Debug)]
-pub(crate) struct UacConfig {
+pub struct UacConfig {
     /// Where requests go.
-    pub(crate) target: SocketAddr,
-    /// Local address to bind.
-    pub(crate) local: SocketAddr,
-    /// Calls started per second.
-    pub(crate) rate: f64,
+    pub target: SocketAddr,
+    /// Local address to bind (port 0: any; with several threads, consecutive ports from it).
+    pub local: SocketAddr,
+    /// UDP or TCP.
+    pub transport: TransportKind,
+    /// What each call does.
+    pub scenario: Scenario,
+    /// Calls started per second at first (all threads together).
+    pub rate: f64,
+    /// Calls per second added every `step_seconds` (0: constant rate).
+    pub rate_step: f64,
+    /// Seconds between rate steps.
+    pub step_seconds: f64,
+    /// The rate never goes above this.
+    pub rate_max: Option<f64>,
     /// Calls to start in all.
-    pub(crate) calls: u64,
+    pub calls: u64,
     /// Stop starting calls after this long.
-    pub(crate) duration: Option<Duration>,
+    pub duration: Option<Duration>,
     /// Hold time between the ACK and the BYE.
-    pub(crate) hold: Duration,
-    /// The user part of the Request-URI (`sip:USER@target`).
-    pub(crate) service: String,
-    /// This generator's number (keeps Call-IDs, tags and branches unique across threads).
-    pub(crate) thread: usize,
-    /// Most calls in progress at once (like SIPp's `-l`): a call due beyond it waits, and its
+    pub hold: Duration,
+    /// Generator threads.
+    pub threads: usize,
+    /// The user part of the Request-URI (and of the AoRs registered).
+    pub service: String,
+    /// Distinct users the register scenario cycles through (`SERVICE0`..).
+    pub users: u64,
+    /// Expires of each REGISTER.
+    pub expires: u32,
+    /// Credentials for digest challenges.
+    pub auth: Option<Credentials>,
+    /// Most calls in progress at once (like SIPp's `-l`); a call due beyond it waits, and its
     /// latency still counts from when it was due.
-    pub(crate) max_concurrent: usize,
+    pub max_concurrent: usize,
+    /// Write SIPp `-trace_stat`-like rows here.
+    pub csv: Option<PathBuf>,
+    /// Write an HdrHistogram interval log here.
+    pub hdr_log: Option<PathBuf>,
+    /// Print the progress line every second.
+    pub progress: bool,
+}
+
+impl UacConfig {
+    /// A call scenario over UDP to `target` with SIPp-like defaults.
+    pub fn new(target: SocketAddr) -> UacConfig {
+        UacConfig {
+            target,
+            local: SocketAddr::from(([127, 0, 0, 1], 0)),
+            transport: TransportKind::Udp,
+            scenario: Scenario::Call,
+            rate: 10.0,
+            rate_step: 0.0,
+            step_seconds: 1.0,
+            rate_max: None,
+            calls: 100,
+            duration: None,
+            hold: Duration::ZERO,
+            threads: 1,
+            service: "service".to_owned(),
+            users: 1000,
+            expires: 3600,
+            auth: None,
+            max_concurrent: 100_000,
+            csv: None,
+            hdr_log: None,
+            progress: true,
+        }
+    }
+
+    /// Checks the settings that cannot work together.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(self.threads >= 1, "--threads must be at least 1");
+        anyhow::ensure!(self.rate > 0.0 && self.rate.is_finite(), "--rate must be above 0");
+        anyhow::ensure!(self.rate_step >= 0.0 && self.rate_step.is_finite(), "--rate-step must be 0 or more");
+        anyhow::ensure!(self.step_seconds > 0.0, "--step-seconds must be above 0");
+        anyhow::ensure!(self.rate_max.is_none_or(|m| m >= self.rate), "--rate-max must be at least --rate");
+        anyhow::ensure!(self.max_concurrent >= self.threads, "--max-concurrent must be at least --threads");
+        anyhow::ensure!(self.users >= 1, "--users must be at least 1");
+        anyhow::ensure!(
+            self.local.port() == 0 || usize::from(self.local.port()) + self.threads <= 65_536,
+            "--local port + --threads runs past port 65535"
+        );
+        Ok(())
+    }
+
+    /// The schedule's rate `elapsed` into the run, all threads together.
+    pub fn rate_at(&self, elapsed: Duration) -> f64 {
+        let steps = (elapsed.as_secs_f64() / self.step_seconds).floor();
+        let rate = self.rate + self.rate_step * steps;
+        self.rate_max.map_or(rate, |max| rate.min(max))
+    }
+}
+
+/// What generator `thread` does: its share of the run.
+struct Share {
+    config: UacConfig,
+    thread: usize,
+    local: SocketAddr,
+    calls: u64,
+    max_concurrent: usize,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -56,337 +163,610 @@ enum Phase {
     Inviting,
     Holding,
     Byeing,
-    Done,
+    Registering,
+    Querying,
+}
+
+impl Phase {
+    /// The method of the request the phase waits on.
+    fn method(self) -> Option<&'static str> {
+        match self {
+            Phase::Inviting => Some("INVITE"),
+            Phase::Holding => None,
+            Phase::Byeing => Some("BYE"),
+            Phase::Registering => Some("REGISTER"),
+            Phase::Querying => Some("OPTIONS"),
+        }
+    }
 }
 
 /// What a 2xx taught about the dialog.
 #[derive(Clone, Debug, Default)]
 struct Dialog {
+    to_tag: String,
+    /// The callee's Contact: the Request-URI of ACK and BYE (§12.2.1.1).
     remote_target: String,
+    /// The route set: the 2xx's Record-Route, reversed (§12.1.2).
     routes: Vec<String>,
 }
 
 struct Call {
     phase: Phase,
-    /// When the INVITE (or BYE) was meant to go: latencies count from here.
+    /// When the request now waited on was meant to go: latencies count from here.
     intended: Instant,
-    /// The request last sent, for retransmission.
+    /// That request, for retransmission.
     request: Vec<u8>,
     next_retransmit: Instant,
     interval: Duration,
     /// Give up at.
     deadline: Instant,
+    /// The wake-up now in the timer heap (older entries for this call are stale).
+    wake: Instant,
     provisional: bool,
-    /// A 180 was recorded (a 100 Trying before it must not hide it).
+    trying: bool,
     ringing: bool,
-    to_tag: String,
-    /// The callee's Contact (the Request-URI of ACK and BYE, §12.2.1.1), and the route set.
+    /// A digest challenge was answered (a second one fails the call).
+    authenticated: bool,
     dialog: Dialog,
     /// The BYE is due then.
     bye_at: Instant,
 }
 
-/// The results, as the `--json` summary writes them.
-pub(crate) struct Report {
-    pub(crate) attempted: u64,
-    pub(crate) ok: u64,
-    pub(crate) failed: u64,
-    pub(crate) timed_out: u64,
-    pub(crate) retransmissions: u64,
-    pub(crate) failures_by_code: BTreeMap<u16, u64>,
-    pub(crate) elapsed: Duration,
-    pub(crate) setup: Histogram<u64>,
-    pub(crate) ringing: Histogram<u64>,
-    pub(crate) bye: Histogram<u64>,
+/// What a generator reports to the merging thread.
+enum Update {
+    Interval(Box<Interval>),
+    /// The generator stopped after sending interval `last`.
+    Done {
+        thread: usize,
+        last: u64,
+        elapsed: Duration,
+        error: Option<String>,
+    },
 }
 
-impl Report {
-    /// Completed calls per second of the run.
-    pub(crate) fn calls_per_s(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
+/// One generator thread's state.
+struct Generator {
+    share: Share,
+    /// The local address, written once (formatting a socket address is not cheap).
+    local: String,
+    /// The local IP, for SDP.
+    local_ip: String,
+    /// The target address, written once.
+    target: String,
+    pid: u32,
+    calls: HashMap<u64, Call>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    counts: Counts,
+    measures: Measures,
+    /// Messages produced while handling input, sent once the input is read.
+    outbox: Vec<Vec<u8>>,
+    /// When the run started (all generators share it).
+    start: Instant,
+    /// When the last call ended well, since `start`.
+    last_ok: Duration,
+    /// Whether calls are still being started (the interval's target rate is 0 after).
+    starting: bool,
+}
 
-    /// The JSON summary.
-    pub(crate) fn json(&self) -> serde_json::Value {
-        let ms = |h: &Histogram<u64>| {
-            let q = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-            serde_json::json!({
-                "count": h.len(), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
-                "max": h.max() as f64 / 1000.0,
-            })
+/// Runs the calls on `config.threads` generators and merges what they measured.
+pub fn run(config: &UacConfig) -> Result<Report> {
+    config.validate()?;
+    let started_wall = SystemTime::now();
+    let start = Instant::now() + Duration::from_millis(20);
+    let (tx, rx) = mpsc::channel::<Update>();
+    let threads = config.threads;
+    let mut handles = Vec::new();
+    for thread in 0..threads {
+        let share = Share {
+            config: config.clone(),
+            thread,
+            local: if config.local.port() == 0 {
+                config.local
+            } else {
+                SocketAddr::new(config.local.ip(), config.local.port() + thread as u16)
+            },
+            calls: config.calls / threads as u64 + u64::from((thread as u64) < config.calls % threads as u64),
+            max_concurrent: config.max_concurrent / threads,
         };
-        serde_json::json!({
-            "calls_attempted": self.attempted,
-            "calls_ok": self.ok,
-            "calls_failed": self.failed,
-            "calls_timed_out": self.timed_out,
-            "calls_per_s": self.calls_per_s(),
-            "retransmissions": self.retransmissions,
-            "failures_by_code": self.failures_by_code.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
-            "elapsed_s": self.elapsed.as_secs_f64(),
-            "invite_180_ms": ms(&self.ringing),
-            "setup_ms": ms(&self.setup),
-            "bye_ms": ms(&self.bye),
-        })
+        let tx = tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("uac-{thread}"))
+            .spawn(move || {
+                let mut last = 0;
+                let result = Generator::run(share, start, &tx, &mut last);
+                let elapsed = Instant::now().saturating_duration_since(start);
+                let error = result.err().map(|e| format!("{e:#}"));
+                let _ = tx.send(Update::Done { thread, last, elapsed, error });
+            })
+            .context("starting a generator thread")?;
+        handles.push(handle);
     }
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("invariant: valid histogram bounds")
-}
-
-/// Runs the calls; returns the report.
-pub(crate) fn run(config: &UacConfig) -> Result<Report> {
-    let socket = UdpSocket::bind(config.local).with_context(|| format!("binding {}", config.local))?;
-    let local = socket.local_addr()?;
-    // Non-blocking, with short sleeps when idle: SO_RCVTIMEO ticks in jiffies (4 ms here), which
-    // would delay sends past their intended time; nanosleep is finer.
-    socket.set_nonblocking(true)?;
-    let pid = std::process::id();
-    let start = Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / config.rate.max(0.001));
-    let mut calls: Vec<Call> = Vec::new();
-    let mut live: Vec<usize> = Vec::new();
-    let mut report = Report {
-        attempted: 0,
-        ok: 0,
-        failed: 0,
-        timed_out: 0,
-        retransmissions: 0,
-        failures_by_code: BTreeMap::new(),
+    drop(tx);
+    let mut csv = config.csv.as_deref().map(|p| CsvWriter::create(p, started_wall)).transpose()?;
+    let mut hdr_log = config.hdr_log.as_deref().map(|p| HdrLogWriter::create(p, started_wall)).transpose()?;
+    let mut total = Report {
+        counts: Counts::default(),
+        measures: Measures::default(),
         elapsed: Duration::ZERO,
-        setup: histogram(),
-        ringing: histogram(),
-        bye: histogram(),
+        busy: Duration::ZERO,
     };
-    let mut buf = vec![0u8; 65_535];
-    let mut slots = vec![HeaderSlot::EMPTY; Message::SLOTS];
-    let mut last_report = start;
-    let mut last_scan = start;
-    let thread = config.thread;
-    let call_id = |i: usize| format!("{i}-{thread}-{pid}@sipbench");
-    loop {
-        let now = Instant::now();
-        // Start every call whose time has come (open loop).
-        let stop_starting = config.duration.is_some_and(|d| now.duration_since(start) >= d);
-        while !stop_starting && (calls.len() as u64) < config.calls {
-            let intended = start + interval * calls.len() as u32;
-            if intended > now || live.len() >= config.max_concurrent {
+    let mut pending: std::collections::BTreeMap<u64, (Interval, usize)> = Default::default();
+    let mut done_after: Vec<Option<u64>> = vec![None; threads];
+    let mut errors = Vec::new();
+    let mut next = 0u64;
+    let mut emit = |interval: Interval, total: &mut Report| -> Result<()> {
+        total.counts.add(&interval.counts);
+        total.measures.add(&interval.measures)?;
+        total.elapsed = total.elapsed.max(Duration::from_secs(interval.index) + interval.length);
+        total.busy = total.busy.max(interval.last_ok);
+        if config.progress {
+            eprintln!("{}", interval.progress_line(&total.counts));
+        }
+        if let Some(csv) = csv.as_mut() {
+            csv.row(&interval, total)?;
+        }
+        if let Some(log) = hdr_log.as_mut() {
+            log.write(&interval)?;
+        }
+        Ok(())
+    };
+    for update in rx {
+        match update {
+            Update::Interval(part) => {
+                let slot = pending
+                    .entry(part.index)
+                    .or_insert_with(|| (Interval { index: part.index, ..Interval::default() }, 0));
+                slot.0.counts.add(&part.counts);
+                slot.0.measures.add(&part.measures)?;
+                slot.0.active += part.active;
+                slot.0.target_rate += part.target_rate;
+                slot.0.length = slot.0.length.max(part.length);
+                slot.0.last_ok = slot.0.last_ok.max(part.last_ok);
+                slot.1 += 1;
+            }
+            Update::Done { thread, last, elapsed, error } => {
+                done_after[thread] = Some(last);
+                total.elapsed = total.elapsed.max(elapsed);
+                errors.extend(error.map(|e| format!("generator {thread}: {e}")));
+            }
+        }
+        // Emit every interval all threads have reported (a stopped thread reports no more).
+        while let Some((_, reported)) = pending.get(&next) {
+            let stopped = done_after.iter().filter(|d| d.is_some_and(|d| d < next)).count();
+            if reported + stopped < threads {
                 break;
             }
-            let i = calls.len();
-            let invite = invite(config, local, &call_id(i), i);
-            socket.send_to(&invite, config.target)?;
-            report.attempted += 1;
-            calls.push(Call {
-                phase: Phase::Inviting,
-                intended,
-                request: invite,
-                next_retransmit: now + T1,
-                interval: T1,
-                deadline: now + T1 * 64,
-                provisional: false,
-                ringing: false,
-                to_tag: String::new(),
-                dialog: Dialog::default(),
-                bye_at: now,
-            });
-            live.push(i);
+            let (interval, _) = pending.remove(&next).expect("invariant: present");
+            emit(interval, &mut total)?;
+            next += 1;
         }
-        // Timers: retransmissions, timeouts, BYEs due; looked at once a millisecond, not per
-        // datagram (the scan is over every live call).
-        let scan = now.duration_since(last_scan) >= SCAN_EVERY;
-        if scan {
-            last_scan = now;
-        }
-        for &i in live.iter().filter(|_| scan) {
-            let call = &mut calls[i];
-            if call.phase == Phase::Holding && now >= call.bye_at {
-                let bye = in_dialog(config, local, &call_id(i), i, "BYE", &call.to_tag, &call.dialog, 'b');
-                socket.send_to(&bye, config.target)?;
-                call.phase = Phase::Byeing;
-                call.intended = call.bye_at;
-                call.request = bye;
-                call.interval = T1;
-                call.next_retransmit = now + T1;
-                call.deadline = now + T1 * 64;
-            } else if matches!(call.phase, Phase::Inviting | Phase::Byeing) {
-                if now >= call.deadline {
-                    call.phase = Phase::Done;
-                    report.timed_out += 1;
-                } else if now >= call.next_retransmit && !(call.phase == Phase::Inviting && call.provisional) {
-                    socket.send_to(&call.request, config.target)?;
-                    report.retransmissions += 1;
-                    call.interval =
-                        if call.phase == Phase::Inviting { call.interval * 2 } else { (call.interval * 2).min(T2) };
-                    call.next_retransmit = now + call.interval;
+    }
+    for (_, (interval, _)) in std::mem::take(&mut pending) {
+        emit(interval, &mut total)?;
+    }
+    for handle in handles {
+        handle.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))?;
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("; "));
+    }
+    Ok(total)
+}
+
+impl Generator {
+    /// Runs one generator to the end of its share, reporting each second to `tx`; `last` is
+    /// the index of the last interval it sent.
+    fn run(share: Share, start: Instant, tx: &mpsc::Sender<Update>, last: &mut u64) -> Result<()> {
+        let mut link = Link::open(share.config.transport, share.local, share.config.target)?;
+        let local = link.local_addr()?;
+        let mut generator = Generator {
+            local: local.to_string(),
+            local_ip: local.ip().to_string(),
+            target: share.config.target.to_string(),
+            share,
+            pid: std::process::id(),
+            calls: HashMap::new(),
+            timers: BinaryHeap::new(),
+            counts: Counts::default(),
+            measures: Measures::default(),
+            outbox: Vec::new(),
+            start,
+            last_ok: Duration::ZERO,
+            starting: true,
+        };
+        let config = generator.share.config.clone();
+        let threads = config.threads as f64;
+        let mut buf = vec![0u8; 65_535];
+        let mut slots = vec![HeaderSlot::EMPTY; Message::SLOTS];
+        let mut started = 0u64;
+        let mut next_due = start;
+        let mut index = 0u64;
+        let interval_start = |index: u64| start + Duration::from_secs(index);
+        std::thread::sleep(start.saturating_duration_since(Instant::now()));
+        let result = loop {
+            let now = Instant::now();
+            let stop_starting = config.duration.is_some_and(|d| now.duration_since(start) >= d);
+            // Start every call whose time has come (open loop).
+            while !stop_starting && started < generator.share.calls && next_due <= now {
+                if generator.calls.len() >= generator.share.max_concurrent {
+                    break;
+                }
+                generator.start_call(started, next_due, now);
+                started += 1;
+                let rate = config.rate_at(next_due.duration_since(start)) / threads;
+                next_due += Duration::from_secs_f64(1.0 / rate);
+            }
+            // Timers due.
+            while let Some(&Reverse((at, seq))) = generator.timers.peek() {
+                if at > now {
+                    break;
+                }
+                generator.timers.pop();
+                generator.on_timer(seq, at, now);
+            }
+            // Responses.
+            let got = match link.receive(&mut buf, |bytes| {
+                if let Ok(message) = parse(bytes, &mut slots) {
+                    generator.on_message(&message);
+                }
+                Ok(())
+            }) {
+                Ok(got) => got,
+                Err(e) => break Err(e),
+            };
+            for message in generator.outbox.drain(..) {
+                link.send(&message)?;
+            }
+            link.flush()?;
+            // A second is over: report it.
+            if now >= interval_start(index + 1) {
+                let part = generator.take_interval(index, Duration::from_secs(1));
+                tx.send(Update::Interval(Box::new(part))).context("the merging thread stopped")?;
+                index += 1;
+            }
+            let all_started = started >= generator.share.calls || stop_starting;
+            generator.starting = !all_started;
+            if all_started && generator.calls.is_empty() {
+                break Ok(());
+            }
+            if got == 0 {
+                // Nothing came: wait for input until the next call, timer or report is due.
+                let mut wake = interval_start(index + 1);
+                if !all_started && generator.calls.len() < generator.share.max_concurrent {
+                    wake = wake.min(next_due);
+                }
+                if let Some(Reverse((at, _))) = generator.timers.peek() {
+                    wake = wake.min(*at);
+                }
+                let wait = wake.saturating_duration_since(Instant::now()).min(MAX_WAIT);
+                if !wait.is_zero() {
+                    link.wait(wait);
                 }
             }
-        }
-        if scan {
-            live.retain(|&i| calls[i].phase != Phase::Done);
-        }
-        let all_started = (calls.len() as u64) >= config.calls || stop_starting;
-        if all_started && live.is_empty() {
-            break;
-        }
-        if now.duration_since(last_report) >= Duration::from_secs(1) {
-            last_report = now;
-            eprintln!(
-                "uac {:>6.1}s  started {:>7}  ok {:>7}  active {:>5}  failed {:>4}  timed out {:>4}  setup p50 {:.2} ms p99 {:.2} ms",
-                now.duration_since(start).as_secs_f64(),
-                report.attempted,
-                report.ok,
-                live.len(),
-                report.failed,
-                report.timed_out,
-                report.setup.value_at_quantile(0.5) as f64 / 1000.0,
-                report.setup.value_at_quantile(0.99) as f64 / 1000.0,
-            );
-        }
-        // Responses.
-        let (n, _) = match socket.recv_from(&mut buf) {
-            Ok(got) => got,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                std::thread::sleep(IDLE_SLEEP);
-                continue;
-            }
-            Err(e) => return Err(e.into()),
         };
-        let Ok(msg) = parse(&buf[..n], &mut slots) else { continue };
-        let (Some(code), Some(id)) = (msg.status_code(), msg.call_id().ok().flatten()) else { continue };
-        let Some(i) = id.split('-').next().and_then(|n| n.parse::<usize>().ok()) else { continue };
-        let Some(call) = calls.get_mut(i) else { continue };
-        let is_invite = msg.cseq().ok().flatten().is_some_and(|c| c.method == sipshard_parser::Method::Invite);
+        let length = Instant::now().saturating_duration_since(interval_start(index));
+        let part = generator.take_interval(index, length);
+        tx.send(Update::Interval(Box::new(part))).context("the merging thread stopped")?;
+        *last = index;
+        result
+    }
+
+    /// This second's counts and histograms (the generator starts afresh).
+    fn take_interval(&mut self, index: u64, length: Duration) -> Interval {
+        let config = &self.share.config;
+        let rate = if self.starting { config.rate_at(Duration::from_secs(index)) / config.threads as f64 } else { 0.0 };
+        Interval {
+            index,
+            counts: std::mem::take(&mut self.counts),
+            measures: std::mem::take(&mut self.measures),
+            active: self.calls.len() as u64,
+            target_rate: rate,
+            length: length.min(Duration::from_secs(1)),
+            last_ok: self.last_ok,
+        }
+    }
+
+    fn call_id(&self, seq: u64) -> String {
+        format!("{seq}-{}-{}@sipbench", self.share.thread, self.pid)
+    }
+
+    /// Starts call `seq`, due at `intended`.
+    fn start_call(&mut self, seq: u64, intended: Instant, now: Instant) {
+        let (phase, request) = match self.share.config.scenario {
+            Scenario::Call => (Phase::Inviting, self.invite(seq)),
+            Scenario::Register => (Phase::Registering, self.register(seq, 1, None)),
+            Scenario::Options => (Phase::Querying, self.options(seq)),
+        };
+        self.counts.attempted += 1;
+        self.outbox.push(request.clone());
+        let call = Call {
+            phase,
+            intended,
+            request,
+            next_retransmit: now + T1,
+            interval: T1,
+            deadline: now + T1 * 64,
+            wake: now,
+            provisional: false,
+            trying: false,
+            ringing: false,
+            authenticated: false,
+            dialog: Dialog::default(),
+            bye_at: now,
+        };
+        self.calls.insert(seq, call);
+        self.schedule(seq);
+    }
+
+    /// Puts call `seq`'s next wake-up in the heap.
+    fn schedule(&mut self, seq: u64) {
+        let retransmits = self.share.config.transport.retransmits();
+        let Some(call) = self.calls.get_mut(&seq) else { return };
+        call.wake = match call.phase {
+            Phase::Holding => call.bye_at,
+            Phase::Inviting if call.provisional => call.deadline,
+            _ if retransmits => call.next_retransmit.min(call.deadline),
+            _ => call.deadline,
+        };
+        self.timers.push(Reverse((call.wake, seq)));
+    }
+
+    /// Sends `request` as the one call `seq` now waits on, due at `intended`.
+    fn await_request(&mut self, seq: u64, phase: Phase, request: Vec<u8>, intended: Instant, now: Instant) {
+        self.outbox.push(request.clone());
+        if let Some(call) = self.calls.get_mut(&seq) {
+            call.phase = phase;
+            call.intended = intended;
+            call.request = request;
+            call.interval = T1;
+            call.next_retransmit = now + T1;
+            call.deadline = now + T1 * 64;
+            call.provisional = false;
+        }
+        self.schedule(seq);
+    }
+
+    fn on_timer(&mut self, seq: u64, at: Instant, now: Instant) {
+        let Some(call) = self.calls.get_mut(&seq) else { return };
+        if call.wake != at {
+            return; // Stale: the call moved on since this wake-up was set.
+        }
+        if call.phase == Phase::Holding {
+            let bye_at = call.bye_at;
+            let bye = self.in_dialog(seq, "BYE", 'b');
+            self.await_request(seq, Phase::Byeing, bye, bye_at, now);
+            return;
+        }
+        if now >= call.deadline {
+            self.counts.timed_out += 1;
+            self.calls.remove(&seq);
+            return;
+        }
+        if now >= call.next_retransmit {
+            self.outbox.push(call.request.clone());
+            self.counts.retransmissions += 1;
+            let doubled = call.interval * 2;
+            // Timer A doubles without bound; E (non-INVITE), and A once a 1xx came, stop at T2.
+            call.interval = if call.phase == Phase::Inviting { doubled } else { doubled.min(T2) };
+            call.next_retransmit = now + call.interval;
+        }
+        self.schedule(seq);
+    }
+
+    fn on_message(&mut self, message: &Message<'_>) {
+        let (Some(code), Some(call_id)) = (message.status_code(), message.call_id().ok().flatten()) else { return };
+        let Some(seq) = call_id.split('-').next().and_then(|n| n.parse::<u64>().ok()) else { return };
+        let Some(cseq) = message.cseq().ok().flatten() else { return };
+        let Some(call) = self.calls.get_mut(&seq) else { return };
         let now = Instant::now();
-        let micros = |since: Instant| now.saturating_duration_since(since).as_micros().max(1) as u64;
-        match (call.phase, is_invite, code) {
-            (Phase::Inviting, true, 100..=199) => {
+        let micros = now.saturating_duration_since(call.intended).as_micros().max(1) as u64;
+        let is_invite = cseq.method == Method::Invite;
+        if is_invite && call.phase != Phase::Inviting {
+            if (200..300).contains(&code) {
+                // The 2xx again: our ACK was lost.
+                let ack = self.in_dialog(seq, "ACK", 'a');
+                self.outbox.push(ack);
+            }
+            return;
+        }
+        if call.phase.method() != Some(cseq.method.as_str()) {
+            return; // A late answer to an earlier request of the call.
+        }
+        match (call.phase, code) {
+            (Phase::Inviting, 100..=199) => {
+                if code == 100 && !call.trying {
+                    call.trying = true;
+                    let _ = self.measures.invite_100.record(micros);
+                }
                 if code == 180 && !call.ringing {
                     call.ringing = true;
-                    let _ = report.ringing.record(micros(call.intended));
+                    let _ = self.measures.invite_180.record(micros);
                 }
+                if !call.provisional {
+                    call.provisional = true;
+                    self.schedule(seq);
+                }
+            }
+            (_, 100..=199) => {
+                // Timer E goes to T2 once a provisional response came (§17.1.2.2).
                 call.provisional = true;
+                call.interval = T2;
             }
-            (Phase::Inviting, true, 200..=299) => {
-                let _ = report.setup.record(micros(call.intended));
-                call.to_tag = msg.to().ok().flatten().and_then(|t| t.tag()).unwrap_or_default().to_owned();
-                call.dialog = Dialog {
-                    remote_target: msg
-                        .contacts()
-                        .find_map(|c| match c {
-                            Ok(sipshard_parser::Contact::Address { addr, .. }) => Some(addr.uri.raw.to_owned()),
-                            _ => None,
-                        })
-                        .unwrap_or_default(),
-                    // §12.1.2: the UAC's route set is the Record-Route of the 2xx, reversed.
-                    routes: {
-                        let mut routes: Vec<String> =
-                            msg.record_routes().filter_map(Result::ok).map(|r| format!("<{}>", r.uri.raw)).collect();
-                        routes.reverse();
-                        routes
-                    },
-                };
-                socket.send_to(
-                    &in_dialog(config, local, &call_id(i), i, "ACK", &call.to_tag, &call.dialog, 'a'),
-                    config.target,
-                )?;
+            (Phase::Inviting, 200..=299) => {
+                let _ = self.measures.setup.record(micros);
+                call.dialog = dialog_of(message);
+                let ack = self.in_dialog(seq, "ACK", 'a');
+                self.outbox.push(ack);
+                let call = self.calls.get_mut(&seq).expect("invariant: the call is live");
                 call.phase = Phase::Holding;
-                call.bye_at = now + config.hold;
+                call.bye_at = now + self.share.config.hold;
+                self.schedule(seq);
             }
-            (Phase::Holding | Phase::Byeing, true, 200..=299) => {
-                // The 2xx again: our ACK was lost.
-                socket.send_to(
-                    &in_dialog(config, local, &call_id(i), i, "ACK", &call.to_tag, &call.dialog, 'a'),
-                    config.target,
-                )?;
+            (Phase::Byeing, 200..=299) => self.finish(seq, |m| &mut m.bye, micros),
+            (Phase::Registering, 200..=299) => self.finish(seq, |m| &mut m.register, micros),
+            (Phase::Querying, 200..=299) => self.finish(seq, |m| &mut m.options, micros),
+            (Phase::Registering, 401 | 407) if !call.authenticated && self.share.config.auth.is_some() => {
+                let header = if code == 401 { HeaderName::WwwAuthenticate } else { HeaderName::ProxyAuthenticate };
+                let challenge = message.header(header).and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
+                let intended = call.intended;
+                call.authenticated = true;
+                let auth = self.share.config.auth.as_ref().expect("invariant: checked above");
+                let uri = format!("sip:{}", self.target);
+                let cnonce = format!("{}x{seq:x}", self.share.thread);
+                match digest::answer(challenge, auth, "REGISTER", &uri, &cnonce) {
+                    Some(value) => {
+                        let name = if code == 401 { "Authorization" } else { "Proxy-Authorization" };
+                        let request = self.register(seq, 2, Some((name, &value)));
+                        self.await_request(seq, Phase::Registering, request, intended, now);
+                    }
+                    None => self.fail(seq, code),
+                }
             }
-            (Phase::Inviting, true, 300..) => {
+            (Phase::Inviting, _) => {
                 // The ACK of a non-2xx belongs to the INVITE's transaction: same branch (§17.1.1.3).
-                let tag = msg.to().ok().flatten().and_then(|t| t.tag()).unwrap_or_default().to_owned();
-                socket.send_to(
-                    &in_dialog(config, local, &call_id(i), i, "ACK", &tag, &Dialog::default(), 'i'),
-                    config.target,
-                )?;
-                *report.failures_by_code.entry(code).or_default() += 1;
-                report.failed += 1;
-                call.phase = Phase::Done;
+                let to_tag = message.to().ok().flatten().and_then(|t| t.tag()).unwrap_or_default().to_owned();
+                call.dialog = Dialog { to_tag, ..Dialog::default() };
+                let ack = self.in_dialog(seq, "ACK", 'i');
+                self.outbox.push(ack);
+                self.fail(seq, code);
             }
-            (Phase::Byeing, false, 200..=299) => {
-                let _ = report.bye.record(micros(call.intended));
-                report.ok += 1;
-                call.phase = Phase::Done;
-            }
-            (Phase::Byeing, false, 300..) => {
-                *report.failures_by_code.entry(code).or_default() += 1;
-                report.failed += 1;
-                call.phase = Phase::Done;
-            }
-            _ => {}
+            _ => self.fail(seq, code),
         }
     }
-    report.elapsed = start.elapsed();
-    Ok(report)
-}
 
-/// The headers every request of call `i` shares; `uri` is its Request-URI, `branch` its
-/// Via branch suffix (`i` INVITE, `a` ACK, `b` BYE).
-#[allow(clippy::too_many_arguments)] // The parts of one request line and header block.
-fn headers(
-    config: &UacConfig,
-    local: SocketAddr,
-    call_id: &str,
-    i: usize,
-    method: &str,
-    uri: &str,
-    to_tag: &str,
-    branch: char,
-) -> String {
-    let to_tag = if to_tag.is_empty() { String::new() } else { format!(";tag={to_tag}") };
-    let cseq = if method == "BYE" { 2 } else { 1 };
-    format!(
-        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{t}x{i:x}{branch};rport\r\nMax-Forwards: 70\r\n\
-From: <sip:sipbench@{local}>;tag={t}x{i:x}\r\nTo: <sip:{}@{}>{to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
-Contact: <sip:sipbench@{local}>\r\n",
-        config.service,
-        config.target,
-        t = config.thread
-    )
-}
-
-fn invite(config: &UacConfig, local: SocketAddr, call_id: &str, i: usize) -> Vec<u8> {
-    let sdp = format!(
-        "v=0\r\no=sipbench {i} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n",
-        ip = local.ip()
-    );
-    let uri = format!("sip:{}@{}", config.service, config.target);
-    let mut text = headers(config, local, call_id, i, "INVITE", &uri, "", 'i');
-    text.push_str(&format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
-    text.into_bytes()
-}
-
-/// ACK or BYE inside the dialog: to the callee's Contact with the route set (or, without a
-/// dialog, to the INVITE's Request-URI: the ACK of a non-2xx).
-#[allow(clippy::too_many_arguments)] // The parts of one request.
-fn in_dialog(
-    config: &UacConfig,
-    local: SocketAddr,
-    call_id: &str,
-    i: usize,
-    method: &str,
-    to_tag: &str,
-    dialog: &Dialog,
-    branch: char,
-) -> Vec<u8> {
-    let uri = if dialog.remote_target.is_empty() {
-        format!("sip:{}@{}", config.service, config.target)
-    } else {
-        dialog.remote_target.clone()
-    };
-    let mut text = headers(config, local, call_id, i, method, &uri, to_tag, branch);
-    for route in &dialog.routes {
-        text.push_str(&format!("Route: {route}\r\n"));
+    /// Call `seq` ended well: `latency` goes into the measure `pick` chooses.
+    fn finish(&mut self, seq: u64, pick: impl Fn(&mut Measures) -> &mut hdrhistogram::Histogram<u64>, latency: u64) {
+        let _ = pick(&mut self.measures).record(latency);
+        self.counts.ok += 1;
+        self.last_ok = self.start.elapsed();
+        self.calls.remove(&seq);
     }
-    text.push_str("Content-Length: 0\r\n\r\n");
-    text.into_bytes()
+
+    fn fail(&mut self, seq: u64, code: u16) {
+        self.counts.fail(code);
+        self.calls.remove(&seq);
+    }
+
+    /// The AoR user call `seq` registers.
+    fn user(&self, seq: u64) -> String {
+        let global = seq * self.share.config.threads as u64 + self.share.thread as u64;
+        format!("{}{}", self.share.config.service, global % self.share.config.users)
+    }
+
+    /// Via, Max-Forwards, From, To, Call-ID and CSeq of a request of call `seq`; `branch` tells
+    /// the requests of a call apart (`i` INVITE and its ACK of a non-2xx, `a` ACK, `b` BYE,
+    /// `r`/`R` REGISTER and its authenticated retry, `o` OPTIONS).
+    #[allow(clippy::too_many_arguments)] // The parts of one request line and header block.
+    fn headers(&self, seq: u64, method: &str, uri: &str, user: &str, to_tag: &str, cseq: u32, branch: char) -> String {
+        let to_tag = if to_tag.is_empty() { String::new() } else { format!(";tag={to_tag}") };
+        let (local, target, thread) = (&self.local, &self.target, self.share.thread);
+        let transport = self.share.config.transport.via();
+        let contact_transport = if transport == "TCP" { ";transport=tcp" } else { "" };
+        format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK{thread}x{seq:x}{branch};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:{user}@{target}>;tag={thread}x{seq:x}\r\nTo: <sip:{user}@{target}>{to_tag}\r\n\
+Call-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:{user}@{local}{contact_transport}>\r\n",
+            self.call_id(seq)
+        )
+    }
+
+    fn request_uri(&self) -> String {
+        format!("sip:{}@{}", self.share.config.service, self.target)
+    }
+
+    fn invite(&self, seq: u64) -> Vec<u8> {
+        let sdp = format!(
+            "v=0\r\no=sipbench {seq} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n",
+            ip = self.local_ip
+        );
+        let mut text = self.headers(seq, "INVITE", &self.request_uri(), "sipbench", "", 1, 'i');
+        text.push_str(&format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
+        text.into_bytes()
+    }
+
+    fn register(&self, seq: u64, cseq: u32, authorization: Option<(&str, &str)>) -> Vec<u8> {
+        let user = self.user(seq);
+        let uri = format!("sip:{}", self.target);
+        let branch = if cseq == 1 { 'r' } else { 'R' };
+        let mut text = self.headers(seq, "REGISTER", &uri, &user, "", cseq, branch);
+        text.push_str(&format!("Expires: {}\r\n", self.share.config.expires));
+        if let Some((name, value)) = authorization {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        text.into_bytes()
+    }
+
+    fn options(&self, seq: u64) -> Vec<u8> {
+        let mut text = self.headers(seq, "OPTIONS", &self.request_uri(), "sipbench", "", 1, 'o');
+        text.push_str("Accept: application/sdp\r\nContent-Length: 0\r\n\r\n");
+        text.into_bytes()
+    }
+
+    /// ACK or BYE inside the dialog: to the callee's Contact with the route set (or, without
+    /// a dialog, to the INVITE's Request-URI: the ACK of a non-2xx).
+    fn in_dialog(&self, seq: u64, method: &str, branch: char) -> Vec<u8> {
+        let Some(call) = self.calls.get(&seq) else { return Vec::new() };
+        let dialog = &call.dialog;
+        let uri = if dialog.remote_target.is_empty() { self.request_uri() } else { dialog.remote_target.clone() };
+        let cseq = if method == "BYE" { 2 } else { 1 };
+        let mut text = self.headers(seq, method, &uri, "sipbench", &dialog.to_tag, cseq, branch);
+        for route in &dialog.routes {
+            text.push_str(&format!("Route: {route}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        text.into_bytes()
+    }
+}
+
+/// The dialog a 2xx to the INVITE sets up.
+fn dialog_of(message: &Message<'_>) -> Dialog {
+    let mut routes: Vec<String> =
+        message.record_routes().filter_map(Result::ok).map(|r| format!("<{}>", r.uri.raw)).collect();
+    routes.reverse();
+    Dialog {
+        to_tag: message.to().ok().flatten().and_then(|t| t.tag()).unwrap_or_default().to_owned(),
+        remote_target: message
+            .contacts()
+            .find_map(|c| match c {
+                Ok(Contact::Address { addr, .. }) => Some(addr.uri.raw.to_owned()),
+                _ => None,
+            })
+            .unwrap_or_default(),
+        routes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ramp_adds_its_step_each_period_up_to_the_cap() {
+        let mut config = UacConfig::new("127.0.0.1:5060".parse().expect("addr"));
+        config.rate = 100.0;
+        config.rate_step = 50.0;
+        config.step_seconds = 2.0;
+        config.rate_max = Some(220.0);
+        assert_eq!(config.rate_at(Duration::from_millis(1999)), 100.0);
+        assert_eq!(config.rate_at(Duration::from_secs(2)), 150.0);
+        assert_eq!(config.rate_at(Duration::from_secs(5)), 200.0);
+        assert_eq!(config.rate_at(Duration::from_secs(60)), 220.0);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_with_their_flag() {
+        let base = UacConfig::new("127.0.0.1:5060".parse().expect("addr"));
+        let refused = |change: fn(&mut UacConfig)| {
+            let mut config = base.clone();
+            change(&mut config);
+            config.validate().expect_err("refused").to_string()
+        };
+        assert!(refused(|c| c.rate = 0.0).contains("--rate"));
+        assert!(refused(|c| c.threads = 0).contains("--threads"));
+        assert!(refused(|c| c.rate_max = Some(1.0)).contains("--rate-max"));
+        assert!(refused(|c| c.step_seconds = 0.0).contains("--step-seconds"));
+        assert!(refused(|c| c.max_concurrent = 0).contains("--max-concurrent"));
+        assert!(base.validate().is_ok());
+    }
 }

@@ -12,15 +12,36 @@ use support::{Running, free_port, last_stats, sipp_uas, stat, tool, wait_until_b
 
 #[test]
 fn sipbench_uac_calls_sipp_uas_with_no_failure() {
+    sipbench_uac_calls_sipp_uas("udp");
+}
+
+#[test]
+fn sipbench_uac_calls_sipp_uas_over_tcp_with_no_failure() {
+    sipbench_uac_calls_sipp_uas("tcp");
+}
+
+#[test]
+fn sipp_uac_calls_sipbench_uas_with_no_failure() {
+    sipp_uac_calls_sipbench_uas("u1");
+}
+
+#[test]
+fn sipp_uac_calls_sipbench_uas_over_tcp_with_no_failure() {
+    sipp_uac_calls_sipbench_uas("t1");
+}
+
+fn sipbench_uac_calls_sipp_uas(transport: &str) {
     let Some(sipp) = tool("sipp") else { return };
-    let dir = std::env::temp_dir().join(format!("sipbench-interop-uac-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sipbench-interop-uac-{transport}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let uas_port = free_port();
-    let _uas = sipp_uas(&sipp, uas_port, "u1", &dir);
-    wait_until_bound(uas_port, false);
+    let tcp = transport == "tcp";
+    let _uas = sipp_uas(&sipp, uas_port, if tcp { "t1" } else { "u1" }, &dir);
+    wait_until_bound(uas_port, tcp);
     let json = dir.join("summary.json");
     let status = Command::new(env!("CARGO_BIN_EXE_sipbench"))
         .args(["uac", &format!("127.0.0.1:{uas_port}"), "--rate", "100", "--calls", "300", "--threads", "2"])
+        .args(["--transport", transport])
         .args(["--json", json.to_str().expect("utf8 path")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -41,10 +62,9 @@ fn sipbench_uac_calls_sipp_uas_with_no_failure() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn sipp_uac_calls_sipbench_uas_with_no_failure() {
+fn sipp_uac_calls_sipbench_uas(transport: &str) {
     let Some(sipp) = tool("sipp") else { return };
-    let dir = std::env::temp_dir().join(format!("sipbench-interop-uas-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sipbench-interop-uas-{transport}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (uas_port, uac_port) = (free_port(), free_port());
     let _uas = Running(
@@ -55,11 +75,11 @@ fn sipp_uac_calls_sipbench_uas_with_no_failure() {
             .spawn()
             .expect("sipbench uas starts"),
     );
-    wait_until_bound(uas_port, false);
+    wait_until_bound(uas_port, transport == "t1");
     let stats = dir.join("uac.csv");
     let status = Command::new(&sipp)
         .args(["-sn", "uac", &format!("127.0.0.1:{uas_port}"), "-i", "127.0.0.1", "-p", &uac_port.to_string()])
-        .args(["-r", "100", "-m", "300", "-nostdin", "-timeout", "30", "-timeout_error"])
+        .args(["-t", transport, "-r", "100", "-m", "300", "-nostdin", "-timeout", "30", "-timeout_error"])
         .args(["-trace_stat", "-fd", "1", "-stf", stats.to_str().expect("utf8 path")])
         .current_dir(&dir)
         .stdout(Stdio::null())
