@@ -2,6 +2,7 @@
 //! the configuration, and the runtime (glommio executors, sockets).
 
 mod config;
+mod demo;
 mod parse_cmd;
 mod server;
 
@@ -21,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start sipshard on loopback with a callee and a caller (sipbench) for a few seconds; print
+    /// the call report and the server's per-shard counters.
+    Demo(demo::DemoArgs),
     /// Run the server (embedded defaults: a proxy on 127.0.0.1:5060); SIGINT or SIGTERM stops it.
     Run(RunArgs),
     /// Check a configuration file; print every error with its key and why.
@@ -63,6 +67,10 @@ fn main() -> ExitCode {
         Command::Parse { file } => parse_cmd::run(file.as_deref()),
         Command::CheckConfig { file } => check_config(&file),
         Command::Run(args) => run(args),
+        Command::Demo(args) => {
+            init_logging("warn");
+            demo::run(args)
+        }
     }
 }
 
@@ -97,14 +105,19 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
+/// Logs to stderr at `default_level` unless RUST_LOG says otherwise.
+fn init_logging(default_level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    init_logging("info");
     let config = match &args.config {
         Some(path) => Config::read(path),
         None => Ok(Config::default()),

@@ -299,7 +299,10 @@ pub fn run(config: &UacConfig) -> Result<Report> {
         total.measures.add(&interval.measures)?;
         total.elapsed = total.elapsed.max(Duration::from_secs(interval.index) + interval.length);
         total.busy = total.busy.max(interval.last_ok);
-        if config.progress {
+        // The last interval is often a sliver with nothing in it: no line for that.
+        let sliver =
+            interval.length < Duration::from_millis(100) && interval.counts.attempted + interval.counts.ok == 0;
+        if config.progress && !sliver {
             eprintln!("{}", interval.progress_line(&total.counts));
         }
         if let Some(csv) = csv.as_mut() {

@@ -4,6 +4,7 @@
 
 mod cli_parse;
 mod cluster;
+mod demo;
 mod fuzz_regressions;
 mod proxy;
 mod shard;
