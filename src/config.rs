@@ -79,6 +79,10 @@ pub(crate) struct ServerSection {
     pub(crate) io_memory_kib: usize,
     /// How long a graceful shutdown lets live transactions finish.
     pub(crate) drain_s: u64,
+    /// Microseconds a shard with nothing to do spins before it sleeps (0: sleep at once).
+    /// Spinning spares the wake-up (and glommio's process-wide memory barrier on every
+    /// sleep) under load, at the price of CPU time when traffic is light: tuning.md.
+    pub(crate) spin_before_park_us: u64,
     /// Largest request handled; larger ones get 513 Message Too Large.
     pub(crate) max_message_bytes: usize,
     /// Seconds an INVITE may ring before it is CANCELled and answered 408 (Timer C: over 180).
@@ -108,6 +112,7 @@ impl Default for ServerSection {
             retry_after_s: 5,
             io_memory_kib: 512,
             drain_s: 32,
+            spin_before_park_us: 0,
             max_message_bytes: sipshard_shards::shard::DEFAULT_MAX_MESSAGE_BYTES,
             no_answer_s: sipshard_shards::shard::DEFAULT_NO_ANSWER.as_secs(),
             max_call_duration_s: sipshard_shards::shard::DEFAULT_MAX_CALL_DURATION.as_secs(),
@@ -223,6 +228,8 @@ pub(crate) struct Settings {
     pub(crate) io_memory: usize,
     /// Graceful shutdown bound.
     pub(crate) drain: Duration,
+    /// How long an idle shard spins before it sleeps (`None`: not at all).
+    pub(crate) spin_before_park: Option<Duration>,
     /// Test steering: every datagram first reaches a shard that does not own it.
     pub(crate) steer_to_wrong_shard: bool,
     /// TCP limits.
@@ -331,6 +338,9 @@ impl Config {
                 Transports { udp: true, tcp: false }
             }
         };
+        if server.spin_before_park_us > 100_000 {
+            error("server.spin_before_park_us", "at most 100000 (0.1 s): a longer spin only burns CPU".into());
+        }
         if server.tcp_max_connections == 0 || server.tcp_queue == 0 || server.tcp_idle_s == 0 {
             error("server.tcp_*", "tcp_max_connections, tcp_queue and tcp_idle_s must be at least 1".into());
         }
@@ -414,6 +424,8 @@ impl Config {
             retry_after_s: server.retry_after_s,
             io_memory: server.io_memory_kib * 1024,
             drain: Duration::from_secs(server.drain_s),
+            spin_before_park: (server.spin_before_park_us > 0)
+                .then(|| Duration::from_micros(server.spin_before_park_us)),
             steer_to_wrong_shard: server.steer_to_wrong_shard,
             tcp: TcpLimits {
                 max_connections: server.tcp_max_connections,

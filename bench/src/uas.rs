@@ -202,8 +202,14 @@ impl Answerer {
         match method {
             Method::Invite => {
                 stats.invites.fetch_add(1, Ordering::Relaxed);
-                respond(180, "Ringing", &[("Contact", contact)], b"")?;
-                respond(200, "OK", &[("Contact", contact), ("Content-Type", b"application/sdp")], SDP)?;
+                // A response that makes a dialog copies the Record-Route (§12.1.1): the caller's
+                // in-dialog requests then go through the proxies that asked.
+                let mut headers: Vec<(&str, &[u8])> =
+                    msg.headers_named(HeaderName::RecordRoute).map(|h| ("Record-Route", h.value)).collect();
+                headers.push(("Contact", contact));
+                respond(180, "Ringing", &headers, b"")?;
+                headers.push(("Content-Type", b"application/sdp"));
+                respond(200, "OK", &headers, SDP)?;
             }
             Method::Ack => {
                 stats.acks.fetch_add(1, Ordering::Relaxed);

@@ -164,9 +164,13 @@ pub(crate) fn run_until(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Re
     let node = NodeShared { stripes, stop, epoch, pending };
     for (index, &core) in settings.cores.iter().enumerate() {
         let (mesh, settings, node) = (mesh.clone(), settings.clone(), node.clone());
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{index}"))
-            .io_memory(settings.io_memory)
+            .io_memory(settings.io_memory);
+        if let Some(spin) = settings.spin_before_park {
+            builder = builder.spin_before_park(spin);
+        }
+        let handle = builder
             .spawn(move || async move { shard_main(index, core, settings, mesh, node).await })
             .map_err(|e| anyhow::anyhow!("starting shard {index} on core {core}: {e}"))?;
         handles.push(handle);

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Side by side on one box: the same ladder of call rates, sipbench uac ->
+# server -> sipbench uas over loopback UDP, against
+#   (a) sipshard as a stateful proxy (one shard per core),
+#   (b) Kamailio as a transaction-stateful proxy with dialog tracking
+#       (tools/kamailio/kamailio.cfg: sl, tm, rr, dialog, record_route, t_relay;
+#       children = cores; -m 1024 -x tlsf; 4 MiB socket buffers),
+#   (c) sipshard as a B2BUA.
+# At each rate: calls/s completed, failed calls, setup latency p50/p99/p99.9,
+# and the server's CPU seconds (user + system, all its threads or processes)
+# and CPU per call. Prints one table, then the highest rate each server
+# sustains: < 0.1 % failed (or timed out), setup p99 under 50 ms, and the
+# generator kept up (>= 95 % of the offered calls started).
+#
+#   tools/bench-vs-kamailio.sh [--seconds S] [--rates "R1 R2 .."] [--hold-ms H]
+#                              [--servers "sipshard kamailio b2bua"] [--shards N|auto]
+#
+# Bounded: each step is S seconds of calls plus the hold and at most 40 s of
+# drain; a server's ladder stops after two steps in a row it does not sustain.
+# Idempotent: builds sipshard and sipbench if needed, installs kamailio and
+# sip-tester from Debian if missing, stops every process it started by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=10
+rates="1000 2000 3000 4000 6000 8000 10000 12000 15000 20000"
+hold_ms=1000
+servers="sipshard kamailio b2bua"
+shards=auto
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) seconds=$2; shift 2 ;;
+        --rates) rates=$2; shift 2 ;;
+        --hold-ms) hold_ms=$2; shift 2 ;;
+        --servers) servers=$2; shift 2 ;;
+        --shards) shards=$2; shift 2 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+missing=()
+command -v kamailio >/dev/null || missing+=(kamailio)
+command -v sipp >/dev/null || missing+=(sip-tester)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}..." >&2
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+cargo build --release -q -p sipshard -p sipshard-bench
+sipshard=target/release/sipshard
+sipbench=target/release/sipbench
+cores=$(nproc)
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+server_port=15070
+uas_port=15090
+
+# CPU ticks (user + system) of PID and its child processes.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        if [ -r "/proc/$pid/stat" ]; then
+            total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat") ))
+        fi
+    done
+    echo "$total"
+}
+
+wait_for_options() {
+    # The server answers an OPTIONS (its health check, or relayed to the callee) within 10 s.
+    for _ in $(seq 1 50); do
+        if "$sipbench" uac "127.0.0.1:$server_port" --scenario options --calls 1 --rate 10 --quiet >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "the server on port $server_port never answered OPTIONS" >&2
+    return 1
+}
+
+start_server() {
+    case "$1" in
+        sipshard | b2bua)
+            local role=proxy
+            [ "$1" = b2bua ] && role=b2bua
+            RUST_LOG=warn "$sipshard" run --listen "127.0.0.1:$server_port" --route "sip:127.0.0.1:$uas_port" \
+                --role "$role" --shards "$shards" >"$work/server.log" 2>&1 &
+            ;;
+        kamailio)
+            kamailio -DD -E -m 1024 -M 32 -x tlsf -f tools/kamailio/kamailio.cfg \
+                -A "LISTEN=udp:127.0.0.1:$server_port" -A "CALLEE=\"sip:127.0.0.1:$uas_port\"" \
+                -A "CHILDREN=$cores" >"$work/server.log" 2>&1 &
+            ;;
+    esac
+    server_pid=$!
+    pids+=("$server_pid")
+    wait_for_options
+}
+
+stop_server() {
+    # SIGKILL: a graceful stop would wait for the last transactions (server.drain_s).
+    kill -9 "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    sleep 0.5
+}
+
+"$sipbench" uas --listen "127.0.0.1:$uas_port" --threads 1 >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.3
+
+hz=$(getconf CLK_TCK)
+echo "# sipbench -> server -> sipbench uas, loopback UDP, ${seconds} s per step, hold ${hold_ms} ms"
+echo "# $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), $(kamailio -v 2>/dev/null | head -1 | awk '{print $1, $2}')"
+printf "%-9s %7s %9s %7s %8s %8s %8s %8s %9s %s\n" server offered calls/s failed p50_ms p99_ms p999_ms cpu_s cpu_us/call sustained
+results="$work/results"
+: >"$results"
+for server in $servers; do
+    start_server "$server"
+    misses=0
+    for rate in $rates; do
+        before=$(cpu_ticks "$server_pid")
+        timeout $((seconds + hold_ms / 1000 + 45)) "$sipbench" uac "127.0.0.1:$server_port" --rate "$rate" \
+            --calls $((rate * seconds)) --duration "$seconds" --hold-ms "$hold_ms" --threads 1 \
+            --max-failed-ratio 1 --quiet --json "$work/step.json" >/dev/null 2>&1 || true
+        after=$(cpu_ticks "$server_pid")
+        line=$(python3 - "$work/step.json" "$server" "$rate" "$seconds" "$(( after - before ))" "$hz" <<'EOF'
+import json, sys
+path, server, rate, seconds, ticks, hz = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+try:
+    s = json.load(open(path))
+except Exception:
+    print(f"{server} {rate:.0f} 0 all 0 0 0 0 0 no"); sys.exit()
+bad = s["calls_failed"] + s["calls_timed_out"]
+setup = s["setup_ms"]
+cpu = ticks / hz
+per_call = cpu / max(s["calls_ok"], 1) * 1e6
+sustained = (s["calls_attempted"] >= 0.95 * rate * seconds and bad <= 0.001 * s["calls_attempted"]
+             and setup["p99"] < 50.0)
+print(f"{server} {rate:.0f} {s['calls_ok'] / seconds:.0f} {bad} {setup['p50']:.3f} {setup['p99']:.3f} "
+      f"{setup['p999']:.3f} {cpu:.2f} {per_call:.0f} {'yes' if sustained else 'no'}")
+EOF
+        )
+        rm -f "$work/step.json"
+        echo "$line" >>"$results"
+        echo "$line" | awk '{printf "%-9s %7s %9s %7s %8s %8s %8s %8s %9s %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
+        if [ "${line##* }" = yes ]; then misses=0; else misses=$((misses + 1)); fi
+        [ "$misses" -ge 2 ] && break
+        sleep 1
+    done
+    stop_server
+done
+python3 - "$results" <<'EOF'
+import sys
+best, cpu = {}, {}
+for line in open(sys.argv[1]):
+    server, offered, achieved, bad, p50, p99, p999, cpu_s, per_call, sustained = line.split()
+    best.setdefault(server, 0.0)
+    if sustained == "yes":
+        best[server] = max(best[server], float(offered))
+        cpu.setdefault(server, {})[float(offered)] = float(per_call)
+print("highest sustained (calls/s): " + ", ".join(f"{s} {r:.0f}" for s, r in best.items()))
+k = best.get("kamailio", 0.0)
+if k:
+    for s in ("sipshard", "b2bua"):
+        if s in best:
+            print(f"{s} / kamailio: {best[s] / k:.2f}x")
+    common = sorted(set(cpu.get("kamailio", {})) & set(cpu.get("sipshard", {})))
+    if common:
+        r = common[-1]
+        print(f"CPU per call at {r:.0f} calls/s: sipshard {cpu['sipshard'][r]:.0f} us, kamailio {cpu['kamailio'][r]:.0f} us "
+              f"({cpu['sipshard'][r] / cpu['kamailio'][r]:.2f}x)")
+EOF
