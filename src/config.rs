@@ -79,6 +79,9 @@ pub(crate) struct ServerSection {
     pub(crate) io_memory_kib: usize,
     /// How long a graceful shutdown lets live transactions finish.
     pub(crate) drain_s: u64,
+    /// Socket receive and send buffer asked for on each shard's UDP socket, KiB (the kernel
+    /// caps it at `net.core.rmem_max`/`wmem_max`; 0: leave the system default).
+    pub(crate) udp_buffer_kib: usize,
     /// Microseconds a shard with nothing to do spins before it sleeps (0: sleep at once).
     /// Spinning spares the wake-up (and glommio's process-wide memory barrier on every
     /// sleep) under load, at the price of CPU time when traffic is light: tuning.md.
@@ -113,6 +116,7 @@ impl Default for ServerSection {
             io_memory_kib: 512,
             drain_s: 32,
             spin_before_park_us: 0,
+            udp_buffer_kib: 4096,
             max_message_bytes: sipshard_shards::shard::DEFAULT_MAX_MESSAGE_BYTES,
             no_answer_s: sipshard_shards::shard::DEFAULT_NO_ANSWER.as_secs(),
             max_call_duration_s: sipshard_shards::shard::DEFAULT_MAX_CALL_DURATION.as_secs(),
@@ -228,6 +232,8 @@ pub(crate) struct Settings {
     pub(crate) io_memory: usize,
     /// Graceful shutdown bound.
     pub(crate) drain: Duration,
+    /// UDP socket buffer size asked for, bytes (0: the system default).
+    pub(crate) udp_buffer: usize,
     /// How long an idle shard spins before it sleeps (`None`: not at all).
     pub(crate) spin_before_park: Option<Duration>,
     /// Test steering: every datagram first reaches a shard that does not own it.
@@ -338,6 +344,9 @@ impl Config {
                 Transports { udp: true, tcp: false }
             }
         };
+        if server.udp_buffer_kib > 1 << 20 {
+            error("server.udp_buffer_kib", "at most 1048576 (1 GiB)".into());
+        }
         if server.spin_before_park_us > 100_000 {
             error("server.spin_before_park_us", "at most 100000 (0.1 s): a longer spin only burns CPU".into());
         }
@@ -424,6 +433,7 @@ impl Config {
             retry_after_s: server.retry_after_s,
             io_memory: server.io_memory_kib * 1024,
             drain: Duration::from_secs(server.drain_s),
+            udp_buffer: server.udp_buffer_kib * 1024,
             spin_before_park: (server.spin_before_park_us > 0)
                 .then(|| Duration::from_micros(server.spin_before_park_us)),
             steer_to_wrong_shard: server.steer_to_wrong_shard,

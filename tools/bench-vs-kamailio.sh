@@ -104,8 +104,14 @@ start_server() {
 }
 
 stop_server() {
-    # SIGKILL: a graceful stop would wait for the last transactions (server.drain_s).
-    kill -9 "$server_pid" 2>/dev/null || true
+    # Kamailio stops its children on SIGTERM; sipshard gets SIGKILL (a graceful stop would
+    # wait for its last transactions, server.drain_s).
+    local children
+    children=$(pgrep -P "$server_pid" || true)
+    if [ "$1" = kamailio ]; then kill "$server_pid" 2>/dev/null || true; else kill -9 "$server_pid" 2>/dev/null || true; fi
+    wait "$server_pid" 2>/dev/null || true
+    sleep 1
+    for pid in $children; do kill -9 "$pid" 2>/dev/null || true; done
     wait "$server_pid" 2>/dev/null || true
     sleep 0.5
 }
@@ -153,7 +159,7 @@ EOF
         [ "$misses" -ge 2 ] && break
         sleep 1
     done
-    stop_server
+    stop_server "$server"
 done
 python3 - "$results" <<'EOF'
 import sys

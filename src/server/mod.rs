@@ -321,6 +321,24 @@ struct NodeShared {
     pending: Arc<[AtomicUsize]>,
 }
 
+/// The shard's UDP socket: SO_REUSEPORT on the SIP address, with `buffer` bytes of receive and
+/// send buffer asked for (bursts beyond the kernel's default 208 KiB are dropped otherwise).
+fn bind_udp(listen: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    if buffer > 0 {
+        socket.set_recv_buffer_size(buffer)?;
+        socket.set_send_buffer_size(buffer)?;
+        let got = socket.recv_buffer_size()?;
+        if got < buffer {
+            tracing::debug!(asked = buffer, got, "UDP receive buffer capped by net.core.rmem_max");
+        }
+    }
+    socket.bind(&listen.into())?;
+    Ok(UdpSocket::from(socket))
+}
+
 async fn shard_main(
     spawned: usize,
     core: usize,
@@ -331,7 +349,7 @@ async fn shard_main(
     let NodeShared { stripes, stop, epoch, pending } = node;
     let udp =
         match settings.transports.udp {
-            true => Some(UdpSocket::bind(settings.listen).map_err(|e| {
+            true => Some(bind_udp(settings.listen, settings.udp_buffer).map_err(|e| {
                 anyhow::anyhow!("binding UDP {}: {e} (is another process on that port?)", settings.listen)
             })?),
             false => None,
