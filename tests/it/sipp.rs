@@ -76,7 +76,7 @@ fn run_calls(sipp: &Path, calls: u32, rate: u32, config: &str, tcp: bool) -> Run
     let mut uac = Command::new(sipp)
         .args(["-sn", "uac", "-t", sipp_transport, &server.to_string(), "-i", "127.0.0.1", "-p", &uac_port.to_string()])
         .args(["-r", &rate.to_string(), "-m", &calls.to_string(), "-nostdin", "-timeout", "60", "-timeout_error"])
-        .args(["-trace_stat", "-fd", "1", "-stf", stats_file.to_str().expect("utf8 path")])
+        .args(["-trace_stat", "-fd", "1", "-stf", stats_file.to_str().expect("utf8 path"), "-trace_err"])
         .current_dir(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -85,7 +85,11 @@ fn run_calls(sipp: &Path, calls: u32, rate: u32, config: &str, tcp: bool) -> Run
     let uac_pid = uac.id();
     let status = uac.wait().expect("sipp uac ends");
     let stats = last_stats(&stats_file);
-    assert!(status.success() || stat(&stats, "FailedCall(C)") > 0, "sipp uac exit status {status}");
+    assert!(
+        status.success() || stat(&stats, "FailedCall(C)") > 0,
+        "sipp uac exit status {status}; its error log: {}",
+        sipp_errors(&dir)
+    );
 
     // A graceful stop: the report comes on stdout.
     let killed = Command::new("kill").args(["-TERM", &sipshard.0.id().to_string()]).status().expect("kill runs");
@@ -268,4 +272,15 @@ fn sipp_calls_through_the_b2bua_over_tcp_with_two_shards() {
     run.assert_owners_did_the_work();
     assert_eq!(run.total("tcp_framing_errors"), 0, "{}", run.report);
     assert_eq!(run.total("retransmissions_received"), 0, "{}", run.report);
+}
+
+/// What SIPp wrote to its `-trace_err` files in `dir` (why it exited, when it did).
+fn sipp_errors(dir: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(dir) else { return String::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
