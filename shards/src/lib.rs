@@ -16,6 +16,7 @@ pub mod b2bua;
 pub mod dialog;
 pub mod proxy;
 pub mod registrar;
+pub mod replication;
 pub mod shard;
 pub mod stripe;
 pub mod table;
