@@ -37,7 +37,7 @@ use crate::dialog::{B2buaCall, CallTimer, Dialog, DialogState};
 use crate::registrar::{self, Binding, LocationUpdate, RegistrarConfig};
 
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
-use crate::table::{CallTable, Change, Checkout, Hints, TableError};
+use crate::table::{CallTable, Change, Checkout, Hints, TableError, codec};
 use crate::timer::{TimerId, TimerWheel};
 use crate::transaction::matching::{ServerKey, server_key, server_key_of_response};
 use crate::transaction::{
@@ -93,6 +93,12 @@ pub enum Input<'a> {
     Timeout,
     /// Another shard of this node changed an AoR's bindings (the registrar owns the AoR's stripe).
     Location(&'a LocationUpdate),
+    /// A change of a record whose stripe another node owns, from that node's replica link:
+    /// kept dormant here (timers stored, not armed) until a view makes this shard the owner.
+    Replica(&'a Change),
+    /// A new view of the cluster (a node died or came back): stripes this shard now owns are
+    /// activated (their records' timers armed, their messages processed here).
+    View(&'a StripeMap),
     /// The driver could not send a message this shard emitted (§17.2.4: ICMP error,
     /// connection refused or reset); the transaction that sent it learns of it.
     TransportError {
@@ -303,6 +309,17 @@ pub struct ShardStats {
     pub dropped_malformed: u64,
     /// Responses that matched no client transaction and could not be relayed by their Via.
     pub stray_responses: u64,
+    /// Replica records installed or updated (dormant).
+    pub replicas_installed: u64,
+    /// Replica records removed (the call ended on its owner).
+    pub replicas_removed: u64,
+    /// Replica changes refused (older than what is held, undecodable, for a stripe owned
+    /// here, or the table full).
+    pub replicas_refused: u64,
+    /// Stripes this shard took over from a dead node.
+    pub stripes_taken_over: u64,
+    /// Records activated when their stripe was taken over.
+    pub records_activated: u64,
     /// Responses relayed statelessly by their Via (§16.11: no transaction matched).
     pub responses_relayed_stateless: u64,
     /// Server transactions created.
@@ -674,12 +691,96 @@ impl<T: TransactionUser> Shard<T> {
             }
             Input::TransportError { peer, bytes } => self.transport_error(now_ms, peer, bytes),
             Input::Location(update) => self.tu.on_location(update),
+            Input::Replica(change) => self.install_replica(change),
+            Input::View(view) => self.take_view(view),
         }
         while let Some(change) = self.table.poll_change() {
             if self.config.replicate {
                 self.outputs.push_back(Output::Replicate(change));
             }
         }
+    }
+
+    /// Keeps a replica of a record another node owns, dormant: no timer armed, no transaction
+    /// indexed. A removal removes it. Changes are idempotent (older versions are ignored).
+    fn install_replica(&mut self, change: &Change) {
+        if self.stripes.route(change.stripe, self.config.node, self.config.shard) == Route::Local {
+            // We own it: a late change from a former owner must not overwrite live state.
+            self.stats.replicas_refused += 1;
+            return;
+        }
+        if change.bytes.is_empty() {
+            self.table.forget(change.stripe, &change.key);
+            self.stats.replicas_removed += 1;
+            return;
+        }
+        let installed = codec::decode::<CallRecord>(&change.bytes)
+            .ok()
+            .and_then(|(_, record)| self.table.install(change.stripe, &change.key, change.version, record).ok());
+        match installed {
+            Some(true) => self.stats.replicas_installed += 1,
+            _ => self.stats.replicas_refused += 1,
+        }
+    }
+
+    /// Adopts a newer view; activates the records of every stripe it gives this shard.
+    fn take_view(&mut self, view: &StripeMap) {
+        let (node, shard) = (self.config.node, self.config.shard);
+        let gained: Vec<StripeId> = (0..view.stripe_count())
+            .map(StripeId)
+            .filter(|&s| {
+                view.route(s, node, shard) == Route::Local && self.stripes.route(s, node, shard) != Route::Local
+            })
+            .collect();
+        if !self.stripes.update(view.clone()) {
+            return; // Stale: an older or equal epoch.
+        }
+        for stripe in gained {
+            self.stats.stripes_taken_over += 1;
+            let keys: Vec<Box<[u8]>> = self.table.stripe_records(stripe).map(|(k, _, _)| k.into()).collect();
+            for key in keys {
+                self.activate(stripe, &key);
+            }
+        }
+    }
+
+    /// Makes a dormant record live here: fresh shard-local ids for its transactions and call
+    /// timers (the old owner's could collide with ours), the indexes rebuilt, every timer armed
+    /// at its stored deadline (those already past fire at the next timeout).
+    fn activate(&mut self, stripe: StripeId, key: &[u8]) {
+        let Some(mut record) = self.checkout_existing(stripe, key) else { return };
+        let mut fx = self.take_effects();
+        let mut renamed: Vec<(u64, u64)> = Vec::with_capacity(record.transactions.len());
+        for txn in &mut record.transactions {
+            let id = self.new_txn_id();
+            renamed.push((txn.id, id));
+            txn.id = id;
+            self.txn_calls.insert(id, (stripe, key.into()));
+            for (timer, deadline) in txn.timers.iter() {
+                fx.timer_ops.push(TimerOp::Arm(id, WheelTimer::Txn(timer), deadline));
+            }
+        }
+        for client in &mut record.clients {
+            let id = self.new_txn_id();
+            client.id = id;
+            client.server = renamed.iter().find(|(old, _)| *old == client.server).map_or(0, |(_, new)| *new);
+            self.txn_calls.insert(id, (stripe, key.into()));
+            for (timer, deadline) in client.timers.iter() {
+                fx.timer_ops.push(TimerOp::Arm(id, WheelTimer::Txn(timer), deadline));
+            }
+        }
+        if !record.call_timers.is_empty() {
+            record.call_timer_id = self.new_txn_id();
+            self.timer_calls.insert(record.call_timer_id, (stripe, key.into()));
+            for &(timer, deadline) in &record.call_timers {
+                fx.timer_ops.push(TimerOp::Arm(record.call_timer_id, WheelTimer::Call(timer), deadline));
+            }
+        }
+        if let Some(bridge) = &record.bridge {
+            self.b_index.insert(bridge.b_call_id.as_bytes().into(), key.into());
+        }
+        self.stats.records_activated += 1;
+        self.finish(stripe, key, record, fx);
     }
 
     fn receive(&mut self, now_ms: u64, peer: Peer, bytes: &[u8], may_forward: bool) {
@@ -1565,6 +1666,8 @@ impl<T: TransactionUser> Shard<T> {
                     self.start_client(now_ms, record, server, branch, true, peer, out, fx);
                 }
             }
+            // A call already hung up (its BYE's transactions still finishing) is left alone.
+            CallTimer::MaxDuration if record.dialog == Some(DialogState::Terminated) => {}
             CallTimer::MaxDuration => {
                 record.dialog = Some(DialogState::Terminated);
                 if record.bridge.is_some() {

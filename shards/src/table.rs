@@ -259,6 +259,16 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
         }
     }
 
+    /// Drops a record without a change on the feed (a replica whose owner removed it); a
+    /// checked-out record stays. Returns whether one was dropped.
+    pub fn forget(&mut self, stripe: StripeId, key: &[u8]) -> bool {
+        let present = self.stripes.get(&stripe).and_then(|t| t.get(key)).is_some_and(|slot| !slot.checked_out);
+        if present {
+            self.drop_slot(stripe, key);
+        }
+        present
+    }
+
     fn drop_slot(&mut self, stripe: StripeId, key: &[u8]) {
         // Empty stripe maps stay: there are at most as many as stripes, and a busy stripe
         // would otherwise reallocate its map for every call.

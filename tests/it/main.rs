@@ -5,6 +5,7 @@
 mod cli_parse;
 mod cluster;
 mod demo;
+mod failover;
 mod fuzz_regressions;
 mod proxy;
 mod shard;
