@@ -6,7 +6,7 @@
 //! load a server harder than SIPp does.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
@@ -119,11 +119,8 @@ pub fn wait_readable(socket: &impl AsFd, timeout: Duration) -> bool {
 }
 
 fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = addr.as_sockaddr_in() {
-        return Some(SocketAddr::V4(SocketAddrV4::new(v4.ip().into(), v4.port())));
-    }
-    let v6 = addr.as_sockaddr_in6()?;
-    Some(SocketAddr::V6(SocketAddrV6::new(v6.ip(), v6.port(), v6.flowinfo(), v6.scope_id())))
+    let v4 = addr.as_sockaddr_in().map(|a| SocketAddr::V4((*a).into()));
+    v4.or_else(|| addr.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())))
 }
 
 #[cfg(test)]

@@ -9,16 +9,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sipshard_shards::proxy::{Proxy, ProxyConfig, RouteTarget};
-use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, Transport};
+use sipshard_shards::shard::{Input, Output, Shard, ShardConfig};
 use sipshard_shards::{NodeId, ShardId, StripeId, StripeMap};
+
+use crate::proxy::b2bua::header;
+use crate::proxy::{status, udp};
 
 const CALLER: &str = "127.0.0.1:5061";
 const CALLEE: &str = "127.0.0.1:5090";
 const STRIPES: u32 = 64;
-
-fn udp(addr: &str) -> Peer {
-    Peer { addr: addr.parse().expect("addr"), transport: Transport::Udp }
-}
 
 /// Both nodes answer on the same (floating) address, as behind keepalived.
 fn node(id: u16, view: &StripeMap, start: Instant) -> Shard<Proxy> {
@@ -67,17 +66,6 @@ fn drain(shard: &mut Shard<Proxy>, mut backup: Option<&mut Shard<Proxy>>, now: I
         }
     }
     out
-}
-
-fn header<'a>(message: &'a str, name: &str) -> &'a str {
-    message
-        .split("\r\n")
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(": ")))
-        .unwrap_or_else(|| panic!("no {name} in {message}"))
-}
-
-fn status(message: &str) -> u16 {
-    message.strip_prefix("SIP/2.0 ").and_then(|s| s[..3].parse().ok()).unwrap_or(0)
 }
 
 /// The callee's answer to `request` (Vias, From, Call-ID, CSeq copied; a To tag added).

@@ -11,7 +11,7 @@ use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, Transport}
 const CALLER: &str = "127.0.0.1:5061";
 const CALLEE: &str = "127.0.0.1:5090";
 
-fn udp(addr: &str) -> Peer {
+pub(crate) fn udp(addr: &str) -> Peer {
     Peer { addr: addr.parse().expect("addr"), transport: Transport::Udp }
 }
 
@@ -106,7 +106,7 @@ Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Lengt
     )
 }
 
-fn status(message: &str) -> u16 {
+pub(crate) fn status(message: &str) -> u16 {
     message.strip_prefix("SIP/2.0 ").and_then(|s| s[..3].parse().ok()).unwrap_or(0)
 }
 
@@ -413,7 +413,7 @@ Contact: <sip:alice@127.0.0.1:5095;transport=udp>\r\nExpires: 600\r\nContent-Len
     assert_eq!(rig.shard.tu().location().len(), 0);
 }
 
-mod b2bua {
+pub(crate) mod b2bua {
     use super::*;
 
     fn rig() -> Rig {
@@ -427,7 +427,8 @@ mod b2bua {
         rig
     }
 
-    fn header<'a>(message: &'a str, name: &str) -> &'a str {
+    /// The value of header `name` in `message`.
+    pub(crate) fn header<'a>(message: &'a str, name: &str) -> &'a str {
         message
             .split("\r\n")
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(": ")))
