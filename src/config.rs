@@ -513,6 +513,19 @@ t2_ms = 100
     }
 
     #[test]
+    fn socket_buffers_and_spinning_are_bounded_and_reach_the_settings() {
+        let text = "[server]\nudp_buffer_kib = 2048\nspin_before_park_us = 50\n";
+        let settings = Config::parse(text).expect("parses").settings(&[0]).expect("valid");
+        assert_eq!((settings.udp_buffer, settings.spin_before_park), (2 << 20, Some(Duration::from_micros(50))));
+        let text = "[server]\nudp_buffer_kib = 2000000\nspin_before_park_us = 200000\n";
+        let errors = Config::parse(text).expect("parses").settings(&[0]).expect_err("invalid");
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["server.udp_buffer_kib", "server.spin_before_park_us"]);
+        let defaults = Config::parse("").expect("parses").settings(&[0]).expect("valid");
+        assert_eq!((defaults.udp_buffer, defaults.spin_before_park), (4 << 20, None));
+    }
+
+    #[test]
     fn a_decoder_error_names_its_key() {
         let errors = Config::parse("[server]\nlisten = 5060\n").expect_err("type error");
         assert_eq!(errors[0].key, "server.listen");
