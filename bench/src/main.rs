@@ -62,6 +62,10 @@ enum Command {
 struct UacArgs {
     /// The server (ip:port).
     target: SocketAddr,
+    /// Send each BYE (and its retransmissions) here instead of TARGET, as if a floating IP had
+    /// moved to another node during the hold (UDP only).
+    #[arg(long)]
+    bye_target: Option<SocketAddr>,
     /// Local address to bind (port 0: any; with several threads, consecutive ports from it).
     #[arg(long, default_value = "127.0.0.1:0")]
     local: SocketAddr,
@@ -131,6 +135,7 @@ impl UacArgs {
     fn config(&self) -> UacConfig {
         UacConfig {
             target: self.target,
+            bye_target: self.bye_target,
             local: self.local,
             transport: self.transport,
             scenario: self.scenario,

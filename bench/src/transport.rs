@@ -63,6 +63,8 @@ pub enum Link {
         socket: UdpSocket,
         /// Where requests go.
         target: SocketAddr,
+        /// Where BYEs go instead, when set.
+        bye_target: Option<SocketAddr>,
         /// Receive buffers.
         datagrams: Datagrams,
         /// Datagrams not yet sent.
@@ -80,12 +82,18 @@ pub enum Link {
 }
 
 impl Link {
-    /// Opens a link to `target` from `local`.
-    pub fn open(kind: TransportKind, local: SocketAddr, target: SocketAddr) -> Result<Link> {
+    /// Opens a link to `target` (BYEs to `bye_target`, UDP only) from `local`.
+    pub fn open(
+        kind: TransportKind,
+        local: SocketAddr,
+        target: SocketAddr,
+        bye_target: Option<SocketAddr>,
+    ) -> Result<Link> {
         Ok(match kind {
             TransportKind::Udp => Link::Udp {
                 socket: udp_socket(local, false)?,
                 target,
+                bye_target,
                 datagrams: Datagrams::new(65_535),
                 outbox: Outbox::default(),
             },
@@ -129,6 +137,14 @@ impl Link {
                 outbound.extend_from_slice(message);
                 Ok(())
             }
+        }
+    }
+
+    /// Queues one message for the BYE target (the usual target when none is set, or over TCP).
+    pub fn send_to_bye_target(&mut self, message: &[u8]) {
+        match self {
+            Link::Udp { target, bye_target, outbox, .. } => outbox.push(message, bye_target.unwrap_or(*target)),
+            Link::Tcp { outbound, .. } => outbound.extend_from_slice(message),
         }
     }
 

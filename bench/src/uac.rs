@@ -57,6 +57,9 @@ pub enum Scenario {
 pub struct UacConfig {
     /// Where requests go.
     pub target: SocketAddr,
+    /// Where the BYE goes instead (and its retransmissions, and an ACK sent again after it), as
+    /// if a floating IP had moved to another node during the hold (UDP only).
+    pub bye_target: Option<SocketAddr>,
     /// Local address to bind (port 0: any; with several threads, consecutive ports from it).
     pub local: SocketAddr,
     /// UDP or TCP.
@@ -103,6 +106,7 @@ impl UacConfig {
     pub fn new(target: SocketAddr) -> UacConfig {
         UacConfig {
             target,
+            bye_target: None,
             local: SocketAddr::from(([127, 0, 0, 1], 0)),
             transport: TransportKind::Udp,
             scenario: Scenario::Call,
@@ -134,6 +138,10 @@ impl UacConfig {
         anyhow::ensure!(self.rate_max.is_none_or(|m| m >= self.rate), "--rate-max must be at least --rate");
         anyhow::ensure!(self.max_concurrent >= self.threads, "--max-concurrent must be at least --threads");
         anyhow::ensure!(self.users >= 1, "--users must be at least 1");
+        anyhow::ensure!(
+            self.bye_target.is_none() || self.transport == TransportKind::Udp,
+            "--bye-target needs --transport udp (a second TCP connection is not implemented)"
+        );
         anyhow::ensure!(
             self.local.port() == 0 || usize::from(self.local.port()) + self.threads <= 65_536,
             "--local port + --threads runs past port 65535"
@@ -238,8 +246,9 @@ struct Generator {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     counts: Counts,
     measures: Measures,
-    /// Messages produced while handling input, sent once the input is read.
-    outbox: Vec<Vec<u8>>,
+    /// Messages produced while handling input, sent once the input is read; `true` marks
+    /// those for the BYE target.
+    outbox: Vec<(Vec<u8>, bool)>,
     /// When the run started (all generators share it).
     start: Instant,
     /// When the last call ended well, since `start`.
@@ -360,7 +369,7 @@ impl Generator {
     /// Runs one generator to the end of its share, reporting each second to `tx`; `last` is
     /// the index of the last interval it sent.
     fn run(share: Share, start: Instant, tx: &mpsc::Sender<Update>, last: &mut u64) -> Result<()> {
-        let mut link = Link::open(share.config.transport, share.local, share.config.target)?;
+        let mut link = Link::open(share.config.transport, share.local, share.config.target, share.config.bye_target)?;
         let local = link.local_addr()?;
         let mut generator = Generator {
             local: local.to_string(),
@@ -417,8 +426,8 @@ impl Generator {
                 Ok(got) => got,
                 Err(e) => break Err(e),
             };
-            for message in generator.outbox.drain(..) {
-                link.send(&message)?;
+            for (message, moved) in generator.outbox.drain(..) {
+                if moved { link.send_to_bye_target(&message) } else { link.send(&message)? }
             }
             link.flush()?;
             // A second is over: report it.
@@ -481,7 +490,7 @@ impl Generator {
             Scenario::Options => (Phase::Querying, self.options(seq)),
         };
         self.counts.attempted += 1;
-        self.outbox.push(request.clone());
+        self.outbox.push((request.clone(), false));
         let call = Call {
             phase,
             intended,
@@ -516,7 +525,7 @@ impl Generator {
 
     /// Sends `request` as the one call `seq` now waits on, due at `intended`.
     fn await_request(&mut self, seq: u64, phase: Phase, request: Vec<u8>, intended: Instant, now: Instant) {
-        self.outbox.push(request.clone());
+        self.outbox.push((request.clone(), self.moved(phase)));
         if let Some(call) = self.calls.get_mut(&seq) {
             call.phase = phase;
             call.intended = intended;
@@ -546,7 +555,8 @@ impl Generator {
             return;
         }
         if now >= call.next_retransmit {
-            self.outbox.push(call.request.clone());
+            let moved = self.share.config.bye_target.is_some() && call.phase == Phase::Byeing;
+            self.outbox.push((call.request.clone(), moved));
             self.counts.retransmissions += 1;
             let doubled = call.interval * 2;
             // Timer A doubles without bound; E (non-INVITE), and A once a 1xx came, stop at T2.
@@ -567,8 +577,9 @@ impl Generator {
         if is_invite && call.phase != Phase::Inviting {
             if (200..300).contains(&code) {
                 // The 2xx again: our ACK was lost.
+                let moved = self.share.config.bye_target.is_some() && call.phase == Phase::Byeing;
                 let ack = self.in_dialog(seq, "ACK", 'a');
-                self.outbox.push(ack);
+                self.outbox.push((ack, moved));
             }
             return;
         }
@@ -599,7 +610,7 @@ impl Generator {
                 let _ = self.measures.setup.record(micros);
                 call.dialog = dialog_of(message);
                 let ack = self.in_dialog(seq, "ACK", 'a');
-                self.outbox.push(ack);
+                self.outbox.push((ack, false));
                 let call = self.calls.get_mut(&seq).expect("invariant: the call is live");
                 call.phase = Phase::Holding;
                 call.bye_at = now + self.share.config.hold;
@@ -630,11 +641,16 @@ impl Generator {
                 let to_tag = message.to().ok().flatten().and_then(|t| t.tag()).unwrap_or_default().to_owned();
                 call.dialog = Dialog { to_tag, ..Dialog::default() };
                 let ack = self.in_dialog(seq, "ACK", 'i');
-                self.outbox.push(ack);
+                self.outbox.push((ack, false));
                 self.fail(seq, code);
             }
             _ => self.fail(seq, code),
         }
+    }
+
+    /// Whether a message of a call in `phase` goes to the BYE target.
+    fn moved(&self, phase: Phase) -> bool {
+        self.share.config.bye_target.is_some() && phase == Phase::Byeing
     }
 
     /// Call `seq` ended well: `latency` goes into the measure `pick` chooses.

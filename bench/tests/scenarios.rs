@@ -219,3 +219,23 @@ fn failures_beyond_the_allowed_ratio_exit_non_zero() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("10 of 10 calls failed or timed out"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("failed with 403: 10"));
 }
+
+#[test]
+fn byes_go_to_the_bye_target_when_one_is_given() {
+    let (first, second) = (uas(None), uas(None));
+    let mut config = uac(first.local, Scenario::Call, TransportKind::Udp, 50);
+    config.bye_target = Some(second.local);
+    config.hold = Duration::from_millis(20);
+    let report = uac::run(&config).expect("completes");
+    let (first, second) = (first.stop().expect("stops"), second.stop().expect("stops"));
+    assert_eq!((report.counts.ok, report.measures.bye.len()), (50, 50), "{:?}", report.counts);
+    assert_eq!((count(&first.invites), count(&first.acks), count(&first.byes)), (50, 50, 0));
+    assert_eq!((count(&second.invites), count(&second.byes)), (0, 50), "every BYE went to the moved address");
+    let mut tcp = uac(second_free(), Scenario::Call, TransportKind::Tcp, 1);
+    tcp.bye_target = Some(second_free());
+    assert!(tcp.validate().expect_err("refused").to_string().contains("--bye-target needs --transport udp"));
+}
+
+fn second_free() -> SocketAddr {
+    "127.0.0.1:9".parse().expect("addr")
+}
