@@ -70,6 +70,11 @@ impl Placement {
     pub fn backups(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.replicas[1..].iter().flatten().copied()
     }
+
+    /// The shard (the same number on every node) that processes or keeps the stripe.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
 }
 
 /// Where an input must go.

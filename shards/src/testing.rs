@@ -11,8 +11,10 @@ use std::time::Instant;
 
 use sipshard_parser::{HeaderSlot, Message, Method, parse};
 
+use crate::replication::frame::{Frame, decode, encode};
 use crate::shard::{Decision, FinalResponse, Input, Output, Peer, RequestContext, Shard, ShardConfig, TransactionUser};
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
+use crate::table::{Change, Hints};
 use crate::timer::TimerWheel;
 use crate::transaction::matching::client_key;
 use crate::transaction::{Action, ClientEvent, ClientInvite, ClientNonInvite, ResponseClass, TimerConfig, TxnTimer};
@@ -90,9 +92,25 @@ impl TransactionUser for Responder {
 
 #[derive(Clone, Debug)]
 enum Dest {
-    Shard { node: NodeId, shard: ShardId, from_node: Option<NodeId>, forwarded: bool },
+    Shard {
+        node: NodeId,
+        shard: ShardId,
+        from_node: Option<NodeId>,
+        forwarded: bool,
+    },
     Ua(SocketAddr),
+    /// A replication frame (one `Change`) for a backup shard.
+    Replica {
+        node: NodeId,
+        shard: ShardId,
+    },
 }
+
+/// The peer of a packet that no UA sent (replica frames).
+const NO_PEER: Peer = Peer {
+    addr: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+    transport: crate::shard::Transport::Tcp,
+};
 
 #[derive(Clone, Debug)]
 struct Packet {
@@ -168,11 +186,24 @@ pub struct Cluster<T> {
     timers: TimerConfig,
     /// Datagrams dropped by the links.
     pub lost: u64,
+    /// Nodes killed, and the survivor their address moved to (a floating IP).
+    dead: HashMap<NodeId, NodeId>,
 }
 
 impl<T: TransactionUser> Cluster<T> {
     /// `nodes` × `shards` shards, each with a transaction user from `tu`, links per `link`.
-    pub fn new(nodes: u16, shards: u16, seed: u64, link: LinkConfig, mut tu: impl FnMut() -> T) -> Self {
+    pub fn new(nodes: u16, shards: u16, seed: u64, link: LinkConfig, tu: impl FnMut() -> T) -> Self {
+        Self::build(nodes, shards, seed, link, tu, false)
+    }
+
+    /// As [`Cluster::new`], with replication on: every change of a record reaches the stripe's
+    /// backup shards at once (a reliable replica link), where it is kept dormant until
+    /// [`Cluster::kill`] makes them owners.
+    pub fn replicated(nodes: u16, shards: u16, seed: u64, link: LinkConfig, tu: impl FnMut() -> T) -> Self {
+        Self::build(nodes, shards, seed, link, tu, true)
+    }
+
+    fn build(nodes: u16, shards: u16, seed: u64, link: LinkConfig, mut tu: impl FnMut() -> T, replicate: bool) -> Self {
         let node_ids: Vec<NodeId> = (0..nodes).map(NodeId).collect();
         let map = StripeMap::balanced(1, crate::stripe::DEFAULT_STRIPES, &node_ids, shards, 2);
         // The fake clock needs one anchor Instant (std offers no other constructor);
@@ -194,7 +225,7 @@ impl<T: TransactionUser> Cluster<T> {
                             max_timers: 400_000,
                             timers,
                             seed: seed ^ (u64::from(node.0) << 32) ^ u64::from(s),
-                            replicate: false,
+                            replicate,
                             retry_after_s: 5,
                             registrar: None,
                             max_message_bytes: crate::shard::DEFAULT_MAX_MESSAGE_BYTES,
@@ -218,7 +249,37 @@ impl<T: TransactionUser> Cluster<T> {
             seq: 0,
             timers,
             lost: 0,
+            dead: HashMap::new(),
         }
+    }
+
+    /// Kills `node` (kill -9: its state is gone, nothing more from it) and moves its address to
+    /// `survivor`; every live shard gets the view without `node`, so the stripes it owned move
+    /// to their backups.
+    pub fn kill(&mut self, node: NodeId, survivor: NodeId) {
+        assert!(node != survivor && !self.dead.contains_key(&survivor), "the survivor must live");
+        self.dead.insert(node, survivor);
+        self.map = self.map.without(node);
+        let now = self.now();
+        for n in 0..self.nodes.len() {
+            if self.dead.contains_key(&NodeId(n as u16)) {
+                continue;
+            }
+            for s in 0..self.nodes[n].len() {
+                let view = self.map.clone();
+                self.nodes[n][s].handle(now, Input::View(&view));
+                self.drain(NodeId(n as u16), ShardId(s as u16), None);
+            }
+        }
+    }
+
+    /// Where a packet for `node` goes now: the node itself, or the survivor its address moved to.
+    fn alive(&self, node: NodeId) -> NodeId {
+        let mut node = node;
+        while let Some(&to) = self.dead.get(&node) {
+            node = to;
+        }
+        node
     }
 
     /// Adds a UA at 10.0.0.x:5060 over `transport`; returns its index.
@@ -350,7 +411,27 @@ impl<T: TransactionUser> Cluster<T> {
                 };
                 self.apply_uac(ua, &branch, actions.iter().collect(), Some((code, &packet.bytes)));
             }
+            Dest::Replica { node, shard } => {
+                if self.dead.contains_key(&node) {
+                    return;
+                }
+                let Ok(Some((Frame::Change { stripe, key, version, hints, record, .. }, _))) = decode(&packet.bytes)
+                else {
+                    panic!("invariant: the harness encodes replica frames");
+                };
+                let change = Change {
+                    stripe: StripeId(stripe),
+                    key: key.into_boxed_slice(),
+                    version,
+                    hints: Hints(hints),
+                    bytes: record,
+                };
+                let now = self.now();
+                self.nodes[node.0 as usize][shard.0 as usize].handle(now, Input::Replica(&change));
+                self.drain(node, shard, None);
+            }
             Dest::Shard { node, shard, from_node, forwarded } => {
+                let node = self.alive(node);
                 let now = self.now();
                 let input = match (from_node, forwarded) {
                     (Some(from), _) => Input::FromNode { node: from, peer: packet.peer, bytes: &packet.bytes },
@@ -389,8 +470,26 @@ impl<T: TransactionUser> Cluster<T> {
                     let dest = Dest::Shard { node: to, shard: owner, from_node: Some(node), forwarded: true };
                     self.schedule(self.now_ms + 1, Packet { dest, peer: input.peer, bytes: input.bytes.clone() });
                 }
-                // The test TUs keep no location cache, and nothing replicates here.
-                Output::Replicate(_) | Output::Location(_) => {}
+                // The replica link: reliable, in order, delivered in the same step.
+                Output::Replicate(change) => {
+                    let placement = *self.map.placement(change.stripe);
+                    let frame = Frame::Change {
+                        seq: 0,
+                        stripe: change.stripe.0,
+                        key: change.key.to_vec(),
+                        version: change.version,
+                        hints: change.hints.0,
+                        record: change.bytes,
+                    };
+                    let mut bytes = Vec::new();
+                    encode(&frame, &mut bytes);
+                    for backup in placement.backups().filter(|b| *b != node) {
+                        let dest = Dest::Replica { node: backup, shard: placement.shard() };
+                        self.schedule(self.now_ms, Packet { dest, peer: NO_PEER, bytes: bytes.clone() });
+                    }
+                }
+                // The test TUs keep no location cache.
+                Output::Location(_) => {}
             }
         }
     }
@@ -400,7 +499,9 @@ impl<T: TransactionUser> Cluster<T> {
         let shards = self
             .nodes
             .iter()
-            .flatten()
+            .enumerate()
+            .filter(|(n, _)| !self.dead.contains_key(&NodeId(*n as u16)))
+            .flat_map(|(_, shards)| shards)
             .filter_map(|s| s.poll_timeout())
             .map(|t| t.saturating_duration_since(self.base).as_millis() as u64)
             .min();
@@ -421,6 +522,9 @@ impl<T: TransactionUser> Cluster<T> {
         }
         let now = self.now();
         for n in 0..self.nodes.len() {
+            if self.dead.contains_key(&NodeId(n as u16)) {
+                continue;
+            }
             for s in 0..self.nodes[n].len() {
                 if self.nodes[n][s].poll_timeout().is_some_and(|t| t <= now) {
                     self.nodes[n][s].handle(now, Input::Timeout);

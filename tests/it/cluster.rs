@@ -1,6 +1,7 @@
 //! Deterministic Cluster scenarios for the shard core (fake clock, seeded
-//! links, no sockets): stripe routing across nodes and shards, and a long
-//! lossy run that must leave no transaction, timer or record behind.
+//! links, no sockets): stripe routing across nodes and shards, a long lossy
+//! run that must leave no transaction, timer or record behind, and a node
+//! killed mid-flight with replication on.
 
 use sipshard_shards::shard::Transport;
 use sipshard_shards::testing::{Cluster, LinkConfig, Outcome, Responder, Rng, request};
@@ -90,4 +91,48 @@ fn ten_thousand_transactions_over_a_lossy_link_leave_nothing_behind() {
     let ended: u64 = cluster.nodes.iter().flatten().map(|s| s.stats().transactions_ended).sum();
     assert_eq!(created, ended);
     assert_eq!(created, total as u64);
+}
+
+/// 3 nodes × 2 shards with replication over a lossy UA link: transactions are in flight on
+/// every node when node 1 is killed and its address moves to node 2. Every transaction still
+/// ends with its final response (none stuck, none lost), and no request reaches a transaction
+/// user twice: a retransmission that lands on the survivor matches the replicated transaction
+/// instead of starting a new one.
+#[test]
+fn a_killed_node_loses_no_transaction_and_runs_no_request_twice() {
+    let link = LinkConfig { loss: 0.2, duplicate: 0.05, reorder: 0.1, reorder_ms: 200, delay_ms: 5 };
+    let mut cluster = Cluster::replicated(3, 2, 31, link, Responder::default);
+    let ua = cluster.add_uac(Transport::Udp);
+    let from = cluster.uas[ua].peer.addr;
+    let mut rng = Rng::new(8);
+    let total = 900;
+    for i in 0..total {
+        let method = if i % 3 == 0 { "INVITE" } else { "MESSAGE" };
+        let bytes = request(method, from, &format!("failover-{i}@test"), 1, &format!("f{i}"));
+        cluster.start_request(ua, NodeId(rng.below(3) as u16), ShardId(rng.below(2) as u16), bytes);
+    }
+    // Mid-flight: lost datagrams are being retransmitted, some answers are on their way.
+    cluster.drive(700);
+    let before: u64 = cluster.nodes[1].iter().map(|s| s.stats().transactions_created).sum();
+    assert!(before > 100, "node 1 was serving transactions when it died ({before})");
+    cluster.kill(NodeId(1), NodeId(2));
+    let taken: u64 = [0, 2].iter().flat_map(|&n| cluster.nodes[n].iter()).map(|s| s.stats().records_activated).sum();
+    assert!(taken > 0, "the survivors activated node 1's replicated transactions");
+    cluster.drive(cluster.now_ms() + 2 * (32_000 + 5_000 + 1_000));
+
+    let outcomes: Vec<Option<Outcome>> = cluster.uas[ua].outcomes().map(|(_, o)| o).collect();
+    let answered = outcomes.iter().filter(|o| matches!(o, Some(Outcome::Final(200 | 486)))).count();
+    assert_eq!(answered, total, "every transaction got its final response ({} datagrams lost)", cluster.lost);
+    assert_eq!(cluster.uas[ua].live(), 0, "no client transaction stuck");
+    for i in 0..total {
+        let call_id = format!("failover-{i}@test");
+        let handled: usize =
+            cluster.nodes.iter().flatten().map(|s| s.tu().handled.get(&call_id).map_or(0, Vec::len)).sum();
+        assert_eq!(handled, 1, "{call_id} reached a transaction user {handled} times");
+    }
+    for n in [0, 2] {
+        for shard in &cluster.nodes[n] {
+            assert_eq!((shard.transactions(), shard.calls(), shard.armed_timers()), (0, 0, 0), "node {n}");
+        }
+    }
 }
