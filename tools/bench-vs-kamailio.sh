@@ -75,7 +75,8 @@ cpu_ticks() {
 wait_for_options() {
     # The server answers an OPTIONS (its health check, or relayed to the callee) within 10 s.
     for _ in $(seq 1 50); do
-        if "$sipbench" uac "127.0.0.1:$server_port" --scenario options --calls 1 --rate 10 --quiet >/dev/null 2>&1; then
+        # Bounded: an OPTIONS nobody answers would otherwise wait out 64*T1.
+        if timeout 2 "$sipbench" uac "127.0.0.1:$server_port" --scenario options --calls 1 --rate 10 --quiet >/dev/null 2>&1; then
             return 0
         fi
         sleep 0.2

@@ -11,10 +11,9 @@ use std::time::Instant;
 
 use sipshard_parser::{HeaderSlot, Message, Method, parse};
 
-use crate::replication::frame::{Frame, decode, encode};
 use crate::shard::{Decision, FinalResponse, Input, Output, Peer, RequestContext, Shard, ShardConfig, TransactionUser};
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
-use crate::table::{Change, Hints};
+use crate::table::Change;
 use crate::timer::TimerWheel;
 use crate::transaction::matching::client_key;
 use crate::transaction::{Action, ClientEvent, ClientInvite, ClientNonInvite, ResponseClass, TimerConfig, TxnTimer};
@@ -99,14 +98,15 @@ enum Dest {
         forwarded: bool,
     },
     Ua(SocketAddr),
-    /// A replication frame (one `Change`) for a backup shard.
+    /// A change for a backup shard, over the replica link.
     Replica {
         node: NodeId,
         shard: ShardId,
+        change: Change,
     },
 }
 
-/// The peer of a packet that no UA sent (replica frames).
+/// The peer of a packet that no UA sent (replica changes).
 const NO_PEER: Peer = Peer {
     addr: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
     transport: crate::shard::Transport::Tcp,
@@ -411,21 +411,10 @@ impl<T: TransactionUser> Cluster<T> {
                 };
                 self.apply_uac(ua, &branch, actions.iter().collect(), Some((code, &packet.bytes)));
             }
-            Dest::Replica { node, shard } => {
+            Dest::Replica { node, shard, change } => {
                 if self.dead.contains_key(&node) {
                     return;
                 }
-                let Ok(Some((Frame::Change { stripe, key, version, hints, record, .. }, _))) = decode(&packet.bytes)
-                else {
-                    panic!("invariant: the harness encodes replica frames");
-                };
-                let change = Change {
-                    stripe: StripeId(stripe),
-                    key: key.into_boxed_slice(),
-                    version,
-                    hints: Hints(hints),
-                    bytes: record,
-                };
                 let now = self.now();
                 self.nodes[node.0 as usize][shard.0 as usize].handle(now, Input::Replica(&change));
                 self.drain(node, shard, None);
@@ -473,19 +462,9 @@ impl<T: TransactionUser> Cluster<T> {
                 // The replica link: reliable, in order, delivered in the same step.
                 Output::Replicate(change) => {
                     let placement = *self.map.placement(change.stripe);
-                    let frame = Frame::Change {
-                        seq: 0,
-                        stripe: change.stripe.0,
-                        key: change.key.to_vec(),
-                        version: change.version,
-                        hints: change.hints.0,
-                        record: change.bytes,
-                    };
-                    let mut bytes = Vec::new();
-                    encode(&frame, &mut bytes);
                     for backup in placement.backups().filter(|b| *b != node) {
-                        let dest = Dest::Replica { node: backup, shard: placement.shard() };
-                        self.schedule(self.now_ms, Packet { dest, peer: NO_PEER, bytes: bytes.clone() });
+                        let dest = Dest::Replica { node: backup, shard: placement.shard(), change: change.clone() };
+                        self.schedule(self.now_ms, Packet { dest, peer: NO_PEER, bytes: Vec::new() });
                     }
                 }
                 // The test TUs keep no location cache.

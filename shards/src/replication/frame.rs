@@ -103,6 +103,21 @@ pub enum Frame {
     },
 }
 
+impl Frame {
+    /// The frame's kind, for log lines and close reasons.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Welcome { .. } => "Welcome",
+            Frame::Proof { .. } => "Proof",
+            Frame::Change { .. } => "Change",
+            Frame::Ack { .. } => "Ack",
+            Frame::Heartbeat { .. } => "Heartbeat",
+            Frame::Echo { .. } => "Echo",
+        }
+    }
+}
+
 /// Why bytes on a link are not a frame.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {

@@ -486,9 +486,8 @@ impl ReplicaLink {
             }
             (State::Up, Frame::Echo { .. }) => false,
             (state, frame) => {
-                let what = format!("{frame:?}");
-                let name = what.split([' ', '{', '(']).next().unwrap_or_default().to_owned();
-                self.close(format!("unexpected {name} from node {} in state {state:?}", self.peer.0));
+                let why = format!("unexpected {} from node {} in state {state:?}", frame.name(), self.peer.0);
+                self.close(why);
                 false
             }
         }
@@ -521,31 +520,28 @@ impl ReplicaLink {
             return;
         }
         let window_end = self.acked + self.config.window as u64;
-        let first = (self.sent_upto + 1).saturating_sub(self.queue.front().map_or(0, |(s, _)| *s));
-        let to_send: Vec<Frame> = self
-            .queue
-            .iter()
-            .skip(first as usize)
-            .take_while(|(s, _)| *s <= window_end)
-            .map(|(seq, c)| Frame::Change {
-                seq: *seq,
-                stripe: c.stripe.0,
-                key: c.key.to_vec(),
-                version: c.version,
-                hints: c.hints.0,
-                record: c.bytes.clone(),
-            })
-            .collect();
-        for frame in to_send {
-            if let Frame::Change { seq, .. } = frame {
-                self.sent_upto = seq;
-                self.stats.changes_sent += 1;
-                if seq <= self.ever_sent {
-                    self.stats.changes_resent += 1;
-                }
-                self.ever_sent = self.ever_sent.max(seq);
+        let first = (self.sent_upto + 1).saturating_sub(self.queue.front().map_or(0, |(s, _)| *s)) as usize;
+        for k in first..self.queue.len() {
+            let (seq, change) = &self.queue[k];
+            let seq = *seq;
+            if seq > window_end {
+                break;
             }
+            let frame = Frame::Change {
+                seq,
+                stripe: change.stripe.0,
+                key: change.key.to_vec(),
+                version: change.version,
+                hints: change.hints.0,
+                record: change.bytes.clone(),
+            };
             self.send(&frame);
+            self.sent_upto = seq;
+            self.stats.changes_sent += 1;
+            if seq <= self.ever_sent {
+                self.stats.changes_resent += 1;
+            }
+            self.ever_sent = self.ever_sent.max(seq);
         }
     }
 
