@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use sipshard_shards::NodeId;
 use sipshard_shards::proxy::{ProxyConfig, RouteMatch, RouteTarget, StaticRoute};
 use sipshard_shards::registrar::RegistrarConfig;
 use sipshard_shards::transaction::TimerConfig;
@@ -24,6 +25,65 @@ pub(crate) struct Config {
     pub(crate) timers: TimersSection,
     /// The registrar.
     pub(crate) registrar: RegistrarSection,
+    /// Replication between the nodes of a site (off while `peers` is empty).
+    pub(crate) cluster: ClusterSection,
+}
+
+/// `[cluster]`: this node, its peers, and how stripes are copied between them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ClusterSection {
+    /// This node's id, unique in the cluster.
+    pub(crate) node: u16,
+    /// The site this node is in.
+    pub(crate) site: u16,
+    /// The cluster's name: nodes of another cluster are refused on the links.
+    pub(crate) cluster_id: String,
+    /// The shared secret the links authenticate with (HMAC-SHA-256), at least 16 bytes.
+    pub(crate) secret: String,
+    /// Copies of each stripe, the owner's included (1: no backup).
+    pub(crate) replicas: usize,
+    /// "sync": messages a change causes wait until every live backup has it; "async": they
+    /// go at once and the backups follow.
+    pub(crate) replication: String,
+    /// This node's replication address: shard k listens on this port + k.
+    pub(crate) listen: String,
+    /// Milliseconds between heartbeats on a quiet link.
+    pub(crate) heartbeat_ms: u64,
+    /// Milliseconds of silence after which a peer is dead and its stripes are taken over.
+    pub(crate) dead_after_ms: u64,
+    /// The other nodes of the site.
+    pub(crate) peers: Vec<PeerSection>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            node: 0,
+            site: 0,
+            cluster_id: "sipshard".into(),
+            secret: String::new(),
+            replicas: 2,
+            replication: "sync".into(),
+            listen: "127.0.0.1:7060".into(),
+            heartbeat_ms: 200,
+            dead_after_ms: 600,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// `[[cluster.peers]]`: another node and its replication address (its shard k listens on port + k).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PeerSection {
+    /// Its node id.
+    pub(crate) node: u16,
+    /// Its replication address.
+    pub(crate) address: String,
+    /// Its SIP address, when it differs from this node's (each node its own address rather
+    /// than one floating address): a request sent to it is treated as sent to this node.
+    pub(crate) sip: Option<String>,
 }
 
 /// `[registrar]`.
@@ -248,6 +308,54 @@ pub(crate) struct Settings {
     pub(crate) max_call_duration: Duration,
     /// The registrar, if enabled.
     pub(crate) registrar: Option<RegistrarConfig>,
+    /// Replication, when the node has peers.
+    pub(crate) cluster: Option<ClusterSettings>,
+}
+
+/// `[cluster]` checked.
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterSettings {
+    /// This node.
+    pub(crate) node: NodeId,
+    /// Its site.
+    pub(crate) site: u16,
+    /// The cluster id (a stable hash of `cluster_id`).
+    pub(crate) cluster: u64,
+    /// The shared secret.
+    pub(crate) secret: Vec<u8>,
+    /// Copies of each stripe.
+    pub(crate) replicas: usize,
+    /// Synchronous replication.
+    pub(crate) sync: bool,
+    /// This node's replication address (shard k: port + k).
+    pub(crate) listen: SocketAddr,
+    /// Heartbeat interval, ms.
+    pub(crate) heartbeat_ms: u64,
+    /// Dead-peer silence, ms.
+    pub(crate) dead_after_ms: u64,
+    /// The other nodes and their replication addresses, by node id.
+    pub(crate) peers: Vec<(NodeId, SocketAddr)>,
+    /// The other nodes' SIP addresses (where given).
+    pub(crate) peer_sip: Vec<SocketAddr>,
+}
+
+impl ClusterSettings {
+    /// Every node of the cluster, in id order: what the stripe map is computed from.
+    pub(crate) fn nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self.peers.iter().map(|(n, _)| *n).chain([self.node]).collect();
+        nodes.sort();
+        nodes
+    }
+}
+
+/// The address shard `shard` of a node whose replication address is `base` listens on.
+pub(crate) fn shard_address(base: SocketAddr, shard: usize) -> SocketAddr {
+    SocketAddr::new(base.ip(), base.port() + shard as u16)
+}
+
+/// FNV-1a, 64 bits: a cluster name's id, the same on every node and build.
+fn cluster_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// TCP limits per shard.
@@ -416,6 +524,7 @@ impl Config {
         if r.max_bindings == 0 {
             error("registrar.max_bindings", "must be at least 1".into());
         }
+        let cluster = self.cluster.settings(cores.len(), &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -423,7 +532,13 @@ impl Config {
             listen: listen.expect("invariant: no error means the address parsed"),
             cores,
             transports,
-            proxy: ProxyConfig { routes, default_route, record_route: self.proxy.record_route, b2bua },
+            proxy: ProxyConfig {
+                routes,
+                default_route,
+                record_route: self.proxy.record_route,
+                b2bua,
+                aliases: cluster.as_ref().map(|c| c.peer_sip.clone()).unwrap_or_default(),
+            },
             timers: TimerConfig {
                 t1: Duration::from_millis(t.t1_ms),
                 t2: Duration::from_millis(t.t2_ms),
@@ -452,6 +567,92 @@ impl Config {
                 max_bindings: self.registrar.max_bindings,
                 authenticate: false,
             }),
+            cluster,
+        })
+    }
+}
+
+impl ClusterSection {
+    /// Checks `[cluster]` for a node of `shards` shards; `None` when it has no peers.
+    fn settings(&self, shards: usize, errors: &mut Vec<ConfigError>) -> Option<ClusterSettings> {
+        if self.peers.is_empty() {
+            return None;
+        }
+        let before = errors.len();
+        let mut error = |key: &str, why: String| errors.push(ConfigError { key: key.into(), why });
+        let address = |text: &str, key: &str, error: &mut dyn FnMut(&str, String)| match text.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_unspecified() => {
+                error(key, format!("{addr} is not reachable: give the address peers connect to"));
+                None
+            }
+            Ok(addr) if usize::from(addr.port()) + shards > 65_536 => {
+                error(key, format!("port {} + {shards} shards runs past 65535", addr.port()));
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                error(key, format!("{text:?} is not an ip:port ({e})"));
+                None
+            }
+        };
+        let listen = address(&self.listen, "cluster.listen", &mut error);
+        let mut peers = Vec::new();
+        let mut peer_sip = Vec::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            let key = format!("cluster.peers[{i}]");
+            if peer.node == self.node {
+                error(&key, format!("node {} is this node (cluster.node)", peer.node));
+            } else if peers.iter().any(|(n, _)| *n == NodeId(peer.node)) {
+                error(&key, format!("node {} is listed twice", peer.node));
+            }
+            if let Some(addr) = address(&peer.address, &format!("{key}.address"), &mut error) {
+                peers.push((NodeId(peer.node), addr));
+            }
+            if let Some(sip) = &peer.sip {
+                match sip.parse::<SocketAddr>() {
+                    Ok(addr) => peer_sip.push(addr),
+                    Err(e) => error(&format!("{key}.sip"), format!("{sip:?} is not an ip:port ({e})")),
+                }
+            }
+        }
+        if self.secret.len() < 16 {
+            error("cluster.secret", "at least 16 bytes: the links authenticate with it".into());
+        }
+        if self.cluster_id.is_empty() {
+            error("cluster.cluster_id", "must not be empty".into());
+        }
+        if !(1..=sipshard_shards::MAX_REPLICAS).contains(&self.replicas) {
+            error("cluster.replicas", format!("must lie between 1 and {}", sipshard_shards::MAX_REPLICAS));
+        }
+        let sync = match self.replication.as_str() {
+            "sync" => true,
+            "async" => false,
+            other => {
+                error("cluster.replication", format!("{other:?}: expected \"sync\" or \"async\""));
+                true
+            }
+        };
+        if self.heartbeat_ms == 0 || self.dead_after_ms < 2 * self.heartbeat_ms {
+            error(
+                "cluster.dead_after_ms",
+                "heartbeat_ms must be at least 1 and dead_after_ms at least twice it".into(),
+            );
+        }
+        if errors.len() > before {
+            return None;
+        }
+        Some(ClusterSettings {
+            node: NodeId(self.node),
+            site: self.site,
+            cluster: cluster_hash(&self.cluster_id),
+            secret: self.secret.as_bytes().to_vec(),
+            replicas: self.replicas,
+            sync,
+            listen: listen.expect("invariant: no error means the address parsed"),
+            heartbeat_ms: self.heartbeat_ms,
+            dead_after_ms: self.dead_after_ms,
+            peers,
+            peer_sip,
         })
     }
 }
@@ -523,6 +724,57 @@ t2_ms = 100
         assert_eq!(keys, ["server.udp_buffer_kib", "server.spin_before_park_us"]);
         let defaults = Config::parse("").expect("parses").settings(&[0]).expect("valid");
         assert_eq!((defaults.udp_buffer, defaults.spin_before_park), (4 << 20, None));
+    }
+
+    #[test]
+    fn a_cluster_is_checked_and_every_node_computes_the_same_members() {
+        let text = r#"
+[cluster]
+node = 2
+secret = "0123456789abcdef"
+replication = "async"
+listen = "127.0.0.2:7060"
+[[cluster.peers]]
+node = 1
+address = "127.0.0.1:7060"
+sip = "127.0.0.1:5060"
+"#;
+        let settings = Config::parse(text).expect("parses").settings(&[0, 1]).expect("valid");
+        let cluster = settings.cluster.expect("peers make a cluster");
+        assert_eq!(cluster.nodes(), [NodeId(1), NodeId(2)]);
+        assert!(!cluster.sync);
+        assert_eq!((cluster.replicas, cluster.dead_after_ms), (2, 600));
+        assert_eq!(cluster.cluster, cluster_hash("sipshard"));
+        assert_eq!(settings.proxy.aliases, ["127.0.0.1:5060".parse().expect("addr")], "requests to node 1 are ours");
+        assert_eq!(shard_address(cluster.listen, 1), "127.0.0.2:7061".parse().expect("addr"));
+        assert!(Config::parse("").expect("parses").settings(&[0]).expect("valid").cluster.is_none());
+
+        let text = r#"
+[cluster]
+node = 1
+secret = "short"
+replicas = 5
+replication = "semi"
+listen = "0.0.0.0:7060"
+dead_after_ms = 100
+[[cluster.peers]]
+node = 1
+address = "127.0.0.1:65535"
+"#;
+        let errors = Config::parse(text).expect("parses").settings(&[0, 1]).expect_err("invalid");
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "cluster.listen",
+                "cluster.peers[0]",
+                "cluster.peers[0].address",
+                "cluster.secret",
+                "cluster.replicas",
+                "cluster.replication",
+                "cluster.dead_after_ms"
+            ]
+        );
     }
 
     #[test]

@@ -23,4 +23,4 @@ pub mod table;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use stripe::{DEFAULT_STRIPES, NodeId, Owner, Route, ShardId, StripeId, StripeMap};
+pub use stripe::{DEFAULT_STRIPES, MAX_REPLICAS, NodeId, Owner, Route, ShardId, StripeId, StripeMap};

@@ -114,6 +114,9 @@ pub struct ProxyConfig {
     /// B2BUA mode: an INVITE out of dialog is bridged onto a new B leg (topology hiding)
     /// instead of relayed; other requests out of dialog are still relayed.
     pub b2bua: bool,
+    /// Other SIP addresses that name this server: the other nodes of its cluster (a request
+    /// sent to any of them is routed as if sent to this one, whichever node owns the call).
+    pub aliases: Vec<SocketAddr>,
 }
 
 /// Counters of the proxy's own answers.
@@ -167,7 +170,7 @@ impl Proxy {
         let mut routes = request.routes();
         let mut pop_route = false;
         let mut next = routes.next().and_then(Result::ok);
-        if next.is_some_and(|route| is_local(&route.uri, ctx.local)) {
+        if next.is_some_and(|route| self.names_us(&route.uri, ctx.local)) {
             pop_route = true;
             next = routes.next().and_then(Result::ok);
         }
@@ -178,7 +181,7 @@ impl Proxy {
             Some(Ok(uri)) => uri,
             _ => return Err(Hop::NotFound),
         };
-        let local = is_local(&uri, ctx.local);
+        let local = self.names_us(&uri, ctx.local);
         if !local {
             if let Ok(peer) = peer_of(&uri) {
                 return Ok(relay(peer, pop_route, None));
@@ -195,6 +198,11 @@ impl Proxy {
             }
         }
         self.route_by_rules(&uri).map(|peer| relay(peer, pop_route, None)).ok_or(Hop::NotFound)
+    }
+
+    /// Whether `uri` names this server or another node of its cluster.
+    fn names_us(&self, uri: &Uri<'_>, local: SocketAddr) -> bool {
+        is_local(uri, local) || self.config.aliases.iter().any(|&alias| is_local(uri, alias))
     }
 
     fn route_by_rules(&self, uri: &Uri<'_>) -> Option<Peer> {

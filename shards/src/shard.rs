@@ -128,6 +128,9 @@ pub enum Output {
     ForwardToNode {
         /// The owning node.
         node: NodeId,
+        /// The shard of that node that owns the stripe (the same number on every node, so
+        /// the replica link of this shard number carries it).
+        shard: ShardId,
     },
     /// A change of the call tables, for replication (only when enabled).
     Replicate(Change),
@@ -570,8 +573,17 @@ pub struct Shard<T> {
 }
 
 impl<T: TransactionUser> Shard<T> {
-    /// A shard starting at `now`.
+    /// A shard starting at `now`, counting time from there.
     pub fn new(config: ShardConfig, tu: T, now: Instant) -> Self {
+        Self::with_clock(config, tu, now, now)
+    }
+
+    /// A shard starting at `now` whose clock counts milliseconds from `origin`. Records keep
+    /// their timers' deadlines in this clock, so the nodes of a cluster give every shard the
+    /// same origin (a wall-clock instant): a backup that takes a record over arms its timers
+    /// at the deadlines the dead owner set.
+    pub fn with_clock(config: ShardConfig, tu: T, origin: Instant, now: Instant) -> Self {
+        let start_ms = now.saturating_duration_since(origin).as_millis() as u64;
         let mut table = CallTable::new(config.max_calls);
         table.set_feed(config.replicate);
         let local = config.local;
@@ -583,13 +595,13 @@ impl<T: TransactionUser> Shard<T> {
             scratch: Effects::default(),
             via_prefix: [format!("SIP/2.0/UDP {local};branch="), format!("SIP/2.0/TCP {local};branch=")],
             record_route: format!("<sip:{local};lr>"),
-            wheel: TimerWheel::new(config.max_timers, 0),
+            wheel: TimerWheel::new(config.max_timers, start_ms),
             armed: hashbrown::HashMap::new(),
             txn_calls: hashbrown::HashMap::new(),
             b_index: hashbrown::HashMap::new(),
             timer_calls: hashbrown::HashMap::new(),
             outputs: std::collections::VecDeque::new(),
-            epoch: now,
+            epoch: origin,
             next_txn: 1,
             rng: config.seed | 1,
             stats: ShardStats::default(),
@@ -807,7 +819,8 @@ impl<T: TransactionUser> Shard<T> {
             }
             Route::Node(node) => {
                 self.stats.forwarded_to_node += 1;
-                self.outputs.push_back(Output::ForwardToNode { node });
+                let shard = self.stripes.placement(stripe).shard();
+                self.outputs.push_back(Output::ForwardToNode { node, shard });
                 return;
             }
         }

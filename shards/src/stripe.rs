@@ -156,6 +156,11 @@ impl StripeMap {
         }
     }
 
+    /// Whether `node` owns or backs up any stripe in this map.
+    pub fn has_node(&self, node: NodeId) -> bool {
+        self.placements.iter().any(|p| p.replicas.contains(&Some(node)))
+    }
+
     /// A new map (epoch + 1) where every stripe owned by `dead` moves to its first live backup.
     pub fn without(&self, dead: NodeId) -> StripeMap {
         let placements = self
@@ -241,6 +246,7 @@ mod tests {
                 assert_eq!(now, map.owner(s), "other stripes do not move");
             }
         }
+        assert!(map.has_node(NodeId(2)) && !after.has_node(NodeId(2)), "a second death changes nothing");
     }
 
     #[test]

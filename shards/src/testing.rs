@@ -12,7 +12,7 @@ use std::time::Instant;
 use sipshard_parser::{HeaderSlot, Message, Method, parse};
 
 use crate::shard::{Decision, FinalResponse, Input, Output, Peer, RequestContext, Shard, ShardConfig, TransactionUser};
-use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
+use crate::stripe::{NodeId, ShardId, StripeMap};
 use crate::table::Change;
 use crate::timer::TimerWheel;
 use crate::transaction::matching::client_key;
@@ -446,16 +446,10 @@ impl<T: TransactionUser> Cluster<T> {
                     let dest = Dest::Shard { node, shard: to, from_node: None, forwarded: true };
                     self.schedule(self.now_ms, Packet { dest, peer: input.peer, bytes: input.bytes.clone() });
                 }
-                Output::ForwardToNode { node: to } => {
+                Output::ForwardToNode { node: to, shard: owner } => {
                     let input = input.expect("invariant: only an input is forwarded");
-                    // Node links are TCP: reliable, 1 ms; the receiving node hands it to the owner shard.
-                    let call_id =
-                        sipshard_parser::peek_call_id(&input.bytes).expect("forwarded datagrams have a Call-ID");
-                    let stripe = StripeId::of_call_id(call_id, self.map.stripe_count());
-                    let owner = match self.map.route(stripe, to, ShardId(0)) {
-                        Route::Shard(s) => s,
-                        _ => ShardId(0),
-                    };
+                    // Node links are TCP: reliable, 1 ms (the runtime first moves the message to
+                    // shard `owner` of this node, whose link joins it to shard `owner` there).
                     let dest = Dest::Shard { node: to, shard: owner, from_node: Some(node), forwarded: true };
                     self.schedule(self.now_ms + 1, Packet { dest, peer: input.peer, bytes: input.bytes.clone() });
                 }

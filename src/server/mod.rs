@@ -35,7 +35,10 @@ use sipshard_shards::{DEFAULT_STRIPES, NodeId, ShardId, StripeMap};
 use crate::config::{Settings, TcpLimits};
 
 mod batch;
+mod cluster;
 mod tcp;
+
+pub(crate) use cluster::LinkReport;
 
 /// Largest datagram taken from the socket (a UDP payload's maximum).
 const MAX_DATAGRAM: usize = 65_535;
@@ -57,6 +60,19 @@ enum Hop {
     Send { peer: Peer, bytes: Vec<u8> },
     /// An AoR's bindings changed on its owner: update this shard's location cache.
     Location(LocationUpdate),
+    /// Send to `node`, which owns the message's stripe, on this shard's replica link.
+    ToNode { node: NodeId, peer: Peer, bytes: Vec<u8> },
+    /// A new view of the cluster (a peer died): take it.
+    View(StripeMap),
+}
+
+/// Where a received message must go when this shard does not own its stripe.
+#[derive(Copy, Clone, Debug)]
+enum Moved {
+    /// Another shard of this node.
+    Shard(usize),
+    /// Another node, over the link of shard `shard` (the stripe's shard number).
+    Node { node: NodeId, shard: usize },
 }
 
 /// What a shard reports when it stops.
@@ -92,6 +108,10 @@ pub(crate) struct ShardReport {
     pub(crate) udp_batched_datagrams: u64,
     /// Datagrams larger than a receive buffer, dropped.
     pub(crate) udp_truncated: u64,
+    /// The replica links, when the node is clustered.
+    pub(crate) links: Vec<LinkReport>,
+    /// Changes a full link refused, messages held for acknowledgements, most held at once.
+    pub(crate) replication: (u64, u64, usize),
 }
 
 impl ShardReport {
@@ -132,6 +152,43 @@ impl ShardReport {
         for (name, value) in counters {
             line.push_str(&format!(" {name}={value}"));
         }
+        if !self.links.is_empty() {
+            let (refused, held, held_max) = self.replication;
+            let cluster: [(&str, u64); 9] = [
+                ("forwarded_to_node", s.forwarded_to_node),
+                ("replicas_installed", s.replicas_installed),
+                ("replicas_removed", s.replicas_removed),
+                ("replicas_refused", s.replicas_refused),
+                ("stripes_taken_over", s.stripes_taken_over),
+                ("records_activated", s.records_activated),
+                ("changes_refused", refused),
+                ("held_messages", held),
+                ("held_max", held_max as u64),
+            ];
+            for (name, value) in cluster {
+                line.push_str(&format!(" {name}={value}"));
+            }
+            for l in &self.links {
+                let state = if l.dead {
+                    "dead"
+                } else if l.up {
+                    "up"
+                } else {
+                    "down"
+                };
+                line.push_str(&format!(
+                    " link{}={state}:sent={}:delivered={}:unacked={}:fwd_out={}:fwd_in={}:fwd_dropped={}:closes={}",
+                    l.node.0,
+                    l.stats.changes_sent,
+                    l.stats.changes_delivered,
+                    l.unacked,
+                    l.stats.forwards_sent,
+                    l.stats.forwards_received,
+                    l.stats.forwards_dropped,
+                    l.stats.closes
+                ));
+            }
+        }
         line
     }
 }
@@ -153,14 +210,18 @@ pub(crate) fn run_until(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Re
     }
     let settings = fit_io_memory(settings, memlock_limit())?;
     let mesh = MeshBuilder::<Hop, Full>::full(shards, MESH_DEPTH);
-    let stripes = StripeMap::balanced(1, DEFAULT_STRIPES, &[NodeId(0)], shards as u16, 1);
+    // Every node computes the same map from the same member list (DESIGN.md §5).
+    let stripes = match &settings.cluster {
+        Some(c) => StripeMap::balanced(1, DEFAULT_STRIPES, &c.nodes(), shards as u16, c.replicas),
+        None => StripeMap::balanced(1, DEFAULT_STRIPES, &[NodeId(0)], shards as u16, 1),
+    };
     let mut handles = Vec::with_capacity(shards);
     // Each shard's count of transactions still waiting for a final response, for a
     // graceful stop (usize::MAX until the shard has counted).
     let pending: Arc<[AtomicUsize]> = (0..shards).map(|_| AtomicUsize::new(usize::MAX / shards)).collect();
-    // One clock origin for the node: registrations expire at the same ms on every shard.
-    #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
-    let epoch = Instant::now();
+    // One clock origin for the node, and for the cluster: records carry their timers'
+    // deadlines in ms since it, so a backup arms them where the owner would have.
+    let epoch = cluster_time_origin();
     let node = NodeShared { stripes, stop, epoch, pending };
     for (index, &core) in settings.cores.iter().enumerate() {
         let (mesh, settings, node) = (mesh.clone(), settings.clone(), node.clone());
@@ -176,6 +237,18 @@ pub(crate) fn run_until(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Re
         handles.push(handle);
     }
     tracing::info!(shards, listen = %settings.listen, cores = ?settings.cores, "sipshard running");
+    if let Some(c) = &settings.cluster {
+        let peers: Vec<String> = c.peers.iter().map(|(n, a)| format!("{}@{a}", n.0)).collect();
+        tracing::info!(
+            node = c.node.0,
+            site = c.site,
+            replicas = c.replicas,
+            sync = c.sync,
+            replication = %c.listen,
+            ?peers,
+            "clustered"
+        );
+    }
     let mut reports = Vec::with_capacity(shards);
     for (index, handle) in handles.into_iter().enumerate() {
         match handle.join() {
@@ -185,6 +258,16 @@ pub(crate) fn run_until(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Re
         }
     }
     Ok(reports)
+}
+
+/// The cluster's time base: the wall-clock instant 2026-01-01T00:00:00Z as an `Instant` of
+/// this process. Nodes whose clocks agree (NTP) count shard time from the same moment.
+fn cluster_time_origin() -> Instant {
+    #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    let origin = std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+    let since = wall.duration_since(origin).unwrap_or_default();
+    now.checked_sub(since).unwrap_or(now)
 }
 
 /// glommio needs at least this much locked memory per executor for its rings.
@@ -289,6 +372,8 @@ struct Driver {
     /// Connection ids.
     next_connection: Cell<u64>,
     counters: Counters,
+    /// The replica links, when the node has peers.
+    replication: Option<cluster::Replication>,
 }
 
 /// The runtime's own counters, per shard.
@@ -366,23 +451,29 @@ async fn shard_main(
     // they were spawned in: messages for shard k go to mesh peer k.
     let index = senders.peer_id();
     tracing::debug!(shard = index, spawned, core, "shard joined the mesh");
+    let seed = 0x5eed_0000 ^ index as u64 ^ (std::process::id() as u64) << 20;
+    let node_id = settings.cluster.as_ref().map_or(NodeId(0), |c| c.node);
     let config = ShardConfig {
-        node: NodeId(0),
+        node: node_id,
         shard: ShardId(index as u16),
         local: settings.listen,
         stripes,
         max_calls: settings.max_calls_per_shard,
         max_timers: 8 * settings.max_calls_per_shard,
         timers: settings.timers,
-        seed: 0x5eed_0000 ^ index as u64 ^ (std::process::id() as u64) << 20,
-        replicate: false,
+        seed,
+        replicate: settings.cluster.is_some(),
         retry_after_s: settings.retry_after_s,
         registrar: settings.registrar.clone(),
         max_message_bytes: settings.max_message_bytes,
         no_answer: settings.no_answer,
         max_call_duration: settings.max_call_duration,
     };
-    let shard = Shard::new(config, Proxy::new(settings.proxy.clone()), epoch);
+    #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
+    let shard = Shard::with_clock(config, Proxy::new(settings.proxy.clone()), epoch, Instant::now());
+    // The incarnation: a new one at every start (the time in ms), so peers renumber.
+    let incarnation = Instant::now().saturating_duration_since(epoch).as_millis() as u64 ^ seed << 40;
+    let replication = settings.cluster.as_ref().map(|c| cluster::Replication::new(c, index, epoch, incarnation));
     let driver = Rc::new(Driver {
         index,
         shards: settings.cores.len(),
@@ -394,8 +485,12 @@ async fn shard_main(
         tcp_limits: settings.tcp,
         next_connection: Cell::new(0),
         counters: Counters::default(),
+        replication,
     });
     let done = Rc::new(Cell::new(false));
+    if let Some(cluster) = &settings.cluster {
+        driver.start_replication(cluster.listen, Rc::clone(&done))?;
+    }
     for (_, mut stream) in receivers.streams() {
         let (driver, done) = (Rc::clone(&driver), Rc::clone(&done));
         glommio::spawn_local(async move {
@@ -409,12 +504,14 @@ async fn shard_main(
                         driver.process(Input::Forwarded { peer, bytes: &bytes }).await;
                     }
                     Hop::Steered { peer, bytes } => {
-                        if let Some(owner) = driver.process(Input::Datagram { peer, bytes: &bytes }).await {
-                            driver.hop(owner, Hop::Routed { peer, bytes, via_shard: driver.index }).await;
+                        if let Some(moved) = driver.process(Input::Datagram { peer, bytes: &bytes }).await {
+                            driver.pass_on(moved, peer, bytes).await;
                         }
                     }
                     Hop::Send { peer, bytes } => driver.transmit(peer, bytes).await,
                     Hop::Location(update) => drop(driver.handle(Input::Location(&update))),
+                    Hop::ToNode { node, peer, bytes } => driver.forward_to_node(node, peer, &bytes),
+                    Hop::View(view) => drop(driver.process(Input::View(&view)).await),
                 }
             }
         })
@@ -485,10 +582,10 @@ async fn shard_main(
                     continue;
                 }
                 // Only a datagram that moves to another shard gives up the buffer.
-                if let Some(shard) = driver.process(Input::Datagram { peer, bytes: &buf[..n] }).await {
+                if let Some(moved) = driver.process(Input::Datagram { peer, bytes: &buf[..n] }).await {
                     let mut bytes = std::mem::replace(&mut buf, vec![0u8; MAX_DATAGRAM]);
                     bytes.truncate(n);
-                    driver.hop(shard, Hop::Routed { peer, bytes, via_shard: driver.index }).await;
+                    driver.pass_on(moved, peer, bytes).await;
                 }
                 // The socket is awake: take what else is queued, a batch per system call.
                 loop {
@@ -508,10 +605,8 @@ async fn shard_main(
                             driver.hop(wrong, Hop::Steered { peer, bytes: batch.take(i) }).await;
                             continue;
                         }
-                        if let Some(shard) = driver.process(Input::Datagram { peer, bytes }).await {
-                            driver
-                                .hop(shard, Hop::Routed { peer, bytes: batch.take(i), via_shard: driver.index })
-                                .await;
+                        if let Some(moved) = driver.process(Input::Datagram { peer, bytes }).await {
+                            driver.pass_on(moved, peer, batch.take(i)).await;
                         }
                     }
                     if n < batch::BATCH {
@@ -541,28 +636,60 @@ async fn shard_main(
         udp_batches: c.udp_batches.get(),
         udp_batched_datagrams: c.udp_batched_datagrams.get(),
         udp_truncated: c.udp_truncated.get(),
+        links: driver.replication.as_ref().map(|r| r.report()).unwrap_or_default(),
+        replication: driver.replication.as_ref().map_or((0, 0, 0), |r| r.counters()),
     })
 }
 
 impl Driver {
     /// `handle`, then every output taken at once (no borrow across an await), then the sends.
-    /// Returns the shard a received message must move to, if another owns it.
-    async fn process(self: &Rc<Self>, input: Input<'_>) -> Option<usize> {
-        let mut forward = None;
-        for output in self.handle(input) {
+    /// Changes go to the backups first; in sync mode the messages wait for their acks.
+    /// Returns where a received message must move to, if another shard or node owns it.
+    async fn process(self: &Rc<Self>, input: Input<'_>) -> Option<Moved> {
+        let outputs = self.handle(input);
+        let mut waits = Vec::new();
+        if let Some(r) = &self.replication {
+            for output in &outputs {
+                if let Output::Replicate(change) = output {
+                    let placement = *self.shard.borrow().stripe_map().placement(change.stripe);
+                    waits.extend(r.replicate(change, placement.backups()));
+                }
+            }
+            if outputs.iter().any(|o| matches!(o, Output::Replicate(_))) {
+                r.write_outbound();
+            }
+        }
+        let mut held = Vec::new();
+        let mut moved = None;
+        for output in outputs {
             match output {
+                Output::Transmit { peer, bytes } if !waits.is_empty() => held.push((peer, bytes)),
                 Output::Transmit { peer, bytes } => self.transmit(peer, bytes).await,
-                Output::Forward { shard } => forward = Some(usize::from(shard.0)),
+                Output::Forward { shard } => moved = Some(Moved::Shard(usize::from(shard.0))),
+                Output::ForwardToNode { node, shard } => {
+                    moved = Some(Moved::Node { node, shard: usize::from(shard.0) })
+                }
                 Output::Location(update) => {
                     for shard in (0..self.shards).filter(|&s| s != self.index) {
                         self.hop(shard, Hop::Location(update.clone())).await;
                     }
                 }
-                // One node, no replication yet.
-                Output::ForwardToNode { .. } | Output::Replicate(_) => {}
+                Output::Replicate(_) => {}
             }
         }
-        forward
+        if let Some(r) = self.replication.as_ref().filter(|_| !waits.is_empty()) {
+            r.hold(waits, held);
+        }
+        moved
+    }
+
+    /// Moves a received message on to the shard or node that owns its stripe.
+    async fn pass_on(self: &Rc<Self>, moved: Moved, peer: Peer, bytes: Vec<u8>) {
+        match moved {
+            Moved::Shard(shard) => self.hop(shard, Hop::Routed { peer, bytes, via_shard: self.index }).await,
+            Moved::Node { node, shard } if shard == self.index => self.forward_to_node(node, peer, &bytes),
+            Moved::Node { node, shard } => self.hop(shard, Hop::ToNode { node, peer, bytes }).await,
+        }
     }
 
     fn handle(&self, input: Input<'_>) -> Vec<Output> {

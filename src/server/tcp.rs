@@ -151,9 +151,8 @@ impl Driver {
                         }
                     }
                     Ok(Frame::Message { len }) => {
-                        if let Some(owner) = self.process(Input::Datagram { peer, bytes: &buf[..len] }).await {
-                            let bytes = buf[..len].to_vec();
-                            self.hop(owner, Hop::Routed { peer, bytes, via_shard: self.index }).await;
+                        if let Some(moved) = self.process(Input::Datagram { peer, bytes: &buf[..len] }).await {
+                            self.pass_on(moved, peer, buf[..len].to_vec()).await;
                         }
                         buf.drain(..len);
                     }

@@ -31,6 +31,7 @@ impl Rig {
             default_route: Some(RouteTarget::parse(&format!("sip:{CALLEE}")).expect("route")),
             record_route: true,
             b2bua: false,
+            aliases: Vec::new(),
         };
         let start = Instant::now();
         let shard = Shard::new(ShardConfig::standalone(64), Proxy::new(config), start);

@@ -101,6 +101,17 @@ pub enum Frame {
         /// The heartbeat's `sent_ms`.
         sent_ms: u64,
     },
+    /// A SIP message the sender received for a stripe the receiver owns (not numbered: a
+    /// message lost with its link is one the UA retransmits, like a lost datagram).
+    Forward {
+        /// Who sent it to the sender.
+        from: std::net::SocketAddr,
+        /// Whether it came over TCP.
+        tcp: bool,
+        /// The message.
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+    },
 }
 
 impl Frame {
@@ -114,6 +125,7 @@ impl Frame {
             Frame::Ack { .. } => "Ack",
             Frame::Heartbeat { .. } => "Heartbeat",
             Frame::Echo { .. } => "Echo",
+            Frame::Forward { .. } => "Forward",
         }
     }
 }
@@ -182,6 +194,7 @@ mod tests {
             change(1),
             Frame::Ack { seq: 1 },
             Frame::Heartbeat { sent_ms: 12 },
+            Frame::Forward { from: "127.0.0.1:5060".parse().expect("addr"), tcp: false, message: b"BYE".to_vec() },
             Frame::Hello {
                 cluster: 5,
                 node: NodeId(1),

@@ -111,6 +111,15 @@ pub enum LinkEvent {
         /// The last change acknowledged.
         seq: u64,
     },
+    /// A SIP message the peer received for a stripe this node owns.
+    Forwarded {
+        /// Who sent it to the peer.
+        from: std::net::SocketAddr,
+        /// Whether it came over TCP.
+        tcp: bool,
+        /// The message.
+        message: Vec<u8>,
+    },
     /// Nothing heard from the peer for `dead_after_ms`.
     PeerDead,
     /// The link closed; the runtime closes the connection and may reconnect.
@@ -152,6 +161,12 @@ pub struct LinkStats {
     pub closes: u64,
     /// Bytes produced for the connection.
     pub bytes_out: u64,
+    /// SIP messages forwarded to the peer.
+    pub forwards_sent: u64,
+    /// SIP messages not forwarded because the link was down.
+    pub forwards_dropped: u64,
+    /// SIP messages the peer forwarded here.
+    pub forwards_received: u64,
 }
 
 /// The protocol state of one link.
@@ -339,6 +354,19 @@ impl ReplicaLink {
         Ok(seq)
     }
 
+    /// Sends a SIP message `from` a UA to the peer, which owns its stripe; returns false (and
+    /// counts it) when the link is down: the message is dropped, and the UA's retransmission
+    /// finds the stripe's owner once the link is back or the view has changed.
+    pub fn forward(&mut self, from: std::net::SocketAddr, tcp: bool, message: &[u8]) -> bool {
+        if self.state != State::Up {
+            self.stats.forwards_dropped += 1;
+            return false;
+        }
+        self.send(&Frame::Forward { from, tcp, message: message.to_vec() });
+        self.stats.forwards_sent += 1;
+        true
+    }
+
     /// The bytes to write on the connection (taken: the next call returns only new ones).
     pub fn take_outbound(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.outbound)
@@ -485,6 +513,11 @@ impl ReplicaLink {
                 false
             }
             (State::Up, Frame::Echo { .. }) => false,
+            (State::Up, Frame::Forward { from, tcp, message }) => {
+                self.stats.forwards_received += 1;
+                self.events.push_back(LinkEvent::Forwarded { from, tcp, message });
+                false
+            }
             (state, frame) => {
                 let why = format!("unexpected {} from node {} in state {state:?}", frame.name(), self.peer.0);
                 self.close(why);

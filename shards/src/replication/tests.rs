@@ -361,3 +361,21 @@ fn the_next_deadline_is_the_heartbeat_or_the_dead_check() {
     let idle = ReplicaLink::new(config(1, SECRET, 1), Side::Connecting, NodeId(2));
     assert_eq!(idle.poll_timeout(), None, "never connected: nothing to wait for");
 }
+
+#[test]
+fn sip_messages_are_forwarded_while_up_and_dropped_and_counted_while_down() {
+    let mut pair = Pair::up();
+    let ua: std::net::SocketAddr = "127.0.0.9:5061".parse().expect("addr");
+    assert!(pair.a.forward(ua, false, b"BYE sip:bob@b SIP/2.0\r\n\r\n"));
+    pair.exchange();
+    let got: Vec<_> = pair.b_events.iter().filter(|e| matches!(e, LinkEvent::Forwarded { .. })).collect();
+    assert_eq!(
+        got,
+        [&LinkEvent::Forwarded { from: ua, tcp: false, message: b"BYE sip:bob@b SIP/2.0\r\n\r\n".to_vec() }]
+    );
+    assert_eq!((pair.a.stats().forwards_sent, pair.b.stats().forwards_received), (1, 1));
+    pair.disconnect();
+    assert!(!pair.a.forward(ua, true, b"INVITE"));
+    assert_eq!(pair.a.stats().forwards_dropped, 1);
+    assert!(pair.a.take_outbound().is_empty(), "nothing written for a down link");
+}

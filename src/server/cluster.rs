@@ -1,0 +1,491 @@
+//! Replica links in the runtime (DESIGN.md §5). Shard k of this node keeps one
+//! TCP connection to shard k of each peer: the node with the lower id connects
+//! to the other's replication address, port + k; the other accepts, reads the
+//! first frame (a `Hello`) to learn which peer it is, and hands the connection
+//! to that peer's link. The protocol (handshake, numbering, acks, heartbeats,
+//! dead peers) is [`ReplicaLink`]'s, sans-IO; here are the sockets, the clock,
+//! and what the link's events mean for the shard:
+//!
+//! - every change the shard makes goes to the stripe's backups; in `sync` mode
+//!   the messages that input caused are held until every backup whose link was
+//!   up has acknowledged it (or is declared dead);
+//! - a change from a peer is installed as a dormant replica;
+//! - a SIP message for a stripe a peer owns travels in a `Forward` frame on the
+//!   link of the stripe's shard; the owner handles it as if it had received it;
+//! - a peer silent for `dead_after_ms` is dead: the shard computes the view
+//!   without it, takes it itself and hands it to every other shard of the node,
+//!   so the dead node's stripes are processed by their backups here.
+//!
+//! Not yet: snapshots for a node that comes back (it rejoins as a fresh node;
+//! the survivors keep its stripes), and lookups before a 481.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use sipshard_shards::NodeId;
+use sipshard_shards::replication::frame::{Frame, decode};
+use sipshard_shards::replication::{LinkConfig, LinkEvent, LinkStats, ReplicaLink, Side};
+use sipshard_shards::shard::{Input, Peer, Transport};
+use sipshard_shards::table::Change;
+
+use super::{Driver, Hop};
+use crate::config::{ClusterSettings, shard_address};
+
+/// How long an outbound link connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Pause between attempts to reach a peer that is not there.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long an accepted connection may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait of the link timer task (heartbeats are due more often than this anyway).
+const LINK_TICK: Duration = Duration::from_millis(50);
+
+/// Bytes read from a link connection at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One shard's replication: its links to the same shard of every peer, and the messages
+/// waiting for acknowledgements (sync mode).
+pub(super) struct Replication {
+    node: NodeId,
+    sync: bool,
+    /// The shard's clock origin (the cluster's time base): link time is ms since it.
+    origin: Instant,
+    links: RefCell<Vec<PeerLink>>,
+    held: RefCell<Vec<Held>>,
+    next_connection: Cell<u64>,
+    /// Changes a full link queue refused (the backup misses them).
+    changes_refused: Cell<u64>,
+    /// Messages held in sync mode, and the most held at once.
+    held_messages: Cell<u64>,
+    held_max: Cell<usize>,
+}
+
+/// The link to one peer, and its connection when there is one.
+struct PeerLink {
+    node: NodeId,
+    /// The peer's replication address for this shard.
+    addr: SocketAddr,
+    side: Side,
+    link: ReplicaLink,
+    connection: Option<LinkConnection>,
+    /// Declared dead (its stripes taken over); stays so until a rejoin exists.
+    dead: bool,
+}
+
+/// A live connection: its id, its writer's queue, and the handle that stops its reader.
+/// Dropping it closes the connection (both tasks end).
+struct LinkConnection {
+    id: u64,
+    out: LocalSender<Vec<u8>>,
+    _close: LocalSender<()>,
+}
+
+/// Messages an input caused, held until the backups have the changes it made.
+struct Held {
+    /// (link index, change number) pairs still to be acknowledged.
+    waits: Vec<(usize, u64)>,
+    sends: Vec<(Peer, Vec<u8>)>,
+}
+
+/// A link's state for the report.
+#[derive(Clone, Debug)]
+pub(crate) struct LinkReport {
+    /// The peer.
+    pub(crate) node: NodeId,
+    /// Whether changes flow.
+    pub(crate) up: bool,
+    /// Whether the peer was declared dead.
+    pub(crate) dead: bool,
+    /// Changes not yet acknowledged (the replication lag, in changes).
+    pub(crate) unacked: usize,
+    /// Its counters.
+    pub(crate) stats: LinkStats,
+}
+
+impl Replication {
+    /// The links of shard `shard` to every peer in `cluster`, all down.
+    pub(super) fn new(cluster: &ClusterSettings, shard: usize, origin: Instant, seed: u64) -> Replication {
+        let links = cluster
+            .peers
+            .iter()
+            .map(|&(node, base)| {
+                let mut config = LinkConfig::new(
+                    cluster.cluster,
+                    &cluster.secret,
+                    cluster.node,
+                    sipshard_shards::ShardId(shard as u16),
+                    seed,
+                    seed ^ u64::from(node.0) << 32,
+                );
+                config.heartbeat_ms = cluster.heartbeat_ms;
+                config.dead_after_ms = cluster.dead_after_ms;
+                let side = if cluster.node < node { Side::Connecting } else { Side::Accepting };
+                PeerLink {
+                    node,
+                    addr: shard_address(base, shard),
+                    side,
+                    link: ReplicaLink::new(config, side, node),
+                    connection: None,
+                    dead: false,
+                }
+            })
+            .collect();
+        Replication {
+            node: cluster.node,
+            sync: cluster.sync,
+            origin,
+            links: RefCell::new(links),
+            held: RefCell::default(),
+            next_connection: Cell::new(0),
+            changes_refused: Cell::new(0),
+            held_messages: Cell::new(0),
+            held_max: Cell::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
+        let now = Instant::now();
+        now.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    fn index_of(&self, node: NodeId) -> Option<usize> {
+        self.links.borrow().iter().position(|l| l.node == node)
+    }
+
+    /// Queues `change` for each of `backups`; returns what a sync hold waits for.
+    pub(super) fn replicate(&self, change: &Change, backups: impl Iterator<Item = NodeId>) -> Vec<(usize, u64)> {
+        let mut waits = Vec::new();
+        let mut links = self.links.borrow_mut();
+        for backup in backups.filter(|&b| b != self.node) {
+            let Some(i) = links.iter().position(|l| l.node == backup) else { continue };
+            let peer = &mut links[i];
+            if peer.dead {
+                continue;
+            }
+            let up = peer.link.is_up();
+            match peer.link.replicate(change) {
+                Ok(seq) if self.sync && up => waits.push((i, seq)),
+                Ok(_) => {}
+                Err(e) => {
+                    self.changes_refused.set(self.changes_refused.get() + 1);
+                    tracing::warn!(node = backup.0, error = %e, "replica link refused a change");
+                }
+            }
+        }
+        waits
+    }
+
+    /// Keeps `sends` until `waits` are acknowledged.
+    pub(super) fn hold(&self, waits: Vec<(usize, u64)>, sends: Vec<(Peer, Vec<u8>)>) {
+        self.held_messages.set(self.held_messages.get() + sends.len() as u64);
+        let mut held = self.held.borrow_mut();
+        held.push(Held { waits, sends });
+        self.held_max.set(self.held_max.get().max(held.len()));
+    }
+
+    /// Takes the held messages whose changes every waited-for backup has (or that wait for a dead one).
+    fn releasable(&self) -> Vec<(Peer, Vec<u8>)> {
+        let links = self.links.borrow();
+        let mut held = self.held.borrow_mut();
+        let mut out = Vec::new();
+        held.retain_mut(|h| {
+            h.waits.retain(|&(i, seq)| !links[i].dead && links[i].link.acked() < seq);
+            if h.waits.is_empty() {
+                out.append(&mut h.sends);
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+
+    /// Writes what link `i` has to send; returns its events.
+    fn flush(&self, i: usize) -> Vec<LinkEvent> {
+        let mut links = self.links.borrow_mut();
+        let peer = &mut links[i];
+        write(peer);
+        std::iter::from_fn(|| peer.link.poll_event()).collect()
+    }
+
+    /// Writes what every link has to send (queuing changes and forwarding raise no event).
+    pub(super) fn write_outbound(&self) {
+        self.links.borrow_mut().iter_mut().for_each(write);
+    }
+
+    /// Each link's state.
+    pub(crate) fn report(&self) -> Vec<LinkReport> {
+        self.links
+            .borrow()
+            .iter()
+            .map(|l| LinkReport {
+                node: l.node,
+                up: l.link.is_up(),
+                dead: l.dead,
+                unacked: l.link.unacked(),
+                stats: l.link.stats().clone(),
+            })
+            .collect()
+    }
+
+    /// Counters of the shard's replication: (changes refused, messages held, most held at once).
+    pub(crate) fn counters(&self) -> (u64, u64, usize) {
+        (self.changes_refused.get(), self.held_messages.get(), self.held_max.get())
+    }
+}
+
+impl Driver {
+    fn replication(&self) -> &Replication {
+        self.replication.as_ref().expect("invariant: only a clustered shard runs link tasks")
+    }
+
+    /// Starts the link tasks: the listener for lower-numbered peers, a connector per
+    /// higher-numbered one, and the timer that beats hearts and finds dead peers.
+    pub(super) fn start_replication(self: &Rc<Self>, listen: SocketAddr, done: Rc<Cell<bool>>) -> anyhow::Result<()> {
+        let replication = self.replication();
+        let address = shard_address(listen, self.index);
+        let accepts = replication.links.borrow().iter().any(|l| l.side == Side::Accepting);
+        if accepts {
+            let listener = TcpListener::bind(address)
+                .map_err(|e| anyhow::anyhow!("binding the replication port {address}: {e} (cluster.listen)"))?;
+            let (driver, done) = (Rc::clone(self), Rc::clone(&done));
+            glommio::spawn_local(async move { driver.accept_links(listener, done).await }).detach();
+        }
+        let connecting: Vec<usize> = replication
+            .links
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.side == Side::Connecting)
+            .map(|(i, _)| i)
+            .collect();
+        for i in connecting {
+            let (driver, done) = (Rc::clone(self), Rc::clone(&done));
+            glommio::spawn_local(async move { driver.connect_link(i, done).await }).detach();
+        }
+        let driver = Rc::clone(self);
+        glommio::spawn_local(async move {
+            while !done.get() {
+                let r = driver.replication();
+                let now = r.now_ms();
+                let next = r.links.borrow().iter().filter_map(|l| l.link.poll_timeout()).min();
+                let wait = next.map_or(LINK_TICK, |at| Duration::from_millis(at.saturating_sub(now)).min(LINK_TICK));
+                glommio::timer::sleep(wait).await;
+                let now = r.now_ms();
+                let count = r.links.borrow().len();
+                for i in 0..count {
+                    r.links.borrow_mut()[i].link.tick(now);
+                    driver.pump_link(i).await;
+                }
+            }
+        })
+        .detach();
+        Ok(())
+    }
+
+    /// Accepts link connections until the shard stops; each must open with a Hello from a
+    /// peer this shard expects to accept from.
+    async fn accept_links(self: Rc<Self>, listener: TcpListener, done: Rc<Cell<bool>>) {
+        while !done.get() {
+            let mut stream = match listener.accept().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "replication accept failed");
+                    continue;
+                }
+            };
+            let driver = Rc::clone(&self);
+            glommio::spawn_local(async move {
+                let hello = futures_lite::future::or(read_hello(&mut stream), async {
+                    glommio::timer::sleep(HELLO_TIMEOUT).await;
+                    Err("no Hello in time".to_owned())
+                })
+                .await;
+                let from = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                match hello {
+                    Ok((node, bytes)) => {
+                        let r = driver.replication();
+                        let index = r.index_of(node).filter(|&i| r.links.borrow()[i].side == Side::Accepting);
+                        match index {
+                            Some(i) => driver.run_connection(i, stream, bytes).await,
+                            None => tracing::warn!(node = node.0, %from, "replica link from an unexpected node"),
+                        }
+                    }
+                    Err(why) => tracing::warn!(%from, why, "replica link refused"),
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Keeps a connection to a higher-numbered peer open, reconnecting while the shard runs.
+    async fn connect_link(self: Rc<Self>, i: usize, done: Rc<Cell<bool>>) {
+        let addr = self.replication().links.borrow()[i].addr;
+        while !done.get() {
+            match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT).await {
+                Ok(stream) => self.run_connection(i, stream, Vec::new()).await,
+                Err(e) => tracing::trace!(error = %e, %addr, "replica peer not reachable"),
+            }
+            glommio::timer::sleep(RECONNECT_PAUSE).await;
+        }
+    }
+
+    /// Runs one connection of link `i` until it closes: a writer task drains the link's
+    /// outbound bytes, this task reads. `first` is what was read before (the Hello).
+    async fn run_connection(self: &Rc<Self>, i: usize, stream: TcpStream, first: Vec<u8>) {
+        let _ = stream.set_nodelay(true);
+        let r = self.replication();
+        let (out, pending) = local_channel::new_unbounded::<Vec<u8>>();
+        let (close, closed) = local_channel::new_bounded::<()>(1);
+        let id = r.next_connection.get();
+        r.next_connection.set(id + 1);
+        let (mut reader, mut writer) = futures_lite::io::split(stream);
+        glommio::spawn_local(async move {
+            while let Some(bytes) = pending.recv().await {
+                if writer.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            let _ = writer.close().await;
+        })
+        .detach();
+        {
+            let mut links = r.links.borrow_mut();
+            let peer = &mut links[i];
+            // A newer connection replaces an older one (dropping it closes it).
+            peer.connection = Some(LinkConnection { id, out, _close: close });
+            peer.link.connected(r.now_ms());
+            if !first.is_empty() {
+                peer.link.receive(r.now_ms(), &first);
+            }
+        }
+        self.pump_link(i).await;
+        let mut chunk = vec![0u8; READ_CHUNK];
+        loop {
+            let read = futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
+                let _ = closed.recv().await;
+                None
+            })
+            .await;
+            let current = r.links.borrow()[i].connection.as_ref().is_some_and(|c| c.id == id);
+            match read {
+                Some(Ok(n)) if n > 0 && current => {
+                    r.links.borrow_mut()[i].link.receive(r.now_ms(), &chunk[..n]);
+                    self.pump_link(i).await;
+                }
+                _ => {
+                    if current {
+                        let mut links = r.links.borrow_mut();
+                        links[i].connection = None;
+                        links[i].link.disconnected(r.now_ms());
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes link `i`'s outbound bytes and acts on its events.
+    async fn pump_link(self: &Rc<Self>, i: usize) {
+        let r = self.replication();
+        let node = r.links.borrow()[i].node;
+        for event in r.flush(i) {
+            match event {
+                LinkEvent::Up { epoch } => {
+                    let dead = r.links.borrow()[i].dead;
+                    tracing::info!(node = node.0, shard = self.index, peer_epoch = epoch, "replica link up");
+                    if dead {
+                        tracing::warn!(
+                            node = node.0,
+                            "a node declared dead is back: rejoin is not implemented, its stripes stay here"
+                        );
+                    }
+                }
+                LinkEvent::Delivered(replica) => drop(self.handle(Input::Replica(&replica.change))),
+                LinkEvent::Forwarded { from, tcp, message } => {
+                    let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+                    let peer = Peer { addr: from, transport };
+                    self.process(Input::FromNode { node, peer, bytes: &message }).await;
+                }
+                LinkEvent::Acked { .. } => self.release_held().await,
+                LinkEvent::PeerDead => {
+                    r.links.borrow_mut()[i].dead = true;
+                    self.release_held().await;
+                    let current = self.shard.borrow().stripe_map().clone();
+                    if !current.has_node(node) {
+                        continue; // Another shard of this node saw it first: its view is ours.
+                    }
+                    let view = current.without(node);
+                    tracing::warn!(node = node.0, shard = self.index, epoch = view.epoch(), "peer dead: taking over");
+                    self.process(Input::View(&view)).await;
+                    for shard in (0..self.shards).filter(|&s| s != self.index) {
+                        self.hop(shard, Hop::View(view.clone())).await;
+                    }
+                }
+                LinkEvent::Closed { reason } => {
+                    tracing::warn!(node = node.0, shard = self.index, reason, "replica link closed");
+                    r.links.borrow_mut()[i].connection = None;
+                }
+            }
+        }
+    }
+
+    /// Sends the held messages whose changes the backups now have.
+    async fn release_held(self: &Rc<Self>) {
+        for (peer, bytes) in self.replication().releasable() {
+            self.transmit(peer, bytes).await;
+        }
+    }
+
+    /// Sends a message received here to `node`, which owns its stripe, on this shard's link.
+    pub(super) fn forward_to_node(&self, node: NodeId, peer: Peer, bytes: &[u8]) {
+        let Some(r) = self.replication.as_ref() else { return };
+        let Some(i) = r.index_of(node) else {
+            tracing::debug!(node = node.0, "message for a node this one has no link to, dropped");
+            return;
+        };
+        let mut links = r.links.borrow_mut();
+        links[i].link.forward(peer.addr, peer.transport == Transport::Tcp, bytes);
+        write(&mut links[i]);
+    }
+}
+
+/// Hands a link's outbound bytes to its connection's writer (dropped when it has none: the
+/// link resends changes after reconnecting; heartbeats and forwards do not matter then).
+fn write(peer: &mut PeerLink) {
+    let bytes = peer.link.take_outbound();
+    if !bytes.is_empty()
+        && let Some(c) = &peer.connection
+    {
+        let _ = c.out.try_send(bytes);
+    }
+}
+
+/// Reads an accepted connection's first frame; it must be a Hello. Returns the peer it names
+/// and every byte read (the link reads the Hello again).
+async fn read_hello(stream: &mut TcpStream) -> Result<(NodeId, Vec<u8>), String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match decode(&buf) {
+            Ok(Some((Frame::Hello { node, .. }, _))) => return Ok((node, buf)),
+            Ok(Some((frame, _))) => return Err(format!("opened with {} instead of Hello", frame.name())),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match stream.read(&mut chunk).await {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => return Err("closed before Hello".to_owned()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
