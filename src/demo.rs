@@ -102,7 +102,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
 }
 
 /// A loopback address free for UDP and TCP right now.
-fn free_loopback_port() -> Result<SocketAddr> {
+pub(crate) fn free_loopback_port() -> Result<SocketAddr> {
     for _ in 0..100 {
         let udp = UdpSocket::bind("127.0.0.1:0").context("binding a loopback UDP port")?;
         let address = udp.local_addr()?;
@@ -114,7 +114,7 @@ fn free_loopback_port() -> Result<SocketAddr> {
 }
 
 /// Sends OPTIONS to the server itself until it answers (its health check), up to `timeout`.
-fn wait_until_answering(server: SocketAddr, timeout: Duration) -> Result<()> {
+pub(crate) fn wait_until_answering(server: SocketAddr, timeout: Duration) -> Result<()> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     let local = socket.local_addr()?;

@@ -3,6 +3,7 @@
 
 mod config;
 mod demo;
+mod failover;
 mod parse_cmd;
 mod server;
 
@@ -27,6 +28,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the server (embedded defaults: a proxy on 127.0.0.1:5060); SIGINT or SIGTERM stops it.
     Run(RunArgs),
+    /// The kill -9 drill: two clustered nodes, calls held through node 1, node 1 killed, every
+    /// BYE sent to node 2; ends with `failover: established=N ended_ok=M lost=K`.
+    FailoverTest(failover::FailoverArgs),
     /// Check a configuration file; print every error with its key and why.
     CheckConfig {
         /// The TOML file.
@@ -70,6 +74,10 @@ fn main() -> ExitCode {
         Command::Demo(args) => {
             init_logging("warn");
             demo::run(args)
+        }
+        Command::FailoverTest(args) => {
+            init_logging("warn");
+            failover::run(args)
         }
     }
 }

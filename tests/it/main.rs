@@ -8,6 +8,7 @@ mod demo;
 mod failover;
 mod fuzz_regressions;
 mod proxy;
+mod replication;
 mod shard;
 mod sipp;
 mod support;

@@ -1,0 +1,245 @@
+//! `sipshard failover-test`: the kill -9 drill of DESIGN.md §5 on loopback.
+//! Starts two `sipshard run` processes (this binary) as nodes 1 and 2 of a
+//! cluster (`replicas = 2`, sync or async replication, each node its own SIP
+//! address, the other's named as an alias), a callee (sipbench uas) as their
+//! default route, and a caller (sipbench uac) that sets up `--calls` calls
+//! through node 1 and holds them. Once every call is up, node 1 is killed with
+//! SIGKILL; the caller then sends each BYE to node 2 (`--bye-target`, as if a
+//! floating IP had moved). Node 2 must have taken node 1's stripes over from
+//! their replicas and bridge every BYE to the callee.
+//!
+//! Prints the survivor's counters and ends with one line,
+//! `failover: established=N ended_ok=M lost=K` (lost: established calls whose
+//! BYE did not get a 200, or did not reach the callee); the exit status is
+//! non-zero when a call was lost. Everything it starts it stops (by PID, or in
+//! process), and it is bounded in time.
+
+use std::fs;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sipshard_bench::uac::{self, UacConfig};
+use sipshard_bench::uas::{Uas, UasConfig};
+
+use crate::demo::{free_loopback_port, wait_until_answering};
+
+/// What the drill runs.
+#[derive(clap::Args)]
+pub(crate) struct FailoverArgs {
+    /// Calls set up and held through node 1 (at most 100,000).
+    #[arg(long, default_value_t = 2000)]
+    calls: u64,
+    /// "sync" or "async" replication.
+    #[arg(long, default_value = "sync")]
+    replication: String,
+    /// Calls set up per second.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Role of both nodes: b2bua or proxy.
+    #[arg(long, default_value = "b2bua")]
+    role: String,
+    /// Shards per node (each node pins them to the first cores).
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// Where the nodes' configurations and logs go (default: a fresh directory under /tmp).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// A node process, killed when dropped (so an error path leaves nothing running).
+struct Node {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the drill; prints the summary line.
+pub(crate) fn run(args: FailoverArgs) -> ExitCode {
+    match drill(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn drill(args: &FailoverArgs) -> Result<bool> {
+    anyhow::ensure!((1..=100_000).contains(&args.calls), "--calls must be between 1 and 100000");
+    anyhow::ensure!((1..=10_000).contains(&args.rate), "--rate must be between 1 and 10000");
+    anyhow::ensure!(
+        args.replication == "sync" || args.replication == "async",
+        "--replication must be sync or async, not {:?}",
+        args.replication
+    );
+    anyhow::ensure!((1..=64).contains(&args.shards), "--shards must be between 1 and 64");
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("sipshard-failover-{}", std::process::id())),
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let mut callee_config = UasConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    callee_config.progress = false;
+    let callee = Uas::start(&callee_config).context("starting the callee")?;
+    let sip = [free_loopback_port()?, free_loopback_port()?];
+    let replication = [free_port_range(args.shards)?, free_port_range(args.shards)?];
+    let mut nodes = Vec::new();
+    for (i, id) in [1u16, 2].into_iter().enumerate() {
+        let other = 1 - i;
+        let config = format!(
+            "[server]\nlisten = \"{}\"\nshards = {}\nrole = \"{}\"\n\n[proxy]\ndefault_route = \"sip:{}\"\n\n\
+             [cluster]\nnode = {id}\nsecret = \"failover-drill-secret\"\nreplicas = 2\nreplication = \"{}\"\n\
+             listen = \"{}\"\n\n[[cluster.peers]]\nnode = {}\naddress = \"{}\"\nsip = \"{}\"\n",
+            sip[i],
+            args.shards,
+            args.role,
+            callee.local,
+            args.replication,
+            replication[i],
+            3 - id,
+            replication[other],
+            sip[other],
+        );
+        let path = dir.join(format!("node{id}.toml"));
+        fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        nodes.push(start_node(&path, &dir.join(format!("node{id}.log")))?);
+    }
+    for (node, &address) in nodes.iter().zip(&sip) {
+        wait_until_answering(address, Duration::from_secs(10))
+            .with_context(|| format!("node log: {}", node.log.display()))?;
+    }
+    for node in &nodes {
+        wait_for_links(&node.log, args.shards, Duration::from_secs(10))?;
+    }
+    println!(
+        "failover drill: nodes 1 ({}) and 2 ({}), {} shards each, {} replication, {}; {} calls at {}/s through \
+         node 1; logs in {}",
+        sip[0],
+        sip[1],
+        args.shards,
+        args.replication,
+        args.role,
+        args.calls,
+        args.rate,
+        dir.display()
+    );
+
+    // Every call is up ~1 s after the last INVITE; node 1 dies then; the first BYE goes 3 s later.
+    let setup = Duration::from_millis(args.calls * 1000 / args.rate);
+    let kill_at = setup + Duration::from_secs(1);
+    let mut caller = UacConfig::new(sip[0]);
+    caller.rate = args.rate as f64;
+    caller.calls = args.calls;
+    caller.hold = setup + Duration::from_secs(4);
+    caller.bye_target = Some(sip[1]);
+    caller.progress = false;
+    let load = std::thread::spawn(move || uac::run(&caller));
+    std::thread::sleep(kill_at);
+    let mut node1 = nodes.remove(0);
+    node1.child.kill().context("killing node 1")?;
+    let _ = node1.child.wait();
+    println!("node 1 killed (SIGKILL) {:.1} s into the run", kill_at.as_secs_f64());
+    let report = load.join().map_err(|_| anyhow::anyhow!("the caller panicked"))??;
+    let survivor = stop_node(nodes.remove(0))?;
+    let callee_stats = callee.stop()?;
+
+    println!("\n== caller\n{}", report.table());
+    println!("== callee\n{}\n", callee_stats.line());
+    println!("== node 2 (the survivor)");
+    for line in survivor.lines().filter(|l| l.starts_with("shard ")) {
+        println!("{line}");
+    }
+    let established = report.measures.setup.len();
+    let ended_ok = report.counts.ok;
+    let byes_seen = callee_stats.byes.load(Ordering::Relaxed);
+    let lost = established.saturating_sub(ended_ok.min(byes_seen));
+    if byes_seen != ended_ok {
+        println!("the callee saw {byes_seen} BYEs for {ended_ok} calls that ended well");
+    }
+    println!("failover: established={established} ended_ok={ended_ok} lost={lost}");
+    Ok(lost == 0 && established == args.calls)
+}
+
+/// Starts `sipshard run --config CONFIG`, its output to `log`.
+fn start_node(config: &Path, log: &Path) -> Result<Node> {
+    let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let exe = std::env::current_exe().context("finding the sipshard binary")?;
+    let child = Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .context("starting a node")?;
+    Ok(Node { child, log: log.to_owned() })
+}
+
+/// Stops a node with SIGTERM (it drains and prints its counters); returns its log.
+fn stop_node(mut node: Node) -> Result<String> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(node.child.id()).context("a pid")?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).context("stopping node 2")?;
+    #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if node.child.try_wait()?.is_some() {
+            break;
+        }
+        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+        let late = Instant::now() > deadline;
+        if late {
+            anyhow::bail!("node 2 did not stop within 40 s of SIGTERM (log: {})", node.log.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::read_to_string(&node.log).with_context(|| format!("reading {}", node.log.display()))
+}
+
+/// Waits until a node's log says every shard's replica link is up.
+fn wait_for_links(log: &Path, shards: usize, timeout: Duration) -> Result<()> {
+    #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.matches("replica link up").count() >= shards {
+            return Ok(());
+        }
+        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+        let late = Instant::now() > deadline;
+        anyhow::ensure!(!late, "the replica links did not come up within {timeout:?} (log: {})", log.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A loopback address whose port and the next `count - 1` are free for TCP (a node's
+/// replication ports: one per shard).
+fn free_port_range(count: usize) -> Result<SocketAddr> {
+    for _ in 0..100 {
+        let probe = UdpSocket::bind("127.0.0.1:0")?;
+        let base = probe.local_addr()?;
+        drop(probe);
+        let free = (0..count).all(|k| {
+            let port = usize::from(base.port()) + k;
+            port <= 65_535 && std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok()
+        });
+        if free {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no {count} consecutive free loopback ports")
+}

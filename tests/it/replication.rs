@@ -1,0 +1,71 @@
+//! Replication end to end over real sockets (issue 6): `sipshard failover-test`
+//! runs two clustered `sipshard` processes on loopback, sets up calls through
+//! node 1, kills it with SIGKILL, and sends every BYE to node 2. Every
+//! established call must end with a 200 from the callee side, and the callee
+//! must see every BYE: with sync replication, and with async replication (the
+//! kill comes seconds after the last change, so async loses nothing either).
+
+use std::process::Command;
+
+/// Runs the drill; returns (stdout, established, ended_ok, lost).
+fn drill(args: &[&str]) -> (String, u64, u64, u64) {
+    let dir = std::env::temp_dir().join(format!("sipshard-it-failover-{}-{}", std::process::id(), args.join("-")));
+    let out = Command::new(env!("CARGO_BIN_EXE_sipshard"))
+        .arg("failover-test")
+        .args(args)
+        .arg("--dir")
+        .arg(&dir)
+        .output()
+        .expect("sipshard failover-test runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stdout.lines().last().unwrap_or_default().to_owned();
+    let field = |name: &str| -> u64 {
+        last.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the last line {last:?}\n{stdout}\n{stderr}"))
+    };
+    assert!(last.starts_with("failover: "), "the last line is the summary: {stdout}\n{stderr}");
+    let (established, ended_ok, lost) = (field("established="), field("ended_ok="), field("lost="));
+    assert!(out.status.success(), "exit {}: {stdout}\n{stderr}", out.status);
+    let _ = std::fs::remove_dir_all(&dir);
+    (stdout, established, ended_ok, lost)
+}
+
+/// Sums `key=` over the survivor's shard lines.
+fn survivor_sum(stdout: &str, key: &str) -> u64 {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("shard "))
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|kv| kv.strip_prefix(key))
+        .map(|n| n.parse::<u64>().expect("a count"))
+        .sum()
+}
+
+#[test]
+fn a_killed_node_loses_no_established_call_with_sync_or_async_replication() {
+    let (stdout, established, ended_ok, lost) = drill(&["--calls", "2000", "--replication", "sync"]);
+    assert_eq!((established, ended_ok, lost), (2000, 2000, 0), "{stdout}");
+    assert!(stdout.contains("byes 2000"), "the callee saw every BYE: {stdout}");
+    // Node 2 took node 1's stripes over and activated the calls it held as replicas.
+    assert_eq!(survivor_sum(&stdout, "stripes_taken_over="), 512, "half of 1024 stripes: {stdout}");
+    assert!(survivor_sum(&stdout, "records_activated=") >= 500, "about half the calls were node 1's: {stdout}");
+    assert!(stdout.contains("link1=dead"), "the survivor declared node 1 dead: {stdout}");
+
+    let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--replication", "async"]);
+    assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
+    assert!(stdout.contains("byes 1000"), "the callee saw every BYE: {stdout}");
+    assert_eq!(survivor_sum(&stdout, "held_messages="), 0, "async holds nothing back: {stdout}");
+}
+
+#[test]
+fn the_drill_refuses_bad_arguments() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sipshard"))
+        .args(["failover-test", "--replication", "semi"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--replication must be sync or async"));
+}
