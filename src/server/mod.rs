@@ -177,7 +177,7 @@ impl ShardReport {
                     "down"
                 };
                 line.push_str(&format!(
-                    " link{}={state}:sent={}:delivered={}:unacked={}:fwd_out={}:fwd_in={}:fwd_dropped={}:closes={}",
+                    " link{}={state}:sent={}:delivered={}:unacked={}:fwd_out={}:fwd_in={}:fwd_dropped={}:closes={}:bytes_out={}:change_bytes={}",
                     l.node.0,
                     l.stats.changes_sent,
                     l.stats.changes_delivered,
@@ -185,7 +185,9 @@ impl ShardReport {
                     l.stats.forwards_sent,
                     l.stats.forwards_received,
                     l.stats.forwards_dropped,
-                    l.stats.closes
+                    l.stats.closes,
+                    l.stats.bytes_out,
+                    l.stats.change_bytes_out
                 ));
             }
         }

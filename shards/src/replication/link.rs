@@ -161,6 +161,8 @@ pub struct LinkStats {
     pub closes: u64,
     /// Bytes produced for the connection.
     pub bytes_out: u64,
+    /// Of those, bytes of Change frames (what replication costs on the wire).
+    pub change_bytes_out: u64,
     /// SIP messages forwarded to the peer.
     pub forwards_sent: u64,
     /// SIP messages not forwarded because the link was down.
@@ -568,7 +570,9 @@ impl ReplicaLink {
                 hints: change.hints.0,
                 record: change.bytes.clone(),
             };
+            let before = self.stats.bytes_out;
             self.send(&frame);
+            self.stats.change_bytes_out += self.stats.bytes_out - before;
             self.sent_upto = seq;
             self.stats.changes_sent += 1;
             if seq <= self.ever_sent {

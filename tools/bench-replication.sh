@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# What replication costs (issue 6): the same ladder of call rates, sipbench uac ->
+# node 1 -> sipbench uas over loopback UDP, against
+#   single:        one sipshard node on every core, no replication;
+#   cluster-async: two nodes (each on half the cores), replicas = 2, async;
+#   cluster-sync:  the same with sync replication (a change's messages wait for
+#                  the backup's ack).
+# The caller sends to node 1; the stripes node 2 owns are forwarded to it over
+# the replica link (as behind one floating address). At each rate: calls/s
+# completed, failed, setup p50/p99/p99.9 and the CPU seconds of the node
+# processes; the highest rate each sustains (< 0.1 % failed, p99 < 50 ms) and
+# its ratio to single; bytes of Change frames per completed call (from the
+# nodes' link counters, printed when they stop).
+#
+#   tools/bench-replication.sh [--seconds S] [--rates "R1 R2 .."] [--hold-ms H]
+#                              [--role b2bua|proxy] [--modes "single cluster-async cluster-sync"]
+#
+# Bounded (two missed steps end a ladder; each step S s + hold + at most 45 s);
+# builds if needed; stops every process it started by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=10
+rates="1000 2000 3000 4000 5000 6000 8000"
+hold_ms=1000
+role=b2bua
+modes="single cluster-async cluster-sync"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) seconds=$2; shift 2 ;;
+        --rates) rates=$2; shift 2 ;;
+        --hold-ms) hold_ms=$2; shift 2 ;;
+        --role) role=$2; shift 2 ;;
+        --modes) modes=$2; shift 2 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+cargo build --release -q -p sipshard -p sipshard-bench
+sipshard=target/release/sipshard
+sipbench=target/release/sipbench
+cores=$(nproc)
+half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+work=$(mktemp -d)
+pids=()
+node_pids=()
+cleanup() {
+    for pid in "${pids[@]}" "${node_pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+uas_port=16090
+sip1=127.0.0.1:16070
+sip2=127.0.0.1:16080
+repl1=127.0.0.1:17070
+repl2=127.0.0.1:17170
+
+core_list() { # first count
+    seq -s, "$1" $(( $1 + $2 - 1 ))
+}
+
+write_config() { # node mode
+    local node=$1 mode=$2 listen cores_toml
+    if [ "$mode" = single ]; then
+        printf '[server]\nlisten = "%s"\nrole = "%s"\ndrain_s = 2\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
+            "$sip1" "$role" "$uas_port"
+        return
+    fi
+    if [ "$node" = 1 ]; then listen=$sip1; cores_toml="[$(core_list 0 "$half")]"; else
+        listen=$sip2; cores_toml="[$(core_list $(( cores - half )) "$half")]"; fi
+    local other=$(( 3 - node ))
+    local me_repl=$repl1 other_repl=$repl2 other_sip=$sip2
+    [ "$node" = 2 ] && { me_repl=$repl2; other_repl=$repl1; other_sip=$sip1; }
+    printf '[server]\nlisten = "%s"\nrole = "%s"\ncores = %s\ndrain_s = 2\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
+        "$listen" "$role" "$cores_toml" "$uas_port"
+    printf '[cluster]\nnode = %s\nsecret = "bench-replication-secret"\nreplication = "%s"\nlisten = "%s"\n' \
+        "$node" "${mode#cluster-}" "$me_repl"
+    printf '[[cluster.peers]]\nnode = %s\naddress = "%s"\nsip = "%s"\n' "$other" "$other_repl" "$other_sip"
+}
+
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        if [ -r "/proc/$pid/stat" ]; then total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat") )); fi
+    done
+    echo "$total"
+}
+
+start_mode() {
+    node_pids=()
+    local nodes=1
+    [ "$1" != single ] && nodes=2
+    for node in $(seq 1 "$nodes"); do
+        write_config "$node" "$1" >"$work/node$node.toml"
+        RUST_LOG=warn "$sipshard" run --config "$work/node$node.toml" >"$work/node$node.log" 2>&1 &
+        node_pids+=($!)
+    done
+    for _ in $(seq 1 50); do
+        if timeout 2 "$sipbench" uac "$sip1" --scenario options --calls 1 --rate 10 --quiet >/dev/null 2>&1; then
+            sleep 1 # the replica links come up within a few ms of both nodes answering
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "node 1 never answered OPTIONS" >&2
+    return 1
+}
+
+stop_mode() {
+    for pid in "${node_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${node_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+
+"$sipbench" uas --listen "127.0.0.1:$uas_port" --threads 1 >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.3
+
+hz=$(getconf CLK_TCK)
+echo "# sipbench -> node 1 -> sipbench uas, loopback UDP, $role, ${seconds} s per step, hold ${hold_ms} ms"
+echo "# $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r); cluster nodes on $half core(s) each"
+printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s\n" mode offered calls/s failed p50_ms p99_ms p999_ms cpu_s sustained
+results="$work/results"
+: >"$results"
+for mode in $modes; do
+    start_mode "$mode"
+    misses=0
+    total_ok=0
+    for rate in $rates; do
+        before=$(cpu_ticks "${node_pids[@]}")
+        timeout $((seconds + hold_ms / 1000 + 45)) "$sipbench" uac "$sip1" --rate "$rate" \
+            --calls $((rate * seconds)) --duration "$seconds" --hold-ms "$hold_ms" --threads 1 \
+            --max-failed-ratio 1 --quiet --json "$work/step.json" >/dev/null 2>&1 || true
+        after=$(cpu_ticks "${node_pids[@]}")
+        line=$(python3 - "$work/step.json" "$mode" "$rate" "$seconds" "$(( after - before ))" "$hz" <<'EOF'
+import json, sys
+path, mode, rate, seconds, ticks, hz = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+try:
+    s = json.load(open(path))
+except Exception:
+    print(f"{mode} {rate:.0f} 0 all 0 0 0 0 no 0"); sys.exit()
+bad = s["calls_failed"] + s["calls_timed_out"]
+setup = s["setup_ms"]
+sustained = (s["calls_attempted"] >= 0.95 * rate * seconds and bad <= 0.001 * s["calls_attempted"]
+             and setup["p99"] < 50.0)
+print(f"{mode} {rate:.0f} {s['calls_ok'] / seconds:.0f} {bad} {setup['p50']:.3f} {setup['p99']:.3f} "
+      f"{setup['p999']:.3f} {ticks / hz:.2f} {'yes' if sustained else 'no'} {s['calls_ok']}")
+EOF
+        )
+        rm -f "$work/step.json"
+        echo "$line" >>"$results"
+        echo "$line" | awk '{printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}'
+        total_ok=$(( total_ok + ${line##* } ))
+        if [ "$(echo "$line" | awk '{print $9}')" = yes ]; then misses=0; else misses=$((misses + 1)); fi
+        [ "$misses" -ge 2 ] && break
+        sleep 1
+    done
+    stop_mode
+    if [ "$mode" != single ]; then
+        bytes=$(cat "$work"/node*.log | grep -o 'change_bytes=[0-9]*' | cut -d= -f2 | paste -sd+ | bc)
+        echo "bytes $mode $bytes $total_ok" >>"$results"
+    fi
+done
+python3 - "$results" <<'EOF'
+import sys
+best, p99 = {}, {}
+bytes_per_call = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    if f[0] == "bytes":
+        bytes_per_call[f[1]] = int(f[2]) / max(int(f[3]), 1)
+        continue
+    mode, offered, sustained = f[0], float(f[1]), f[8]
+    best.setdefault(mode, 0.0)
+    p99.setdefault(mode, {})[offered] = float(f[5])
+    if sustained == "yes":
+        best[mode] = max(best[mode], offered)
+print("highest sustained (calls/s): " + ", ".join(f"{m} {r:.0f}" for m, r in best.items()))
+single = best.get("single", 0.0)
+for mode in ("cluster-async", "cluster-sync"):
+    if mode in best and single:
+        print(f"{mode} / single: {best[mode] / single:.2f}x of the calls/s")
+    if mode in p99 and "single" in p99:
+        common = sorted(r for r in set(p99[mode]) & set(p99["single"]) if r <= min(best.get(mode, 0), single))
+        if common:
+            r = common[-1]
+            print(f"{mode}: p99 setup at {r:.0f} calls/s {p99[mode][r]:.3f} ms vs single {p99['single'][r]:.3f} ms "
+                  f"({p99[mode][r] - p99['single'][r]:+.3f} ms)")
+    if mode in bytes_per_call:
+        print(f"{mode}: {bytes_per_call[mode]:.0f} bytes of Change frames per completed call (both nodes)")
+EOF
