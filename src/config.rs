@@ -54,6 +54,19 @@ pub(crate) struct ClusterSection {
     pub(crate) dead_after_ms: u64,
     /// The other nodes of the site.
     pub(crate) peers: Vec<PeerSection>,
+    /// Where the node writes its cluster status every second, for `sipshard cluster status`
+    /// (empty: /tmp/sipshard-node<N>.status).
+    pub(crate) status_file: String,
+}
+
+impl ClusterSection {
+    /// The status file's path.
+    pub(crate) fn status_path(&self) -> std::path::PathBuf {
+        match self.status_file.as_str() {
+            "" => std::env::temp_dir().join(format!("sipshard-node{}.status", self.node)),
+            path => path.into(),
+        }
+    }
 }
 
 impl Default for ClusterSection {
@@ -69,6 +82,7 @@ impl Default for ClusterSection {
             heartbeat_ms: 200,
             dead_after_ms: 600,
             peers: Vec::new(),
+            status_file: String::new(),
         }
     }
 }
@@ -337,6 +351,8 @@ pub(crate) struct ClusterSettings {
     pub(crate) peers: Vec<(NodeId, SocketAddr)>,
     /// The other nodes' SIP addresses (where given).
     pub(crate) peer_sip: Vec<SocketAddr>,
+    /// Where the status goes.
+    pub(crate) status_file: std::path::PathBuf,
 }
 
 impl ClusterSettings {
@@ -653,6 +669,7 @@ impl ClusterSection {
             dead_after_ms: self.dead_after_ms,
             peers,
             peer_sip,
+            status_file: self.status_path(),
         })
     }
 }

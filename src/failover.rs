@@ -101,13 +101,14 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
         let config = format!(
             "[server]\nlisten = \"{}\"\nshards = {}\nrole = \"{}\"\n\n[proxy]\ndefault_route = \"sip:{}\"\n\n\
              [cluster]\nnode = {id}\nsecret = \"failover-drill-secret\"\nreplicas = 2\nreplication = \"{}\"\n\
-             listen = \"{}\"\n\n[[cluster.peers]]\nnode = {}\naddress = \"{}\"\nsip = \"{}\"\n",
+             listen = \"{}\"\nstatus_file = \"{}\"\n\n[[cluster.peers]]\nnode = {}\naddress = \"{}\"\nsip = \"{}\"\n",
             sip[i],
             args.shards,
             args.role,
             callee.local,
             args.replication,
             replication[i],
+            dir.join(format!("node{id}.status")).display(),
             3 - id,
             replication[other],
             sip[other],
@@ -152,6 +153,13 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
     let _ = node1.child.wait();
     println!("node 1 killed (SIGKILL) {:.1} s into the run", kill_at.as_secs_f64());
     let report = load.join().map_err(|_| anyhow::anyhow!("the caller panicked"))??;
+    // What an operator sees on the survivor: the view without node 1, node 1's link dead.
+    let status = Command::new(std::env::current_exe()?)
+        .args(["cluster", "status", "--config"])
+        .arg(dir.join("node2.toml"))
+        .output()
+        .context("running sipshard cluster status")?;
+    println!("\n== sipshard cluster status (node 2)\n{}", String::from_utf8_lossy(&status.stdout).trim_end());
     let survivor = stop_node(nodes.remove(0))?;
     let callee_stats = callee.stop()?;
 

@@ -31,6 +31,9 @@ enum Command {
     /// The kill -9 drill: two clustered nodes, calls held through node 1, node 1 killed, every
     /// BYE sent to node 2; ends with `failover: established=N ended_ok=M lost=K`.
     FailoverTest(failover::FailoverArgs),
+    /// A clustered node's view of the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Check a configuration file; print every error with its key and why.
     CheckConfig {
         /// The TOML file.
@@ -40,6 +43,18 @@ enum Command {
     Parse {
         /// File holding the message; `-` or nothing reads stdin.
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print the running node's status (view epoch, stripes per owner, each shard's links:
+    /// state, unacknowledged changes, counters) from the file it rewrites every second;
+    /// exit 1 when it is missing or older than 5 s (the node is not running).
+    Status {
+        /// The node's TOML configuration (its `[cluster]` section names the status file).
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -70,6 +85,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Parse { file } => parse_cmd::run(file.as_deref()),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Cluster(ClusterCommand::Status { config }) => cluster_status(&config),
         Command::Run(args) => run(args),
         Command::Demo(args) => {
             init_logging("warn");
@@ -111,6 +127,44 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cluster_status(file: &std::path::Path) -> ExitCode {
+    let config = match Config::read(file) {
+        Ok(config) => config,
+        Err(errors) => {
+            print_errors(&errors);
+            return ExitCode::from(2);
+        }
+    };
+    if config.cluster.peers.is_empty() {
+        eprintln!("error: {}: no [cluster] peers: this node is not clustered", file.display());
+        return ExitCode::from(2);
+    }
+    let path = config.cluster.status_path();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("error: {}: {e} (is the node running?)", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{text}");
+    let written = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("written_unix_s=")))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    #[allow(clippy::disallowed_methods)] // A command, not the sans-IO core.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let age = now.saturating_sub(written);
+    if age > 5 {
+        eprintln!("stale: written {age} s ago (the node is not running, or stuck)");
+        return ExitCode::FAILURE;
+    }
+    println!("(written {age} s ago)");
+    ExitCode::SUCCESS
 }
 
 /// Logs to stderr at `default_level` unless RUST_LOG says otherwise.

@@ -75,8 +75,8 @@ write_config() { # node mode
     [ "$node" = 2 ] && { me_repl=$repl2; other_repl=$repl1; other_sip=$sip1; }
     printf '[server]\nlisten = "%s"\nrole = "%s"\ncores = %s\ndrain_s = 2\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
         "$listen" "$role" "$cores_toml" "$uas_port"
-    printf '[cluster]\nnode = %s\nsecret = "bench-replication-secret"\nreplication = "%s"\nlisten = "%s"\n' \
-        "$node" "${mode#cluster-}" "$me_repl"
+    printf '[cluster]\nnode = %s\nsecret = "bench-replication-secret"\nreplication = "%s"\nlisten = "%s"\nstatus_file = "%s"\n' \
+        "$node" "${mode#cluster-}" "$me_repl" "$work/node$node.status"
     printf '[[cluster.peers]]\nnode = %s\naddress = "%s"\nsip = "%s"\n' "$other" "$other_repl" "$other_sip"
 }
 

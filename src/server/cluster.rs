@@ -22,6 +22,8 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -47,6 +49,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest wait of the link timer task (heartbeats are due more often than this anyway).
 const LINK_TICK: Duration = Duration::from_millis(50);
+
+/// How often each shard refreshes its status line, and the status file is written (ms).
+const STATUS_EVERY_MS: u64 = 1_000;
 
 /// Bytes read from a link connection at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -250,7 +255,12 @@ impl Driver {
 
     /// Starts the link tasks: the listener for lower-numbered peers, a connector per
     /// higher-numbered one, and the timer that beats hearts and finds dead peers.
-    pub(super) fn start_replication(self: &Rc<Self>, listen: SocketAddr, done: Rc<Cell<bool>>) -> anyhow::Result<()> {
+    pub(super) fn start_replication(
+        self: &Rc<Self>,
+        listen: SocketAddr,
+        done: Rc<Cell<bool>>,
+        status: Arc<Mutex<Vec<String>>>,
+    ) -> anyhow::Result<()> {
         let replication = self.replication();
         let address = shard_address(listen, self.index);
         let accepts = replication.links.borrow().iter().any(|l| l.side == Side::Accepting);
@@ -274,8 +284,16 @@ impl Driver {
         }
         let driver = Rc::clone(self);
         glommio::spawn_local(async move {
+            let mut next_status = 0;
             while !done.get() {
                 let r = driver.replication();
+                if r.now_ms() >= next_status {
+                    next_status = r.now_ms() + STATUS_EVERY_MS;
+                    let line = driver.status_line();
+                    if let Ok(mut lines) = status.lock() {
+                        lines[driver.index] = line;
+                    }
+                }
                 let now = r.now_ms();
                 let next = r.links.borrow().iter().filter_map(|l| l.link.poll_timeout()).min();
                 let wait = next.map_or(LINK_TICK, |at| Duration::from_millis(at.saturating_sub(now)).min(LINK_TICK));
@@ -290,6 +308,43 @@ impl Driver {
         })
         .detach();
         Ok(())
+    }
+
+    /// This shard's part of the status file: view epoch, calls, the view's owner counts
+    /// (shard 0), and each link's state, lag and counters.
+    fn status_line(&self) -> String {
+        let shard = self.shard.borrow();
+        let view = shard.stripe_map();
+        let mut line = format!("shard {}: epoch={} calls={}", self.index, view.epoch(), shard.calls());
+        if self.index == 0 {
+            let mut owners = std::collections::BTreeMap::new();
+            for s in 0..view.stripe_count() {
+                *owners.entry(view.owner(sipshard_shards::StripeId(s)).node.0).or_insert(0u32) += 1;
+            }
+            for (node, stripes) in owners {
+                line.push_str(&format!(" owner{node}={stripes}"));
+            }
+        }
+        for l in self.replication().report() {
+            let state = if l.dead {
+                "dead"
+            } else if l.up {
+                "up"
+            } else {
+                "down"
+            };
+            line.push_str(&format!(
+                " link{}={state}:unacked={}:sent={}:delivered={}:fwd_out={}:fwd_in={}:closes={}",
+                l.node.0,
+                l.unacked,
+                l.stats.changes_sent,
+                l.stats.changes_delivered,
+                l.stats.forwards_sent,
+                l.stats.forwards_received,
+                l.stats.closes
+            ));
+        }
+        line
     }
 
     /// Accepts link connections until the shard stops; each must open with a Hello from a
@@ -467,6 +522,38 @@ fn write(peer: &mut PeerLink) {
         && let Some(c) = &peer.connection
     {
         let _ = c.out.try_send(bytes);
+    }
+}
+
+/// Writes the node's status file every second until `stop`: a header line, then each
+/// shard's line (written whole: to a temporary file, then renamed).
+pub(super) fn write_status_file(cluster: ClusterSettings, status: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new().name("cluster-status".into()).spawn(move || {
+        let path = cluster.status_file.clone();
+        let temporary = path.with_extension("tmp");
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(STATUS_EVERY_MS));
+            #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
+            let written = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let mut text = format!(
+                "node {} site {} sync={} replicas={} written_unix_s={written}\n",
+                cluster.node.0, cluster.site, cluster.sync, cluster.replicas
+            );
+            if let Ok(lines) = status.lock() {
+                for line in lines.iter().filter(|l| !l.is_empty()) {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+            let wrote = std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, &path));
+            if let Err(e) = wrote {
+                tracing::warn!(error = %e, path = %path.display(), "cannot write the cluster status file");
+                return;
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the cluster status writer");
     }
 }
 

@@ -224,7 +224,11 @@ pub(crate) fn run_until(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Re
     // One clock origin for the node, and for the cluster: records carry their timers'
     // deadlines in ms since it, so a backup arms them where the owner would have.
     let epoch = cluster_time_origin();
-    let node = NodeShared { stripes, stop, epoch, pending };
+    let status: Arc<std::sync::Mutex<Vec<String>>> = Arc::new(std::sync::Mutex::new(vec![String::new(); shards]));
+    let node = NodeShared { stripes, stop: Arc::clone(&stop), epoch, pending, status: Arc::clone(&status) };
+    if let Some(cluster) = &settings.cluster {
+        cluster::write_status_file(cluster.clone(), status, stop);
+    }
     for (index, &core) in settings.cores.iter().enumerate() {
         let (mesh, settings, node) = (mesh.clone(), settings.clone(), node.clone());
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core))
@@ -399,13 +403,16 @@ fn bump(cell: &Cell<u64>) {
 }
 
 /// What every shard of the node shares at start: the stripe map, the stop flag, the clock
-/// origin, and each shard's count of unanswered transactions (for a graceful stop).
+/// origin, each shard's count of unanswered transactions (for a graceful stop), and its
+/// cluster status line (written to the status file by a thread of its own).
 #[derive(Clone)]
 struct NodeShared {
     stripes: StripeMap,
     stop: Arc<AtomicBool>,
     epoch: Instant,
     pending: Arc<[AtomicUsize]>,
+    /// Each shard's cluster status line, refreshed every second (clustered nodes only).
+    status: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// The shard's UDP socket: SO_REUSEPORT on the SIP address, with `buffer` bytes of receive and
@@ -433,7 +440,7 @@ async fn shard_main(
     mesh: MeshBuilder<Hop, Full>,
     node: NodeShared,
 ) -> anyhow::Result<ShardReport> {
-    let NodeShared { stripes, stop, epoch, pending } = node;
+    let NodeShared { stripes, stop, epoch, pending, status } = node;
     let udp =
         match settings.transports.udp {
             true => Some(bind_udp(settings.listen, settings.udp_buffer).map_err(|e| {
@@ -491,7 +498,7 @@ async fn shard_main(
     });
     let done = Rc::new(Cell::new(false));
     if let Some(cluster) = &settings.cluster {
-        driver.start_replication(cluster.listen, Rc::clone(&done))?;
+        driver.start_replication(cluster.listen, Rc::clone(&done), status)?;
     }
     for (_, mut stream) in receivers.streams() {
         let (driver, done) = (Rc::clone(&driver), Rc::clone(&done));

@@ -53,6 +53,10 @@ fn a_killed_node_loses_no_established_call_with_sync_or_async_replication() {
     assert_eq!(survivor_sum(&stdout, "stripes_taken_over="), 512, "half of 1024 stripes: {stdout}");
     assert!(survivor_sum(&stdout, "records_activated=") >= 500, "about half the calls were node 1's: {stdout}");
     assert!(stdout.contains("link1=dead"), "the survivor declared node 1 dead: {stdout}");
+    // `sipshard cluster status` on the survivor: a new view where node 2 owns every stripe.
+    let status = stdout.split("== sipshard cluster status (node 2)").nth(1).expect("the status section");
+    assert!(status.contains("shard 0: epoch=2") && status.contains("owner2=1024"), "{status}");
+    assert!(status.contains("(written "), "fresh: {status}");
 
     let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--replication", "async"]);
     assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
