@@ -85,11 +85,13 @@ struct PeerLink {
     dead: bool,
 }
 
-/// A live connection: its id, its writer's queue, and the handle that stops its reader.
+/// A live connection: its id, the writer's wake-up, and the handle that stops its reader.
 /// Dropping it closes the connection (both tasks end).
 struct LinkConnection {
     id: u64,
-    out: LocalSender<Vec<u8>>,
+    /// Tells the writer task there are bytes: it takes everything the link has by the time it
+    /// runs, so the frames of one executor turn leave in one write.
+    wake: LocalSender<()>,
     _close: LocalSender<()>,
 }
 
@@ -399,14 +401,22 @@ impl Driver {
     async fn run_connection(self: &Rc<Self>, i: usize, stream: TcpStream, first: Vec<u8>) {
         let _ = stream.set_nodelay(true);
         let r = self.replication();
-        let (out, pending) = local_channel::new_unbounded::<Vec<u8>>();
+        let (wake, woken) = local_channel::new_bounded::<()>(1);
         let (close, closed) = local_channel::new_bounded::<()>(1);
         let id = r.next_connection.get();
         r.next_connection.set(id + 1);
         let (mut reader, mut writer) = futures_lite::io::split(stream);
+        let driver = Rc::clone(self);
         glommio::spawn_local(async move {
-            while let Some(bytes) = pending.recv().await {
-                if writer.write_all(&bytes).await.is_err() {
+            while woken.recv().await.is_some() {
+                let bytes = {
+                    let mut links = driver.replication().links.borrow_mut();
+                    if links[i].connection.as_ref().is_none_or(|c| c.id != id) {
+                        break;
+                    }
+                    links[i].link.take_outbound()
+                };
+                if !bytes.is_empty() && writer.write_all(&bytes).await.is_err() {
                     break;
                 }
             }
@@ -417,7 +427,7 @@ impl Driver {
             let mut links = r.links.borrow_mut();
             let peer = &mut links[i];
             // A newer connection replaces an older one (dropping it closes it).
-            peer.connection = Some(LinkConnection { id, out, _close: close });
+            peer.connection = Some(LinkConnection { id, wake, _close: close });
             peer.link.connected(r.now_ms());
             if !first.is_empty() {
                 peer.link.receive(r.now_ms(), &first);
@@ -514,14 +524,14 @@ impl Driver {
     }
 }
 
-/// Hands a link's outbound bytes to its connection's writer (dropped when it has none: the
-/// link resends changes after reconnecting; heartbeats and forwards do not matter then).
+/// Wakes the connection's writer when the link has bytes to send (a link without a
+/// connection is down and keeps none: it resends changes after reconnecting).
 fn write(peer: &mut PeerLink) {
-    let bytes = peer.link.take_outbound();
-    if !bytes.is_empty()
+    if peer.link.has_outbound()
         && let Some(c) = &peer.connection
     {
-        let _ = c.out.try_send(bytes);
+        // Full: a wake-up is pending already, and that writer run takes these bytes too.
+        let _ = c.wake.try_send(());
     }
 }
 

@@ -591,7 +591,9 @@ async fn shard_main(
                     continue;
                 }
                 // Only a datagram that moves to another shard gives up the buffer.
-                if let Some(moved) = driver.process(Input::Datagram { peer, bytes: &buf[..n] }).await {
+                if let Some(moved) = driver.process(Input::Datagram { peer, bytes: &buf[..n] }).await
+                    && !driver.sent_on_own_link(moved, peer, &buf[..n])
+                {
                     let mut bytes = std::mem::replace(&mut buf, vec![0u8; MAX_DATAGRAM]);
                     bytes.truncate(n);
                     driver.pass_on(moved, peer, bytes).await;
@@ -614,7 +616,9 @@ async fn shard_main(
                             driver.hop(wrong, Hop::Steered { peer, bytes: batch.take(i) }).await;
                             continue;
                         }
-                        if let Some(moved) = driver.process(Input::Datagram { peer, bytes }).await {
+                        if let Some(moved) = driver.process(Input::Datagram { peer, bytes }).await
+                            && !driver.sent_on_own_link(moved, peer, bytes)
+                        {
                             driver.pass_on(moved, peer, batch.take(i)).await;
                         }
                     }
@@ -690,6 +694,18 @@ impl Driver {
             r.hold(waits, held);
         }
         moved
+    }
+
+    /// Sends a message for another node on this shard's own link, straight from the receive
+    /// buffer; false when it must move to another shard first (which takes the buffer).
+    fn sent_on_own_link(&self, moved: Moved, peer: Peer, bytes: &[u8]) -> bool {
+        match moved {
+            Moved::Node { node, shard } if shard == self.index => {
+                self.forward_to_node(node, peer, bytes);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Moves a received message on to the shard or node that owns its stripe.

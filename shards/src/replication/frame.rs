@@ -149,15 +149,68 @@ pub enum FrameError {
 
 /// Appends `frame`'s bytes to `out`.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    encode_with(out, |out| postcard::to_extend(frame, out));
+}
+
+/// The borrowed twin of the frames sent in bulk ([`Frame::Change`], [`Frame::Forward`]):
+/// the same variant numbers, so it encodes to the same bytes without copying the record or
+/// the message into a [`Frame`] first.
+#[derive(Serialize)]
+#[allow(dead_code)] // The placeholders only hold their variants' numbers.
+enum BulkFrame<'a> {
+    Hello,
+    Welcome,
+    Proof,
+    Change {
+        seq: u64,
+        stripe: u32,
+        #[serde(with = "serde_bytes")]
+        key: &'a [u8],
+        version: u64,
+        hints: u8,
+        #[serde(with = "serde_bytes")]
+        record: &'a [u8],
+    },
+    Ack,
+    Heartbeat,
+    Echo,
+    Forward {
+        from: std::net::SocketAddr,
+        tcp: bool,
+        #[serde(with = "serde_bytes")]
+        message: &'a [u8],
+    },
+}
+
+/// Appends a [`Frame::Change`] built from borrowed parts to `out`.
+pub fn encode_change(seq: u64, change: &crate::table::Change, out: &mut Vec<u8>) {
+    let frame = BulkFrame::Change {
+        seq,
+        stripe: change.stripe.0,
+        key: &change.key,
+        version: change.version,
+        hints: change.hints.0,
+        record: &change.bytes,
+    };
+    encode_with(out, |out| postcard::to_extend(&frame, out));
+}
+
+/// Appends a [`Frame::Forward`] of a borrowed message to `out`.
+pub fn encode_forward(from: std::net::SocketAddr, tcp: bool, message: &[u8], out: &mut Vec<u8>) {
+    let frame = BulkFrame::Forward { from, tcp, message };
+    encode_with(out, |out| postcard::to_extend(&frame, out));
+}
+
+/// Frames what `payload` appends: length, version, payload, CRC.
+fn encode_with(out: &mut Vec<u8>, payload: impl FnOnce(Vec<u8>) -> postcard::Result<Vec<u8>>) {
     let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    out.push(FRAME_VERSION);
-    let payload = postcard::to_allocvec(frame).expect("invariant: frames always serialize");
-    out.extend_from_slice(&payload);
-    let crc = crc32fast::hash(&out[start + 4..]);
-    out.extend_from_slice(&crc.to_be_bytes());
-    let len = (out.len() - start - 4) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+    let mut buf = payload(std::mem::take(out)).expect("invariant: frames always serialize");
+    let crc = crc32fast::hash(&buf[start + 4..]);
+    buf.extend_from_slice(&crc.to_be_bytes());
+    let len = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    *out = buf;
 }
 
 /// Decodes the first frame in `buf`: `Ok(None)` when more bytes are needed, else the frame
@@ -185,6 +238,10 @@ mod tests {
     use super::*;
 
     fn change(seq: u64) -> Frame {
+        change_frame(seq)
+    }
+
+    fn change_frame(seq: u64) -> Frame {
         Frame::Change { seq, stripe: 7, key: b"call-1".to_vec(), version: 3, hints: 1, record: vec![9; 40] }
     }
 
@@ -220,6 +277,26 @@ mod tests {
         }
         assert_eq!(got, frames);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn bulk_frames_encode_as_their_owned_twins() {
+        let change = crate::table::Change {
+            stripe: crate::stripe::StripeId(7),
+            key: b"call-1".to_vec().into_boxed_slice(),
+            version: 3,
+            hints: crate::table::Hints(1),
+            bytes: vec![9; 40],
+        };
+        let (mut borrowed, mut owned) = (vec![1, 2], vec![1, 2]);
+        encode_change(1, &change, &mut borrowed);
+        encode(&change_frame(1), &mut owned);
+        assert_eq!(borrowed, owned);
+        let from = "127.0.0.1:5060".parse().expect("addr");
+        let (mut borrowed, mut owned) = (Vec::new(), Vec::new());
+        encode_forward(from, true, b"BYE", &mut borrowed);
+        encode(&Frame::Forward { from, tcp: true, message: b"BYE".to_vec() }, &mut owned);
+        assert_eq!(borrowed, owned);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::frame::{CHALLENGE_BYTES, Frame, PROOF_BYTES, decode, encode};
+use super::frame::{CHALLENGE_BYTES, Frame, PROOF_BYTES, decode, encode, encode_change, encode_forward};
 use crate::stripe::{NodeId, ShardId};
 use crate::table::{Change, Hints};
 
@@ -364,9 +364,16 @@ impl ReplicaLink {
             self.stats.forwards_dropped += 1;
             return false;
         }
-        self.send(&Frame::Forward { from, tcp, message: message.to_vec() });
+        let before = self.outbound.len();
+        encode_forward(from, tcp, message, &mut self.outbound);
+        self.stats.bytes_out += (self.outbound.len() - before) as u64;
         self.stats.forwards_sent += 1;
         true
+    }
+
+    /// Whether there are bytes to write.
+    pub fn has_outbound(&self) -> bool {
+        !self.outbound.is_empty()
     }
 
     /// The bytes to write on the connection (taken: the next call returns only new ones).
@@ -562,17 +569,11 @@ impl ReplicaLink {
             if seq > window_end {
                 break;
             }
-            let frame = Frame::Change {
-                seq,
-                stripe: change.stripe.0,
-                key: change.key.to_vec(),
-                version: change.version,
-                hints: change.hints.0,
-                record: change.bytes.clone(),
-            };
-            let before = self.stats.bytes_out;
-            self.send(&frame);
-            self.stats.change_bytes_out += self.stats.bytes_out - before;
+            let before = self.outbound.len();
+            encode_change(seq, change, &mut self.outbound);
+            let bytes = (self.outbound.len() - before) as u64;
+            self.stats.bytes_out += bytes;
+            self.stats.change_bytes_out += bytes;
             self.sent_upto = seq;
             self.stats.changes_sent += 1;
             if seq <= self.ever_sent {
