@@ -45,6 +45,10 @@ pub(crate) struct FailoverArgs {
     /// Shards per node (each node pins them to the first cores).
     #[arg(long, default_value_t = 2)]
     shards: usize,
+    /// Start node 1 again after the kill: it must get its stripes back (snapshot, hand-back)
+    /// before the BYEs, which node 2 then forwards to it.
+    #[arg(long)]
+    rejoin: bool,
     /// Where the nodes' configurations and logs go (default: a fresh directory under /tmp).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -137,13 +141,14 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
         dir.display()
     );
 
-    // Every call is up ~1 s after the last INVITE; node 1 dies then; the first BYE goes 3 s later.
+    // Every call is up ~1 s after the last INVITE; node 1 dies then; the first BYE goes 3 s
+    // later (with --rejoin, 10 s later: node 1 comes back and gets its stripes back first).
     let setup = Duration::from_millis(args.calls * 1000 / args.rate);
     let kill_at = setup + Duration::from_secs(1);
     let mut caller = UacConfig::new(sip[0]);
     caller.rate = args.rate as f64;
     caller.calls = args.calls;
-    caller.hold = setup + Duration::from_secs(4);
+    caller.hold = setup + Duration::from_secs(if args.rejoin { 10 } else { 4 });
     caller.bye_target = Some(sip[1]);
     caller.progress = false;
     let load = std::thread::spawn(move || uac::run(&caller));
@@ -152,8 +157,29 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
     node1.child.kill().context("killing node 1")?;
     let _ = node1.child.wait();
     println!("node 1 killed (SIGKILL) {:.1} s into the run", kill_at.as_secs_f64());
+    drop(node1);
+    let mut returned = None;
+    if args.rejoin {
+        // Dead after 600 ms; then node 1 starts again, on its old configuration.
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = fs::remove_file(dir.join("node1.status"));
+        let node = start_node(&dir.join("node1.toml"), &dir.join("node1-restarted.log"))?;
+        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+        let restarted = Instant::now();
+        let owned = wait_for_handback(&dir.join("node1.status"), Duration::from_secs(8));
+        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+        let took = restarted.elapsed();
+        match owned {
+            Some(stripes) => println!(
+                "node 1 restarted; it owns {stripes} stripes again {:.1} s later (snapshot and hand-back)",
+                took.as_secs_f64()
+            ),
+            None => println!("node 1 restarted; it did not get its stripes back within 8 s"),
+        }
+        returned = Some(node);
+    }
     let report = load.join().map_err(|_| anyhow::anyhow!("the caller panicked"))??;
-    // What an operator sees on the survivor: the view without node 1, node 1's link dead.
+    // What an operator sees: the view without node 1 (or with it back), node 1's link.
     let status = Command::new(std::env::current_exe()?)
         .args(["cluster", "status", "--config"])
         .arg(dir.join("node2.toml"))
@@ -161,6 +187,7 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
         .context("running sipshard cluster status")?;
     println!("\n== sipshard cluster status (node 2)\n{}", String::from_utf8_lossy(&status.stdout).trim_end());
     let survivor = stop_node(nodes.remove(0))?;
+    let returned = returned.map(stop_node).transpose()?;
     let callee_stats = callee.stop()?;
 
     println!("\n== caller\n{}", report.table());
@@ -168,6 +195,12 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
     println!("== node 2 (the survivor)");
     for line in survivor.lines().filter(|l| l.starts_with("shard ")) {
         println!("{line}");
+    }
+    if let Some(log) = returned {
+        println!("== node 1 (restarted)");
+        for line in log.lines().filter(|l| l.starts_with("shard ")) {
+            println!("{line}");
+        }
     }
     let established = report.measures.setup.len();
     let ended_ok = report.counts.ok;
@@ -201,7 +234,7 @@ fn start_node(config: &Path, log: &Path) -> Result<Node> {
 /// Stops a node with SIGTERM (it drains and prints its counters); returns its log.
 fn stop_node(mut node: Node) -> Result<String> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(node.child.id()).context("a pid")?);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).context("stopping node 2")?;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).context("stopping a node")?;
     #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
@@ -211,11 +244,36 @@ fn stop_node(mut node: Node) -> Result<String> {
         #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
         let late = Instant::now() > deadline;
         if late {
-            anyhow::bail!("node 2 did not stop within 40 s of SIGTERM (log: {})", node.log.display());
+            anyhow::bail!("a node did not stop within 40 s of SIGTERM (log: {})", node.log.display());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     fs::read_to_string(&node.log).with_context(|| format!("reading {}", node.log.display()))
+}
+
+/// Waits until a node's status file shows it owning stripes; returns how many.
+fn wait_for_handback(status: &Path, timeout: Duration) -> Option<u32> {
+    #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = fs::read_to_string(status).unwrap_or_default();
+        let field = |key: &str| -> Option<u64> {
+            text.split_whitespace().find_map(|kv| kv.strip_prefix(key)).and_then(|n| n.parse().ok())
+        };
+        // At start (epoch 1) it believes it owns its share; the survivors' view (epoch 2 or
+        // more) gives it nothing until the hand-back gives its share back.
+        if let (Some(epoch), Some(stripes)) = (field("epoch="), field("owner1=")) {
+            if epoch > 1 && stripes > 0 {
+                return Some(stripes as u32);
+            }
+        }
+        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+        let late = Instant::now() > deadline;
+        if late {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until a node's log says every shard's replica link is up.

@@ -323,6 +323,10 @@ pub struct ShardStats {
     pub stripes_taken_over: u64,
     /// Records activated when their stripe was taken over.
     pub records_activated: u64,
+    /// Stripes this shard handed back to a returning node.
+    pub stripes_handed_over: u64,
+    /// Records made dormant when their stripe was handed back.
+    pub records_deactivated: u64,
     /// Responses relayed statelessly by their Via (§16.11: no transaction matched).
     pub responses_relayed_stateless: u64,
     /// Server transactions created.
@@ -738,14 +742,24 @@ impl<T: TransactionUser> Shard<T> {
     /// Adopts a newer view; activates the records of every stripe it gives this shard.
     fn take_view(&mut self, view: &StripeMap) {
         let (node, shard) = (self.config.node, self.config.shard);
-        let gained: Vec<StripeId> = (0..view.stripe_count())
-            .map(StripeId)
-            .filter(|&s| {
-                view.route(s, node, shard) == Route::Local && self.stripes.route(s, node, shard) != Route::Local
-            })
-            .collect();
+        let ours = |map: &StripeMap, s| map.route(s, node, shard) == Route::Local;
+        let (mut gained, mut lost) = (Vec::new(), Vec::new());
+        for s in (0..view.stripe_count()).map(StripeId) {
+            match (ours(&self.stripes, s), ours(view, s)) {
+                (false, true) => gained.push(s),
+                (true, false) => lost.push(s),
+                _ => {}
+            }
+        }
         if !self.stripes.update(view.clone()) {
             return; // Stale: an older or equal epoch.
+        }
+        for stripe in lost {
+            self.stats.stripes_handed_over += 1;
+            let keys: Vec<Box<[u8]>> = self.table.stripe_records(stripe).map(|(k, _, _)| k.into()).collect();
+            for key in keys {
+                self.deactivate(stripe, &key);
+            }
         }
         for stripe in gained {
             self.stats.stripes_taken_over += 1;
@@ -793,6 +807,49 @@ impl<T: TransactionUser> Shard<T> {
         }
         self.stats.records_activated += 1;
         self.finish(stripe, key, record, fx);
+    }
+
+    /// Makes a live record dormant, its stripe now another node's: its timers are cancelled
+    /// (they stay stored in the record, for the new owner to arm) and it leaves the indexes.
+    fn deactivate(&mut self, stripe: StripeId, key: &[u8]) {
+        let Some(record) = self.checkout_existing(stripe, key) else { return };
+        let mut fx = self.take_effects();
+        for (id, timers) in record
+            .transactions
+            .iter()
+            .map(|t| (t.id, &t.timers))
+            .chain(record.clients.iter().map(|c| (c.id, &c.timers)))
+        {
+            self.txn_calls.remove(&id);
+            for (timer, _) in timers.iter() {
+                fx.timer_ops.push(TimerOp::Cancel(id, WheelTimer::Txn(timer)));
+            }
+        }
+        if record.call_timer_id != 0 {
+            for &(timer, _) in &record.call_timers {
+                fx.timer_ops.push(TimerOp::Cancel(record.call_timer_id, WheelTimer::Call(timer)));
+            }
+            self.timer_calls.remove(&record.call_timer_id);
+        }
+        if let Some(bridge) = &record.bridge {
+            self.b_index.remove(bridge.b_call_id.as_bytes());
+        }
+        self.stats.records_deactivated += 1;
+        self.finish(stripe, key, record, fx);
+    }
+
+    /// Copies of every record of `stripe`, as changes (a snapshot for a returning backup).
+    pub fn snapshot(&self, stripe: StripeId) -> Vec<Change> {
+        self.table
+            .stripe_records(stripe)
+            .map(|(key, record, version)| Change {
+                stripe,
+                key: key.into(),
+                version,
+                hints: Hints::NONE,
+                bytes: codec::encode(stripe, version, record),
+            })
+            .collect()
     }
 
     fn receive(&mut self, now_ms: u64, peer: Peer, bytes: &[u8], may_forward: bool) {

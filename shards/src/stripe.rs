@@ -156,6 +156,56 @@ impl StripeMap {
         }
     }
 
+    /// A new map (epoch + 1) where `node`, back after being dropped, is a backup again of
+    /// every stripe `balanced` gives it (as owner or backup): the owners stay, and start
+    /// copying to it. The first step of a rejoin; [`StripeMap::restore`] is the last.
+    pub fn readmit(&self, node: NodeId, balanced: &StripeMap) -> StripeMap {
+        let placements = self
+            .placements
+            .iter()
+            .zip(&balanced.placements)
+            .map(|(p, home)| {
+                let mut p = *p;
+                let wanted = home.replicas.contains(&Some(node));
+                if wanted && !p.replicas.contains(&Some(node)) {
+                    if let Some(slot) = p.replicas.iter_mut().find(|r| r.is_none()) {
+                        *slot = Some(node);
+                    }
+                }
+                p
+            })
+            .collect();
+        StripeMap { epoch: self.epoch + 1, placements }
+    }
+
+    /// A new map (epoch + 1) where every stripe `balanced` gives to `node` as owner is placed
+    /// as `balanced` places it again (its nodes that this map has dropped left out): the
+    /// hand-back once `node` holds copies of its stripes.
+    pub fn restore(&self, node: NodeId, balanced: &StripeMap) -> StripeMap {
+        let present = |n: &NodeId| *n == node || self.has_node(*n);
+        let placements = self
+            .placements
+            .iter()
+            .zip(&balanced.placements)
+            .map(|(p, home)| {
+                if home.owner_node() != node {
+                    return *p;
+                }
+                let mut replicas = [None; MAX_REPLICAS];
+                for (slot, n) in replicas.iter_mut().zip(home.replicas.iter().flatten().filter(|n| present(n))) {
+                    *slot = Some(*n);
+                }
+                Placement { replicas, shard: home.shard }
+            })
+            .collect();
+        StripeMap { epoch: self.epoch + 1, placements }
+    }
+
+    /// Whether the two maps place any stripe differently (epochs aside).
+    pub fn placements_differ(&self, other: &StripeMap) -> bool {
+        self.placements != other.placements
+    }
+
     /// Whether `node` owns or backs up any stripe in this map.
     pub fn has_node(&self, node: NodeId) -> bool {
         self.placements.iter().any(|p| p.replicas.contains(&Some(node)))
@@ -247,6 +297,29 @@ mod tests {
             }
         }
         assert!(map.has_node(NodeId(2)) && !after.has_node(NodeId(2)), "a second death changes nothing");
+    }
+
+    #[test]
+    fn a_returning_node_is_readmitted_as_backup_then_given_its_stripes_back() {
+        let home = StripeMap::balanced(1, 64, &nodes(3), 2, 2);
+        let without = home.without(NodeId(1));
+        let readmitted = without.readmit(NodeId(1), &home);
+        assert_eq!(readmitted.epoch(), 3);
+        for s in (0..64).map(StripeId) {
+            assert_eq!(readmitted.owner(s), without.owner(s), "owners stay while it catches up");
+            let wanted =
+                home.placement(s).owner_node() == NodeId(1) || home.placement(s).backups().any(|b| b == NodeId(1));
+            assert_eq!(readmitted.placement(s).backups().any(|b| b == NodeId(1)), wanted, "stripe {s:?}");
+        }
+        let restored = readmitted.restore(NodeId(1), &home);
+        assert_eq!(restored.epoch(), 4);
+        for s in (0..64).map(StripeId) {
+            assert_eq!(restored.owner(s), home.owner(s), "every stripe is home again");
+        }
+        // Backups are restored too: node 1's stripes are backed up where they were at home.
+        for s in (0..64).map(StripeId).filter(|&s| home.owner(s).node == NodeId(1)) {
+            assert_eq!(restored.placement(s), home.placement(s));
+        }
     }
 
     #[test]

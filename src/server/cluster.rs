@@ -16,8 +16,16 @@
 //!   without it, takes it itself and hands it to every other shard of the node,
 //!   so the dead node's stripes are processed by their backups here.
 //!
-//! Not yet: snapshots for a node that comes back (it rejoins as a fresh node;
-//! the survivors keep its stripes), and lookups before a 481.
+//! - a node declared dead that connects again is readmitted: a view makes it a
+//!   backup of its stripes again, every shard sends it a snapshot of the
+//!   records it owns that it backs up (chunked, half a window ahead of the
+//!   acks), and once all are acknowledged the node that took its stripes over
+//!   hands them back (a view where they are placed as at home): it makes the
+//!   records dormant, the returning node activates them. Every view a shard
+//!   takes goes to its siblings and to the peers on its links (the newest
+//!   epoch wins).
+//!
+//! Not yet: lookups before a 481.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -29,11 +37,11 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
-use sipshard_shards::NodeId;
 use sipshard_shards::replication::frame::{Frame, decode};
 use sipshard_shards::replication::{LinkConfig, LinkEvent, LinkStats, ReplicaLink, Side};
 use sipshard_shards::shard::{Input, Peer, Transport};
 use sipshard_shards::table::Change;
+use sipshard_shards::{NodeId, StripeId, StripeMap};
 
 use super::{Driver, Hop};
 use crate::config::{ClusterSettings, shard_address};
@@ -53,6 +61,9 @@ const LINK_TICK: Duration = Duration::from_millis(50);
 /// How often each shard refreshes its status line, and the status file is written (ms).
 const STATUS_EVERY_MS: u64 = 1_000;
 
+/// Snapshot changes a link may have unacknowledged before the snapshot waits (half the window).
+const SNAPSHOT_AHEAD: usize = 512;
+
 /// Bytes read from a link connection at once.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -60,6 +71,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// waiting for acknowledgements (sync mode).
 pub(super) struct Replication {
     node: NodeId,
+    /// The view with every node alive (epoch 1): where stripes live when all is well.
+    home: StripeMap,
+    /// Shard 0: for each returning node, the shards that have sent it their snapshot.
+    snapshots_sent: RefCell<std::collections::HashMap<NodeId, Vec<usize>>>,
     sync: bool,
     /// The shard's clock origin (the cluster's time base): link time is ms since it.
     origin: Instant,
@@ -119,7 +134,13 @@ pub(crate) struct LinkReport {
 
 impl Replication {
     /// The links of shard `shard` to every peer in `cluster`, all down.
-    pub(super) fn new(cluster: &ClusterSettings, shard: usize, origin: Instant, seed: u64) -> Replication {
+    pub(super) fn new(
+        cluster: &ClusterSettings,
+        shard: usize,
+        origin: Instant,
+        seed: u64,
+        home: &StripeMap,
+    ) -> Replication {
         let links = cluster
             .peers
             .iter()
@@ -147,6 +168,8 @@ impl Replication {
             .collect();
         Replication {
             node: cluster.node,
+            home: home.clone(),
+            snapshots_sent: RefCell::default(),
             sync: cluster.sync,
             origin,
             links: RefCell::new(links),
@@ -466,13 +489,18 @@ impl Driver {
         for event in r.flush(i) {
             match event {
                 LinkEvent::Up { epoch } => {
-                    let dead = r.links.borrow()[i].dead;
                     tracing::info!(node = node.0, shard = self.index, peer_epoch = epoch, "replica link up");
-                    if dead {
-                        tracing::warn!(
-                            node = node.0,
-                            "a node declared dead is back: rejoin is not implemented, its stripes stay here"
-                        );
+                    // The peer learns our view: a returning node, that it was dropped.
+                    let view = self.shard.borrow().stripe_map().clone();
+                    r.links.borrow_mut()[i].link.send_view(&view);
+                    if std::mem::take(&mut r.links.borrow_mut()[i].dead) {
+                        self.readmit(i, node).await;
+                    }
+                }
+                LinkEvent::View(view) => {
+                    if self.adopt_view(&view).await {
+                        tracing::info!(node = node.0, shard = self.index, epoch = view.epoch(), "took a peer's view");
+                        self.tell_siblings(&view).await;
                     }
                 }
                 LinkEvent::Delivered(replica) => drop(self.handle(Input::Replica(&replica.change))),
@@ -491,10 +519,8 @@ impl Driver {
                     }
                     let view = current.without(node);
                     tracing::warn!(node = node.0, shard = self.index, epoch = view.epoch(), "peer dead: taking over");
-                    self.process(Input::View(&view)).await;
-                    for shard in (0..self.shards).filter(|&s| s != self.index) {
-                        self.hop(shard, Hop::View(view.clone())).await;
-                    }
+                    self.adopt_view(&view).await;
+                    self.tell_siblings(&view).await;
                 }
                 LinkEvent::Closed { reason } => {
                     tracing::warn!(node = node.0, shard = self.index, reason, "replica link closed");
@@ -509,6 +535,130 @@ impl Driver {
         for (peer, bytes) in self.replication().releasable() {
             self.transmit(peer, bytes).await;
         }
+    }
+
+    /// Takes `view` if it is newer than the one in force (activating stripes gained, making
+    /// stripes lost dormant) and tells every peer on this shard's links; returns whether taken.
+    pub(super) async fn adopt_view(self: &Rc<Self>, view: &StripeMap) -> bool {
+        if view.epoch() <= self.shard.borrow().stripe_map().epoch() {
+            return false;
+        }
+        self.process(Input::View(view)).await;
+        if let Some(r) = &self.replication {
+            let mut links = r.links.borrow_mut();
+            for peer in links.iter_mut() {
+                peer.link.send_view(view);
+                write(peer);
+            }
+        }
+        true
+    }
+
+    /// Hands a view this shard made or learned to every other shard of the node.
+    async fn tell_siblings(self: &Rc<Self>, view: &StripeMap) {
+        for shard in (0..self.shards).filter(|&s| s != self.index) {
+            self.hop(shard, Hop::View(view.clone())).await;
+        }
+    }
+
+    /// A node this shard had declared dead is back: make it a backup again of the stripes
+    /// it held (a new view, unless another shard made it already), then send it a snapshot
+    /// of this shard's records of them.
+    async fn readmit(self: &Rc<Self>, i: usize, node: NodeId) {
+        let r = self.replication();
+        let current = self.shard.borrow().stripe_map().clone();
+        let readmitted = current.readmit(node, &r.home);
+        if readmitted.placements_differ(&current) {
+            tracing::warn!(node = node.0, epoch = readmitted.epoch(), "a dead node is back: readmitted as backup");
+            self.adopt_view(&readmitted).await;
+            self.tell_siblings(&readmitted).await;
+        }
+        let driver = Rc::clone(self);
+        glommio::spawn_local(async move { driver.send_snapshot(i, node).await }).detach();
+    }
+
+    /// Sends returning `node` every record of the stripes this shard owns that it backs up,
+    /// in chunks, at most half a window ahead of its acknowledgements (live traffic shares
+    /// the link); then tells shard 0.
+    async fn send_snapshot(self: Rc<Self>, i: usize, node: NodeId) {
+        let r = self.replication();
+        let view = self.shard.borrow().stripe_map().clone();
+        let me = r.node;
+        let stripes: Vec<StripeId> = (0..view.stripe_count())
+            .map(StripeId)
+            .filter(|&s| {
+                let p = view.placement(s);
+                usize::from(p.shard().0) == self.index && p.owner_node() == me && p.backups().any(|b| b == node)
+            })
+            .collect();
+        let mut records = 0usize;
+        for stripe in stripes {
+            let changes = self.shard.borrow().snapshot(stripe);
+            for change in &changes {
+                loop {
+                    let (up, backlog) = {
+                        let links = r.links.borrow();
+                        (links[i].link.is_up(), links[i].link.unacked())
+                    };
+                    if !up {
+                        tracing::warn!(node = node.0, shard = self.index, records, "snapshot cut short: link down");
+                        return;
+                    }
+                    if backlog < SNAPSHOT_AHEAD {
+                        break;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(2)).await;
+                }
+                let mut links = r.links.borrow_mut();
+                if links[i].link.replicate(change).is_ok() {
+                    records += 1;
+                }
+                write(&mut links[i]);
+            }
+            glommio::yield_if_needed().await;
+        }
+        // Every copy acknowledged before the hand-back: a view overtakes queued changes.
+        while r.links.borrow()[i].link.unacked() > 0 {
+            if !r.links.borrow()[i].link.is_up() {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        tracing::info!(node = node.0, shard = self.index, records, "snapshot sent");
+        self.snapshot_sent(node, self.index).await;
+    }
+
+    /// Shard 0 counts the shards that sent `node` their snapshot; when all have, and this
+    /// node holds stripes that are `node`'s at home, it hands them back (a new view).
+    pub(super) async fn snapshot_sent(self: &Rc<Self>, node: NodeId, shard: usize) {
+        if self.index != 0 {
+            self.hop(0, Hop::SnapshotSent { node, shard }).await;
+            return;
+        }
+        let r = self.replication();
+        let complete = {
+            let mut sent = r.snapshots_sent.borrow_mut();
+            let shards = sent.entry(node).or_default();
+            if !shards.contains(&shard) {
+                shards.push(shard);
+            }
+            shards.len() == self.shards
+        };
+        if !complete {
+            return;
+        }
+        r.snapshots_sent.borrow_mut().remove(&node);
+        let current = self.shard.borrow().stripe_map().clone();
+        let holding = (0..current.stripe_count())
+            .map(StripeId)
+            .any(|s| r.home.owner(s).node == node && current.owner(s).node == r.node);
+        if !holding {
+            return; // Not the node that took them over: that one hands them back.
+        }
+        let restored = current.restore(node, &r.home);
+        tracing::warn!(node = node.0, epoch = restored.epoch(), "handing stripes back");
+        self.adopt_view(&restored).await;
+        self.tell_siblings(&restored).await;
     }
 
     /// Sends a message received here to `node`, which owns its stripe, on this shard's link.

@@ -62,8 +62,11 @@ enum Hop {
     Location(LocationUpdate),
     /// Send to `node`, which owns the message's stripe, on this shard's replica link.
     ToNode { node: NodeId, peer: Peer, bytes: Vec<u8> },
-    /// A new view of the cluster (a peer died): take it.
+    /// A new view of the cluster (a peer died, came back, got its stripes back): take it.
     View(StripeMap),
+    /// Shard `shard` has sent its snapshot for returning node `node` (to shard 0, which
+    /// hands the stripes back once every shard has).
+    SnapshotSent { node: NodeId, shard: usize },
 }
 
 /// Where a received message must go when this shard does not own its stripe.
@@ -154,13 +157,15 @@ impl ShardReport {
         }
         if !self.links.is_empty() {
             let (refused, held, held_max) = self.replication;
-            let cluster: [(&str, u64); 9] = [
+            let cluster: [(&str, u64); 11] = [
                 ("forwarded_to_node", s.forwarded_to_node),
                 ("replicas_installed", s.replicas_installed),
                 ("replicas_removed", s.replicas_removed),
                 ("replicas_refused", s.replicas_refused),
                 ("stripes_taken_over", s.stripes_taken_over),
                 ("records_activated", s.records_activated),
+                ("stripes_handed_over", s.stripes_handed_over),
+                ("records_deactivated", s.records_deactivated),
                 ("changes_refused", refused),
                 ("held_messages", held),
                 ("held_max", held_max as u64),
@@ -460,6 +465,7 @@ async fn shard_main(
     // they were spawned in: messages for shard k go to mesh peer k.
     let index = senders.peer_id();
     tracing::debug!(shard = index, spawned, core, "shard joined the mesh");
+    let stripes_home = stripes.clone();
     let seed = 0x5eed_0000 ^ index as u64 ^ (std::process::id() as u64) << 20;
     let node_id = settings.cluster.as_ref().map_or(NodeId(0), |c| c.node);
     let config = ShardConfig {
@@ -482,7 +488,8 @@ async fn shard_main(
     let shard = Shard::with_clock(config, Proxy::new(settings.proxy.clone()), epoch, Instant::now());
     // The incarnation: a new one at every start (the time in ms), so peers renumber.
     let incarnation = Instant::now().saturating_duration_since(epoch).as_millis() as u64 ^ seed << 40;
-    let replication = settings.cluster.as_ref().map(|c| cluster::Replication::new(c, index, epoch, incarnation));
+    let replication =
+        settings.cluster.as_ref().map(|c| cluster::Replication::new(c, index, epoch, incarnation, &stripes_home));
     let driver = Rc::new(Driver {
         index,
         shards: settings.cores.len(),
@@ -520,7 +527,8 @@ async fn shard_main(
                     Hop::Send { peer, bytes } => driver.transmit(peer, bytes).await,
                     Hop::Location(update) => drop(driver.handle(Input::Location(&update))),
                     Hop::ToNode { node, peer, bytes } => driver.forward_to_node(node, peer, &bytes),
-                    Hop::View(view) => drop(driver.process(Input::View(&view)).await),
+                    Hop::View(view) => drop(driver.adopt_view(&view).await),
+                    Hop::SnapshotSent { node, shard } => driver.snapshot_sent(node, shard).await,
                 }
             }
         })

@@ -65,6 +65,22 @@ fn a_killed_node_loses_no_established_call_with_sync_or_async_replication() {
 }
 
 #[test]
+fn a_restarted_node_gets_its_stripes_back_and_its_calls_still_end_cleanly() {
+    let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--rejoin"]);
+    assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
+    assert!(stdout.contains("byes 1000"), "the callee saw every BYE: {stdout}");
+    assert!(stdout.contains("it owns 512 stripes again"), "the hand-back happened before the BYEs: {stdout}");
+    let (survivor, returned) = stdout.split_once("== node 1 (restarted)").expect("both nodes' counters");
+    // Node 2 took node 1's stripes, sent it a snapshot, gave them back and made them dormant.
+    assert_eq!(survivor_sum(survivor, "stripes_handed_over="), 512, "{survivor}");
+    assert!(survivor_sum(survivor, "records_deactivated=") >= 400, "{survivor}");
+    // Node 1 installed the snapshot and activated its calls; their BYEs reached it via node 2.
+    assert!(survivor_sum(returned, "replicas_installed=") >= 900, "{returned}");
+    assert!(survivor_sum(returned, "records_activated=") >= 400, "{returned}");
+    assert!(survivor_sum(returned, "local=") >= 400, "the returned node bridged BYEs: {returned}");
+}
+
+#[test]
 fn the_drill_refuses_bad_arguments() {
     let out = Command::new(env!("CARGO_BIN_EXE_sipshard"))
         .args(["failover-test", "--replication", "semi"])

@@ -112,6 +112,12 @@ pub enum Frame {
         #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
+    /// The sender's view of the cluster: the receiver takes it if its epoch is newer (a
+    /// returning node learns it was dropped; the hand-back gives it its stripes).
+    View {
+        /// The stripe map.
+        map: crate::stripe::StripeMap,
+    },
 }
 
 impl Frame {
@@ -126,6 +132,7 @@ impl Frame {
             Frame::Heartbeat { .. } => "Heartbeat",
             Frame::Echo { .. } => "Echo",
             Frame::Forward { .. } => "Forward",
+            Frame::View { .. } => "View",
         }
     }
 }

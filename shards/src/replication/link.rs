@@ -18,7 +18,8 @@
 //! - **Window and resend**: at most `window` changes are in flight unacked;
 //!   the rest wait (at most `max_queued`, then [`LinkError::Full`]). After a
 //!   reconnect each side says how far it has received the other's changes, and
-//!   the sender resends from there.
+//!   the sender resends from there. A peer that says less than it once
+//!   acknowledged has restarted: what waits is renumbered from there.
 //! - **Liveness**: a `Heartbeat` every `heartbeat_ms`, answered by `Echo`; any
 //!   frame counts as heard. Silence for `dead_after_ms` (default 600) reports
 //!   [`LinkEvent::PeerDead`] once, and closes the link.
@@ -120,6 +121,8 @@ pub enum LinkEvent {
         /// The message.
         message: Vec<u8>,
     },
+    /// The peer's view of the cluster (take it if newer).
+    View(crate::stripe::StripeMap),
     /// Nothing heard from the peer for `dead_after_ms`.
     PeerDead,
     /// The link closed; the runtime closes the connection and may reconnect.
@@ -371,6 +374,15 @@ impl ReplicaLink {
         true
     }
 
+    /// Sends this node's view to the peer; false when the link is down.
+    pub fn send_view(&mut self, map: &crate::stripe::StripeMap) -> bool {
+        if self.state != State::Up {
+            return false;
+        }
+        self.send(&Frame::View { map: map.clone() });
+        true
+    }
+
     /// Whether there are bytes to write.
     pub fn has_outbound(&self) -> bool {
         !self.outbound.is_empty()
@@ -522,6 +534,10 @@ impl ReplicaLink {
                 false
             }
             (State::Up, Frame::Echo { .. }) => false,
+            (State::Up, Frame::View { map }) => {
+                self.events.push_back(LinkEvent::View(map));
+                false
+            }
             (State::Up, Frame::Forward { from, tcp, message }) => {
                 self.stats.forwards_received += 1;
                 self.events.push_back(LinkEvent::Forwarded { from, tcp, message });
@@ -536,6 +552,19 @@ impl ReplicaLink {
     }
 
     fn up(&mut self, now: u64, epoch: u64, peer_received: u64) {
+        if peer_received < self.acked {
+            // The peer acknowledged more than it now has: it restarted (a new life numbers from
+            // what it says). What waits is renumbered to follow on; what it had is gone with
+            // its old life (a returning node gets a snapshot).
+            let mut seq = peer_received;
+            for (s, _) in self.queue.iter_mut() {
+                seq += 1;
+                *s = seq;
+            }
+            self.next_seq = seq + 1;
+            self.acked = peer_received;
+            self.ever_sent = peer_received;
+        }
         self.state = State::Up;
         self.next_heartbeat = now + self.config.heartbeat_ms;
         // The peer has what it says it has: no need to send that again.

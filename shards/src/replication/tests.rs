@@ -379,3 +379,47 @@ fn sip_messages_are_forwarded_while_up_and_dropped_and_counted_while_down() {
     assert_eq!(pair.a.stats().forwards_dropped, 1);
     assert!(pair.a.take_outbound().is_empty(), "nothing written for a down link");
 }
+
+#[test]
+fn a_view_reaches_the_peer_while_up() {
+    let mut pair = Pair::up();
+    let view = crate::stripe::StripeMap::balanced(7, 64, &[NodeId(1), NodeId(2)], 2, 2);
+    assert!(pair.a.send_view(&view));
+    pair.exchange();
+    assert!(pair.b_events.contains(&LinkEvent::View(view.clone())), "{:?}", pair.b_events);
+    pair.disconnect();
+    assert!(!pair.a.send_view(&view), "nothing sent on a down link");
+}
+
+#[test]
+fn a_restarted_peer_gets_what_is_queued_numbered_from_where_it_is_not_a_gap() {
+    let mut pair = Pair::up();
+    for n in 1..=3 {
+        pair.a.replicate(&change(n)).expect("queued");
+    }
+    pair.exchange();
+    assert_eq!(pair.a.acked(), 3);
+    pair.a.replicate(&change(4)).expect("queued");
+    pair.a.replicate(&change(5)).expect("queued");
+    let _lost = pair.a.take_outbound();
+    // Node 2 restarts: it acknowledged 3 changes in its last life and has none now.
+    pair.a.disconnected(pair.now);
+    pair.b = ReplicaLink::new(config(2, SECRET, 2), Side::Accepting, NodeId(1));
+    pair.b_events.clear();
+    pair.connect();
+    assert!(closed(&pair.b_events).is_empty() && closed(&pair.a_events).is_empty(), "{:?}", pair.b_events);
+    assert_eq!(delivered(&pair.b_events), [1, 2], "changes 4 and 5, renumbered for the new life");
+    let got: Vec<u64> = pair
+        .b_events
+        .iter()
+        .filter_map(|e| match e {
+            LinkEvent::Delivered(r) => Some(r.change.version),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [4, 5]);
+    assert_eq!((pair.a.acked(), pair.a.unacked()), (2, 0));
+    pair.a.replicate(&change(6)).expect("queued");
+    pair.exchange();
+    assert_eq!(delivered(&pair.b_events), [1, 2, 3]);
+}
