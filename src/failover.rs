@@ -179,6 +179,13 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
         returned = Some(node);
     }
     let report = load.join().map_err(|_| anyhow::anyhow!("the caller panicked"))??;
+    if args.rejoin {
+        // A BYE for a call nobody holds: node 2 asks node 1 (Lookup) before its 481.
+        match stray_bye(sip[1]) {
+            Ok((code, took)) => println!("stray BYE to node 2: {code} after {:.1} ms", took.as_secs_f64() * 1e3),
+            Err(e) => println!("stray BYE to node 2: no answer ({e})"),
+        }
+    }
     // What an operator sees: the view without node 1 (or with it back), node 1's link.
     let status = Command::new(std::env::current_exe()?)
         .args(["cluster", "status", "--config"])
@@ -249,6 +256,30 @@ fn stop_node(mut node: Node) -> Result<String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     fs::read_to_string(&node.log).with_context(|| format!("reading {}", node.log.display()))
+}
+
+/// Sends node `to` a BYE in a dialog nobody holds; returns the status code and how long it took.
+fn stray_bye(to: SocketAddr) -> Result<(u16, Duration)> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let local = socket.local_addr()?;
+    let bye = format!(
+        "BYE sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKstray1\r\nMax-Forwards: 70\r\n\
+From: <sip:stray@{local}>;tag=s1\r\nTo: <sip:{to}>;tag=s2\r\nCall-ID: stray-{}@{local}\r\nCSeq: 2 BYE\r\n\
+Content-Length: 0\r\n\r\n",
+        std::process::id()
+    );
+    #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+    let sent = Instant::now();
+    socket.send_to(bye.as_bytes(), to)?;
+    let mut buf = [0u8; 4096];
+    let len = socket.recv(&mut buf)?;
+    let code = std::str::from_utf8(&buf[..len])?
+        .strip_prefix("SIP/2.0 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|c| c.parse().ok())
+        .context("not a SIP response")?;
+    Ok((code, sent.elapsed()))
 }
 
 /// Waits until a node's status file shows it owning stripes; returns how many.

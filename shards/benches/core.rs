@@ -51,6 +51,7 @@ fn shard(now: Instant, replicate: bool) -> Shard<Answer> {
         max_message_bytes: sipshard_shards::shard::DEFAULT_MAX_MESSAGE_BYTES,
         no_answer: sipshard_shards::shard::DEFAULT_NO_ANSWER,
         max_call_duration: sipshard_shards::shard::DEFAULT_MAX_CALL_DURATION,
+        lookup_before_481: false,
     };
     Shard::new(config, Answer, now)
 }

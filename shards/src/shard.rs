@@ -99,6 +99,16 @@ pub enum Input<'a> {
     /// A new view of the cluster (a node died or came back): stripes this shard now owns are
     /// activated (their records' timers armed, their messages processed here).
     View(&'a StripeMap),
+    /// The answer to an [`Output::Lookup`]: the newest copy the peers had, if any. The record
+    /// becomes live here and the parked requests are handled (with a 481 when none had it).
+    LookupDone {
+        /// The stripe asked about.
+        stripe: StripeId,
+        /// The key asked about (as in the Lookup).
+        key: &'a [u8],
+        /// The copy found (its key may differ: a B leg's Call-ID finds its call's record).
+        found: Option<&'a Change>,
+    },
     /// The driver could not send a message this shard emitted (§17.2.4: ICMP error,
     /// connection refused or reset); the transaction that sent it learns of it.
     TransportError {
@@ -137,6 +147,14 @@ pub enum Output {
     /// An AoR's bindings changed here: give it to every other shard of the node as
     /// [`Input::Location`] (this shard's own transaction user has it already).
     Location(LocationUpdate),
+    /// Ask the other nodes for a copy of a record this shard owns but does not hold (an
+    /// in-dialog request for it is parked); answer with [`Input::LookupDone`].
+    Lookup {
+        /// The record's stripe.
+        stripe: StripeId,
+        /// Its key (a Call-ID, or a B2BUA's B-leg Call-ID).
+        key: Box<[u8]>,
+    },
 }
 
 /// A final response the transaction user (the role) gives a request.
@@ -265,6 +283,9 @@ pub struct ShardConfig {
     /// A call up this long is ended: a B2BUA sends BYE on both legs, a proxy forgets the
     /// dialog (later in-dialog requests get 481).
     pub max_call_duration: Duration,
+    /// In a cluster: an in-dialog request for a call this shard holds nothing of is parked
+    /// and the stripe's other copies are asked for it ([`Output::Lookup`]) before a 481.
+    pub lookup_before_481: bool,
 }
 
 impl ShardConfig {
@@ -286,6 +307,7 @@ impl ShardConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             no_answer: DEFAULT_NO_ANSWER,
             max_call_duration: DEFAULT_MAX_CALL_DURATION,
+            lookup_before_481: false,
         }
     }
 }
@@ -327,6 +349,10 @@ pub struct ShardStats {
     pub stripes_handed_over: u64,
     /// Records made dormant when their stripe was handed back.
     pub records_deactivated: u64,
+    /// Lookups asked (an in-dialog request for a call held nowhere here).
+    pub lookups: u64,
+    /// Lookups a peer answered with a copy.
+    pub lookups_found: u64,
     /// Responses relayed statelessly by their Via (§16.11: no transaction matched).
     pub responses_relayed_stateless: u64,
     /// Server transactions created.
@@ -573,6 +599,10 @@ pub struct Shard<T> {
     stats: ShardStats,
     /// Shutting down: new calls get 503.
     draining: bool,
+    /// In-dialog requests waiting for a lookup, by key.
+    parked: hashbrown::HashMap<Box<[u8]>, Vec<Parked>>,
+    /// Handling parked requests after their lookup: no second lookup.
+    replaying: bool,
     tu: T,
 }
 
@@ -610,6 +640,8 @@ impl<T: TransactionUser> Shard<T> {
             rng: config.seed | 1,
             stats: ShardStats::default(),
             draining: false,
+            parked: hashbrown::HashMap::new(),
+            replaying: false,
             tu,
             config,
         }
@@ -709,6 +741,7 @@ impl<T: TransactionUser> Shard<T> {
             Input::Location(update) => self.tu.on_location(update),
             Input::Replica(change) => self.install_replica(change),
             Input::View(view) => self.take_view(view),
+            Input::LookupDone { stripe, key, found } => self.lookup_done(now_ms, stripe, key, found),
         }
         while let Some(change) = self.table.poll_change() {
             if self.config.replicate {
@@ -840,16 +873,54 @@ impl<T: TransactionUser> Shard<T> {
 
     /// Copies of every record of `stripe`, as changes (a snapshot for a returning backup).
     pub fn snapshot(&self, stripe: StripeId) -> Vec<Change> {
+        self.table.stripe_records(stripe).map(|(key, record, version)| copy_of(stripe, key, record, version)).collect()
+    }
+
+    /// A copy of the record of `key` in `stripe`, live or dormant: by its key, or by the B-leg
+    /// Call-ID of the call it bridges (a peer's answer to a Lookup). Scans the stripe.
+    pub fn lookup(&self, stripe: StripeId, key: &[u8]) -> Option<Change> {
         self.table
             .stripe_records(stripe)
-            .map(|(key, record, version)| Change {
-                stripe,
-                key: key.into(),
-                version,
-                hints: Hints::NONE,
-                bytes: codec::encode(stripe, version, record),
-            })
-            .collect()
+            .find(|(k, record, _)| *k == key || record.bridge.as_ref().is_some_and(|b| b.b_call_id.as_bytes() == key))
+            .map(|(k, record, version)| copy_of(stripe, k, record, version))
+    }
+
+    /// Parks an in-dialog request for a call held nowhere here and asks the peers (once per
+    /// key); false when too many wait already (the request gets its 481 at once).
+    fn park(&mut self, stripe: StripeId, key: &[u8], peer: Peer, bytes: &[u8]) -> bool {
+        if let Some(waiting) = self.parked.get_mut(key) {
+            // Beyond a few, retransmissions: the UA sends them again if the lookup succeeds.
+            if waiting.len() < MAX_PARKED_PER_KEY {
+                waiting.push((peer, bytes.to_vec()));
+            }
+            return true;
+        }
+        if self.parked.len() >= MAX_PARKED_KEYS {
+            return false;
+        }
+        self.parked.insert(key.into(), vec![(peer, bytes.to_vec())]);
+        self.stats.lookups += 1;
+        self.outputs.push_back(Output::Lookup { stripe, key: key.into() });
+        true
+    }
+
+    /// A lookup came back: the copy found becomes live here, then the parked requests run.
+    fn lookup_done(&mut self, now_ms: u64, stripe: StripeId, key: &[u8], found: Option<&Change>) {
+        let Some(waiting) = self.parked.remove(key) else { return };
+        if let Some(change) = found {
+            let installed = codec::decode::<CallRecord>(&change.bytes)
+                .ok()
+                .and_then(|(_, record)| self.table.install(stripe, &change.key, change.version, record).ok());
+            if installed == Some(true) {
+                self.stats.lookups_found += 1;
+                self.activate(stripe, &change.key);
+            }
+        }
+        self.replaying = true;
+        for (peer, bytes) in waiting {
+            self.receive(now_ms, peer, &bytes, false);
+        }
+        self.replaying = false;
     }
 
     fn receive(&mut self, now_ms: u64, peer: Peer, bytes: &[u8], may_forward: bool) {
@@ -965,6 +1036,17 @@ impl<T: TransactionUser> Shard<T> {
                 self.table.unlock(stripe, call_id, None).expect("invariant: checked out above");
                 self.stats.refused_draining += 1;
                 self.respond_stateless(msg, peer, 503, "Service Unavailable");
+                return;
+            }
+            Ok(Checkout { record: None, .. })
+                if self.config.lookup_before_481
+                    && !self.replaying
+                    && method != Some(Method::Cancel)
+                    && msg.to().ok().flatten().is_some_and(|to| to.tag().is_some())
+                    && self.park(stripe, call_id, peer, msg.as_bytes()) =>
+            {
+                // In a dialog we hold nothing of: another copy may exist (Lookup before 481).
+                self.table.unlock(stripe, call_id, None).expect("invariant: checked out above");
                 return;
             }
             Ok(checkout) => checkout.record.unwrap_or_default(),
@@ -2052,6 +2134,20 @@ impl<T: TransactionUser> Shard<T> {
             self.outputs.push_back(Output::Transmit { peer, bytes: out });
         }
     }
+}
+
+/// A request waiting for a lookup: who sent it, and its bytes.
+type Parked = (Peer, Vec<u8>);
+
+/// Keys with parked requests at most (beyond, a request for an unknown call gets its 481).
+const MAX_PARKED_KEYS: usize = 1024;
+
+/// Requests parked per key at most.
+const MAX_PARKED_PER_KEY: usize = 4;
+
+/// A record as a change: what a snapshot or a lookup answer carries.
+fn copy_of(stripe: StripeId, key: &[u8], record: &CallRecord, version: u64) -> Change {
+    Change { stripe, key: key.into(), version, hints: Hints::NONE, bytes: codec::encode(stripe, version, record) }
 }
 
 /// Whether a URI's or Via's `host` and `port` (5060 when absent) name `local`: an IP literal,

@@ -231,6 +231,7 @@ impl<T: TransactionUser> Cluster<T> {
                             max_message_bytes: crate::shard::DEFAULT_MAX_MESSAGE_BYTES,
                             no_answer: crate::shard::DEFAULT_NO_ANSWER,
                             max_call_duration: crate::shard::DEFAULT_MAX_CALL_DURATION,
+                            lookup_before_481: false,
                         };
                         Shard::new(config, tu(), base)
                     })
@@ -461,8 +462,8 @@ impl<T: TransactionUser> Cluster<T> {
                         self.schedule(self.now_ms, Packet { dest, peer: NO_PEER, bytes: Vec::new() });
                     }
                 }
-                // The test TUs keep no location cache.
-                Output::Location(_) => {}
+                // The test TUs keep no location cache; the harness's shards never look up.
+                Output::Location(_) | Output::Lookup { .. } => {}
             }
         }
     }

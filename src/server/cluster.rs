@@ -25,7 +25,10 @@
 //!   takes goes to its siblings and to the peers on its links (the newest
 //!   epoch wins).
 //!
-//! Not yet: lookups before a 481.
+//! - an in-dialog request for a call the owner holds nothing of is parked by
+//!   the shard, and every peer is asked for a copy (Lookup); the newest copy
+//!   found becomes live here, or the request gets its 481 after every reply
+//!   (or 250 ms).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -61,6 +64,9 @@ const LINK_TICK: Duration = Duration::from_millis(50);
 /// How often each shard refreshes its status line, and the status file is written (ms).
 const STATUS_EVERY_MS: u64 = 1_000;
 
+/// How long a lookup waits for the peers' answers before the parked requests get their 481.
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// Snapshot changes a link may have unacknowledged before the snapshot waits (half the window).
 const SNAPSHOT_AHEAD: usize = 512;
 
@@ -73,6 +79,9 @@ pub(super) struct Replication {
     node: NodeId,
     /// The view with every node alive (epoch 1): where stripes live when all is well.
     home: StripeMap,
+    /// Lookups asked and not yet answered by every peer, by id.
+    lookups: RefCell<std::collections::HashMap<u64, PendingLookup>>,
+    next_lookup: Cell<u64>,
     /// Shard 0: for each returning node, the shards that have sent it their snapshot.
     snapshots_sent: RefCell<std::collections::HashMap<NodeId, Vec<usize>>>,
     sync: bool,
@@ -108,6 +117,14 @@ struct LinkConnection {
     /// runs, so the frames of one executor turn leave in one write.
     wake: LocalSender<()>,
     _close: LocalSender<()>,
+}
+
+/// A lookup on its way: what was asked, how many peers still owe an answer, the newest copy.
+struct PendingLookup {
+    stripe: StripeId,
+    key: Box<[u8]>,
+    waiting: usize,
+    best: Option<Change>,
 }
 
 /// Messages an input caused, held until the backups have the changes it made.
@@ -170,6 +187,8 @@ impl Replication {
             node: cluster.node,
             home: home.clone(),
             snapshots_sent: RefCell::default(),
+            lookups: RefCell::default(),
+            next_lookup: Cell::new(1),
             sync: cluster.sync,
             origin,
             links: RefCell::new(links),
@@ -510,6 +529,29 @@ impl Driver {
                     self.process(Input::FromNode { node, peer, bytes: &message }).await;
                 }
                 LinkEvent::Acked { .. } => self.release_held().await,
+                LinkEvent::Lookup { id, stripe, key } => {
+                    let found = self.shard.borrow().lookup(stripe, &key);
+                    let mut links = r.links.borrow_mut();
+                    links[i].link.send_lookup_reply(id, found.as_ref());
+                    write(&mut links[i]);
+                }
+                LinkEvent::LookupReply { id, found } => {
+                    let done = {
+                        let mut lookups = r.lookups.borrow_mut();
+                        let Some(pending) = lookups.get_mut(&id) else { continue };
+                        pending.waiting -= 1;
+                        if let Some(mut copy) = found
+                            && pending.best.as_ref().is_none_or(|b| copy.version > b.version)
+                        {
+                            copy.stripe = pending.stripe;
+                            pending.best = Some(copy);
+                        }
+                        pending.waiting == 0
+                    };
+                    if done {
+                        self.finish_lookup(id).await;
+                    }
+                }
                 LinkEvent::PeerDead => {
                     r.links.borrow_mut()[i].dead = true;
                     self.release_held().await;
@@ -659,6 +701,39 @@ impl Driver {
         tracing::warn!(node = node.0, epoch = restored.epoch(), "handing stripes back");
         self.adopt_view(&restored).await;
         self.tell_siblings(&restored).await;
+    }
+
+    /// Asks every peer whose link is up for a copy of a record this shard owns but lacks; the
+    /// answer (the newest copy, or none after every reply or [`LOOKUP_TIMEOUT`]) goes back to
+    /// the shard, which then handles the requests it parked.
+    pub(super) fn start_lookup(self: &Rc<Self>, stripe: StripeId, key: Box<[u8]>) {
+        let r = self.replication();
+        let id = r.next_lookup.get();
+        r.next_lookup.set(id + 1);
+        let mut asked = 0;
+        for peer in r.links.borrow_mut().iter_mut().filter(|l| !l.dead) {
+            if peer.link.send_lookup(id, stripe, &key) {
+                asked += 1;
+                write(peer);
+            }
+        }
+        r.lookups.borrow_mut().insert(id, PendingLookup { stripe, key, waiting: asked, best: None });
+        // Answered in a task of its own (the shard is busy with the input that asked).
+        let driver = Rc::clone(self);
+        glommio::spawn_local(async move {
+            if asked > 0 {
+                glommio::timer::sleep(LOOKUP_TIMEOUT).await;
+            }
+            driver.finish_lookup(id).await;
+        })
+        .detach();
+    }
+
+    /// Gives the shard a lookup's answer (once: a late reply or timeout finds nothing).
+    async fn finish_lookup(self: &Rc<Self>, id: u64) {
+        let Some(pending) = self.replication().lookups.borrow_mut().remove(&id) else { return };
+        let input = Input::LookupDone { stripe: pending.stripe, key: &pending.key, found: pending.best.as_ref() };
+        self.process(input).await;
     }
 
     /// Sends a message received here to `node`, which owns its stripe, on this shard's link.

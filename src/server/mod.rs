@@ -157,7 +157,7 @@ impl ShardReport {
         }
         if !self.links.is_empty() {
             let (refused, held, held_max) = self.replication;
-            let cluster: [(&str, u64); 11] = [
+            let cluster: [(&str, u64); 13] = [
                 ("forwarded_to_node", s.forwarded_to_node),
                 ("replicas_installed", s.replicas_installed),
                 ("replicas_removed", s.replicas_removed),
@@ -166,6 +166,8 @@ impl ShardReport {
                 ("records_activated", s.records_activated),
                 ("stripes_handed_over", s.stripes_handed_over),
                 ("records_deactivated", s.records_deactivated),
+                ("lookups", s.lookups),
+                ("lookups_found", s.lookups_found),
                 ("changes_refused", refused),
                 ("held_messages", held),
                 ("held_max", held_max as u64),
@@ -483,6 +485,7 @@ async fn shard_main(
         max_message_bytes: settings.max_message_bytes,
         no_answer: settings.no_answer,
         max_call_duration: settings.max_call_duration,
+        lookup_before_481: settings.cluster.is_some(),
     };
     #[allow(clippy::disallowed_methods)] // The runtime owns the clock.
     let shard = Shard::with_clock(config, Proxy::new(settings.proxy.clone()), epoch, Instant::now());
@@ -696,6 +699,9 @@ impl Driver {
                     }
                 }
                 Output::Replicate(_) => {}
+                Output::Lookup { stripe, key } if self.replication.is_some() => self.start_lookup(stripe, key),
+                // Lookups are only turned on in a cluster.
+                Output::Lookup { .. } => {}
             }
         }
         if let Some(r) = self.replication.as_ref().filter(|_| !waits.is_empty()) {

@@ -21,20 +21,26 @@ const STRIPES: u32 = 64;
 
 /// Both nodes answer on the same (floating) address, as behind keepalived.
 fn node(id: u16, view: &StripeMap, start: Instant) -> Shard<Proxy> {
-    let config = ShardConfig {
+    Shard::new(shard_config(id, view), Proxy::new(b2bua_to_callee()), start)
+}
+
+fn shard_config(id: u16, view: &StripeMap) -> ShardConfig {
+    ShardConfig {
         node: NodeId(id),
         shard: ShardId(0),
         stripes: view.clone(),
         replicate: true,
         max_call_duration: Duration::from_secs(60),
         ..ShardConfig::standalone(64)
-    };
-    let proxy = ProxyConfig {
+    }
+}
+
+fn b2bua_to_callee() -> ProxyConfig {
+    ProxyConfig {
         default_route: Some(RouteTarget::parse(&format!("sip:{CALLEE}")).expect("route")),
         b2bua: true,
         ..ProxyConfig::default()
-    };
-    Shard::new(config, Proxy::new(proxy), start)
+    }
 }
 
 /// Hands `shard` a datagram; returns what it transmits, and hands every change it makes to
@@ -202,4 +208,74 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     };
     two.handle(later, Input::Replica(&stale));
     assert_eq!((two.calls(), two.stats().replicas_refused), (0, 1));
+}
+
+#[test]
+fn a_call_the_new_owner_lacks_is_looked_up_from_a_peer_before_a_481() {
+    let start = Instant::now();
+    let now = start;
+    let view = StripeMap::balanced(1, STRIPES, &[NodeId(1), NodeId(2)], 1, 2);
+    // Lookups on, as the runtime runs a cluster.
+    let with_lookup = |id| {
+        let config = ShardConfig { lookup_before_481: true, ..shard_config(id, &view) };
+        Shard::new(config, Proxy::new(b2bua_to_callee()), start)
+    };
+    let mut one = with_lookup(1);
+    let mut two = with_lookup(2);
+    let call_id = call_id_owned_by(&view, NodeId(1));
+    let stripe = StripeId::of_call_id(call_id.as_bytes(), STRIPES);
+
+    // A call set up on node 1 whose changes never reached node 2 (async, lost with a link).
+    let invite = format!(
+        "INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv2\r\n\
+From: sipp <sip:sipp@127.0.0.1:5061>;tag=caller-tag\r\nTo: service <sip:service@127.0.0.1:5060>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:sipp@{CALLER}>\r\nMax-Forwards: 70\r\n\
+Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
+    );
+    let out = send(&mut one, None, now, CALLER, &invite);
+    let b_invite = out[1].1.clone();
+    let b_call_id = header(&b_invite, "Call-ID").to_owned();
+    let b_from = header(&b_invite, "From").to_owned();
+    let out = send(&mut one, None, now, CALLEE, &answer(&b_invite, 200, "OK"));
+    assert_eq!(status(&out[0].1), 200);
+    assert_eq!(two.calls(), 0, "node 2 holds no copy");
+
+    // The stripe moves to node 2 (a hand-over); node 1 keeps the record, dormant.
+    let moved = view.without(NodeId(1));
+    one.handle(now, Input::View(&moved));
+    let _ = drain(&mut one, None, now);
+    two.handle(now, Input::View(&moved));
+    let _ = drain(&mut two, None, now);
+    assert_eq!((one.stats().records_deactivated, one.calls(), one.armed_timers()), (1, 1, 0));
+
+    // The callee's BYE reaches node 2: parked, and a lookup asked instead of a 481.
+    let bye = format!(
+        "BYE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKbbye2\r\n\
+From: service <sip:service@127.0.0.1:5060>;tag=callee-tag\r\nTo: {b_from}\r\nCall-ID: {b_call_id}\r\n\
+CSeq: 7 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    two.handle(now, Input::Datagram { peer: udp(CALLEE), bytes: bye.as_bytes() });
+    let asked = match two.poll_output() {
+        Some(Output::Lookup { stripe: s, key }) => (s, key),
+        other => panic!("expected a lookup, got {other:?}"),
+    };
+    assert_eq!(asked, (stripe, b_call_id.as_bytes().into()));
+    assert!(two.poll_output().is_none(), "nothing sent while it waits");
+    // Node 1 answers from its dormant copy, found by the B leg's Call-ID.
+    let copy = one.lookup(stripe, b_call_id.as_bytes()).expect("node 1 has the call");
+    assert_eq!(&*copy.key, call_id.as_bytes());
+    two.handle(now, Input::LookupDone { stripe, key: b_call_id.as_bytes(), found: Some(&copy) });
+    let out = drain(&mut two, None, now);
+    assert_eq!(out.len(), 1, "the BYE is bridged to the caller: {out:?}");
+    assert!(out[0].1.starts_with(&format!("BYE sip:sipp@{CALLER} SIP/2.0\r\n")), "{}", out[0].1);
+    assert_eq!((two.stats().lookups, two.stats().lookups_found, two.stats().records_activated), (1, 1, 1));
+
+    // A BYE for a call nobody holds: looked up, then 481.
+    let stray = bye.replace(&b_call_id, "nobody-knows@test").replace("bbye2", "bbye3");
+    two.handle(now, Input::Datagram { peer: udp(CALLEE), bytes: stray.as_bytes() });
+    let Some(Output::Lookup { stripe: s, key }) = two.poll_output() else { panic!("a lookup") };
+    two.handle(now, Input::LookupDone { stripe: s, key: &key, found: None });
+    let out = drain(&mut two, None, now);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(status(&out[0].1), 481);
 }

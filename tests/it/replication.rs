@@ -78,6 +78,9 @@ fn a_restarted_node_gets_its_stripes_back_and_its_calls_still_end_cleanly() {
     assert!(survivor_sum(returned, "replicas_installed=") >= 900, "{returned}");
     assert!(survivor_sum(returned, "records_activated=") >= 400, "{returned}");
     assert!(survivor_sum(returned, "local=") >= 400, "the returned node bridged BYEs: {returned}");
+    // A BYE nobody holds: node 2 asked node 1 over the link, then answered 481.
+    assert!(stdout.contains("stray BYE to node 2: 481 after"), "{stdout}");
+    assert!(survivor_sum(survivor, "lookups=") >= 1, "{survivor}");
 }
 
 #[test]

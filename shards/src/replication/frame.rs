@@ -112,6 +112,24 @@ pub enum Frame {
         #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
+    /// A node owns a stripe but not a record an in-dialog request names: does the receiver
+    /// hold a copy (live or dormant)?
+    Lookup {
+        /// Matches the reply to the question.
+        id: u64,
+        /// The stripe.
+        stripe: u32,
+        /// The key (a Call-ID, or a B-leg Call-ID).
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// The answer to a Lookup: the record's key, version and encoding, or nothing.
+    LookupReply {
+        /// The Lookup's id.
+        id: u64,
+        /// The copy: its key, version and encoded record.
+        found: Option<(serde_bytes::ByteBuf, u64, serde_bytes::ByteBuf)>,
+    },
     /// The sender's view of the cluster: the receiver takes it if its epoch is newer (a
     /// returning node learns it was dropped; the hand-back gives it its stripes).
     View {
@@ -133,6 +151,8 @@ impl Frame {
             Frame::Echo { .. } => "Echo",
             Frame::Forward { .. } => "Forward",
             Frame::View { .. } => "View",
+            Frame::Lookup { .. } => "Lookup",
+            Frame::LookupReply { .. } => "LookupReply",
         }
     }
 }

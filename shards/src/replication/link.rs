@@ -123,6 +123,22 @@ pub enum LinkEvent {
     },
     /// The peer's view of the cluster (take it if newer).
     View(crate::stripe::StripeMap),
+    /// The peer asks for a copy of a record (answer with [`ReplicaLink::send_lookup_reply`]).
+    Lookup {
+        /// The question's id.
+        id: u64,
+        /// The stripe.
+        stripe: crate::stripe::StripeId,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// The peer's answer to a lookup.
+    LookupReply {
+        /// The question's id.
+        id: u64,
+        /// The copy it holds, if any (its `stripe` is left 0: the asker knows it).
+        found: Option<Change>,
+    },
     /// Nothing heard from the peer for `dead_after_ms`.
     PeerDead,
     /// The link closed; the runtime closes the connection and may reconnect.
@@ -383,6 +399,26 @@ impl ReplicaLink {
         true
     }
 
+    /// Asks the peer for a copy of the record of `key` in `stripe`; false when the link is down.
+    pub fn send_lookup(&mut self, id: u64, stripe: crate::stripe::StripeId, key: &[u8]) -> bool {
+        if self.state != State::Up {
+            return false;
+        }
+        self.send(&Frame::Lookup { id, stripe: stripe.0, key: key.to_vec() });
+        true
+    }
+
+    /// Answers the peer's lookup `id`.
+    pub fn send_lookup_reply(&mut self, id: u64, found: Option<&Change>) {
+        if self.state != State::Up {
+            return;
+        }
+        let found = found.map(|c| {
+            (serde_bytes::ByteBuf::from(c.key.to_vec()), c.version, serde_bytes::ByteBuf::from(c.bytes.clone()))
+        });
+        self.send(&Frame::LookupReply { id, found });
+    }
+
     /// Whether there are bytes to write.
     pub fn has_outbound(&self) -> bool {
         !self.outbound.is_empty()
@@ -534,6 +570,21 @@ impl ReplicaLink {
                 false
             }
             (State::Up, Frame::Echo { .. }) => false,
+            (State::Up, Frame::Lookup { id, stripe, key }) => {
+                self.events.push_back(LinkEvent::Lookup { id, stripe: crate::stripe::StripeId(stripe), key });
+                false
+            }
+            (State::Up, Frame::LookupReply { id, found }) => {
+                let found = found.map(|(key, version, record)| Change {
+                    stripe: crate::stripe::StripeId(0),
+                    key: key.into_vec().into_boxed_slice(),
+                    version,
+                    hints: Hints::NONE,
+                    bytes: record.into_vec(),
+                });
+                self.events.push_back(LinkEvent::LookupReply { id, found });
+                false
+            }
             (State::Up, Frame::View { map }) => {
                 self.events.push_back(LinkEvent::View(map));
                 false

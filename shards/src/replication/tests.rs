@@ -423,3 +423,31 @@ fn a_restarted_peer_gets_what_is_queued_numbered_from_where_it_is_not_a_gap() {
     pair.exchange();
     assert_eq!(delivered(&pair.b_events), [1, 2, 3]);
 }
+
+#[test]
+fn a_lookup_is_answered_with_the_copy_or_nothing() {
+    let mut pair = Pair::up();
+    assert!(pair.a.send_lookup(9, StripeId(5), b"call-5"));
+    pair.exchange();
+    let asked = pair.b_events.iter().find_map(|e| match e {
+        LinkEvent::Lookup { id, stripe, key } => Some((*id, *stripe, key.clone())),
+        _ => None,
+    });
+    assert_eq!(asked, Some((9, StripeId(5), b"call-5".to_vec())));
+    pair.b.send_lookup_reply(9, Some(&change(5)));
+    pair.b.send_lookup_reply(10, None);
+    pair.exchange();
+    type Copy = (Vec<u8>, u64, Vec<u8>);
+    let replies: Vec<(u64, Option<Copy>)> = pair
+        .a_events
+        .iter()
+        .filter_map(|e| match e {
+            LinkEvent::LookupReply { id, found } => {
+                Some((*id, found.as_ref().map(|c| (c.key.to_vec(), c.version, c.bytes.clone()))))
+            }
+            _ => None,
+        })
+        .collect();
+    let c = change(5);
+    assert_eq!(replies, [(9, Some((c.key.to_vec(), c.version, c.bytes))), (10, None)]);
+}
