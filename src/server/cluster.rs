@@ -415,6 +415,10 @@ impl Driver {
                         let r = driver.replication();
                         let index = r.index_of(node).filter(|&i| r.links.borrow()[i].side == Side::Accepting);
                         match index {
+                            // A live link is not displaced by a newcomer (which may be anyone).
+                            Some(i) if r.links.borrow()[i].link.is_up() => {
+                                tracing::warn!(node = node.0, %from, "a second connection while the link is up, refused")
+                            }
                             Some(i) => driver.run_connection(i, stream, bytes).await,
                             None => tracing::warn!(node = node.0, %from, "replica link from an unexpected node"),
                         }

@@ -5,7 +5,15 @@
 //! must see every BYE: with sync replication, and with async replication (the
 //! kill comes seconds after the last change, so async loses nothing either).
 
-use std::process::Command;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sipshard_shards::replication::frame::{CHALLENGE_BYTES, Frame, PROOF_BYTES, decode, encode};
+use sipshard_shards::{NodeId, ShardId};
+
+use crate::support::{Running, free_port, wait_until_bound, wait_until_healthy};
 
 /// Runs the drill; returns (stdout, established, ended_ok, lost).
 fn drill(args: &[&str]) -> (String, u64, u64, u64) {
@@ -78,9 +86,10 @@ fn a_restarted_node_gets_its_stripes_back_and_its_calls_still_end_cleanly() {
     assert!(survivor_sum(returned, "replicas_installed=") >= 900, "{returned}");
     assert!(survivor_sum(returned, "records_activated=") >= 400, "{returned}");
     assert!(survivor_sum(returned, "local=") >= 400, "the returned node bridged BYEs: {returned}");
-    // A BYE nobody holds: node 2 asked node 1 over the link, then answered 481.
+    // A BYE nobody holds: its stripe's owner (node 2, or node 1 via node 2) asked the other
+    // node over the link, then answered 481.
     assert!(stdout.contains("stray BYE to node 2: 481 after"), "{stdout}");
-    assert!(survivor_sum(survivor, "lookups=") >= 1, "{survivor}");
+    assert_eq!(survivor_sum(&stdout, "lookups="), 1, "{stdout}");
 }
 
 #[test]
@@ -91,4 +100,104 @@ fn the_drill_refuses_bad_arguments() {
         .expect("runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--replication must be sync or async"));
+}
+
+/// The cluster id sipshard derives from `cluster_id` (FNV-1a, 64 bits; src/config.rs).
+fn cluster_id(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Writes `frames` on a new connection to `to`; returns every frame read back until the node
+/// closes the connection (which it must do within 3 s).
+fn talk(to: SocketAddr, bytes: &[u8], then: impl Fn(&Frame) -> Option<Vec<u8>>) -> Vec<Frame> {
+    let mut stream = TcpStream::connect(to).expect("the replication port accepts");
+    stream.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    stream.write_all(bytes).expect("write");
+    let (mut got, mut buf, mut chunk) = (Vec::new(), Vec::new(), [0u8; 4096]);
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return got,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("the node neither answered nor closed the connection: {e}"),
+        }
+        while let Some((frame, used)) = decode(&buf).expect("the node writes valid frames") {
+            buf.drain(..used);
+            if let Some(reply) = then(&frame) {
+                stream.write_all(&reply).expect("write");
+            }
+            got.push(frame);
+        }
+    }
+}
+
+#[test]
+fn a_replication_port_refuses_garbage_strangers_and_a_wrong_secret_and_the_node_goes_on() {
+    let dir = std::env::temp_dir().join(format!("sipshard-it-links-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (sip, replication) = (free_port(), free_port());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{sip}\"\nshards = 1\n\n[cluster]\nnode = 2\nsecret = \"the-right-shared-secret\"\n\
+         listen = \"127.0.0.1:{replication}\"\nstatus_file = \"{}\"\n\n[[cluster.peers]]\nnode = 1\naddress = \"127.0.0.1:9\"\n",
+        dir.join("node2.status").display()
+    );
+    std::fs::write(dir.join("node2.toml"), config).expect("config");
+    let log = std::fs::File::create(dir.join("node2.log")).expect("log");
+    let node = Running(
+        Command::new(env!("CARGO_BIN_EXE_sipshard"))
+            .args(["run", "--config"])
+            .arg(dir.join("node2.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sipshard starts"),
+    );
+    let server: SocketAddr = format!("127.0.0.1:{sip}").parse().expect("addr");
+    wait_until_healthy(server);
+    wait_until_bound(replication, true);
+    let port: SocketAddr = format!("127.0.0.1:{replication}").parse().expect("addr");
+
+    // Garbage: not a frame; closed without a word.
+    assert!(talk(port, &[0x7f; 64], |_| None).is_empty());
+    // A well-formed Hello from another cluster: closed.
+    let hello = |cluster| {
+        let mut out = Vec::new();
+        let frame = Frame::Hello {
+            cluster,
+            node: NodeId(1),
+            shard: ShardId(0),
+            epoch: 1,
+            incarnation: 7,
+            challenge: [5; CHALLENGE_BYTES],
+        };
+        encode(&frame, &mut out);
+        out
+    };
+    assert!(talk(port, &hello(cluster_id("another")), |_| None).is_empty());
+    // The right cluster but not the secret: the node proves itself (Welcome), our forged
+    // Proof is refused, the connection closed.
+    let got = talk(port, &hello(cluster_id("sipshard")), |frame| {
+        matches!(frame, Frame::Welcome { .. }).then(|| {
+            let mut out = Vec::new();
+            encode(&Frame::Proof { proof: [0; PROOF_BYTES], received: 0 }, &mut out);
+            out
+        })
+    });
+    assert!(matches!(got.as_slice(), [Frame::Welcome { .. }]), "{got:?}");
+    // A replayed Change before any handshake: closed too.
+    let mut change = Vec::new();
+    encode(
+        &Frame::Change { seq: 1, stripe: 0, key: b"k".to_vec(), version: 1, hints: 0, record: vec![1] },
+        &mut change,
+    );
+    assert!(talk(port, &change, |_| None).is_empty());
+
+    // The node goes on serving SIP, and its log says why each link was refused.
+    wait_until_healthy(server);
+    drop(node);
+    let log = std::fs::read_to_string(dir.join("node2.log")).expect("log");
+    for why in ["out of bounds", "cluster id", "failed authentication", "opened with Change instead of Hello"] {
+        assert!(log.contains(why), "the log names {why:?}: {log}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
