@@ -64,6 +64,9 @@ const LINK_TICK: Duration = Duration::from_millis(50);
 /// How often each shard refreshes its status line, and the status file is written (ms).
 const STATUS_EVERY_MS: u64 = 1_000;
 
+/// How long async replication gathers a record's changes before sending its latest.
+const COALESCE: Duration = Duration::from_millis(2);
+
 /// How long a lookup waits for the peers' answers before the parked requests get their 481.
 const LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -77,6 +80,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// waiting for acknowledgements (sync mode).
 pub(super) struct Replication {
     node: NodeId,
+    /// Async mode: changes waiting to go, the latest per record, oldest record first.
+    coalesced: RefCell<Vec<Change>>,
+    /// Where each record's change is in `coalesced`.
+    coalesced_at: RefCell<std::collections::HashMap<RecordId, usize>>,
+    /// Changes a newer one of the same record replaced before they went.
+    changes_coalesced: Cell<u64>,
     /// The view with every node alive (epoch 1): where stripes live when all is well.
     home: StripeMap,
     /// Lookups asked and not yet answered by every peer, by id.
@@ -84,7 +93,7 @@ pub(super) struct Replication {
     next_lookup: Cell<u64>,
     /// Shard 0: for each returning node, the shards that have sent it their snapshot.
     snapshots_sent: RefCell<std::collections::HashMap<NodeId, Vec<usize>>>,
-    sync: bool,
+    pub(super) sync: bool,
     /// The shard's clock origin (the cluster's time base): link time is ms since it.
     origin: Instant,
     links: RefCell<Vec<PeerLink>>,
@@ -118,6 +127,9 @@ struct LinkConnection {
     wake: LocalSender<()>,
     _close: LocalSender<()>,
 }
+
+/// A record: its stripe and key.
+type RecordId = (StripeId, Box<[u8]>);
 
 /// A lookup on its way: what was asked, how many peers still owe an answer, the newest copy.
 struct PendingLookup {
@@ -185,6 +197,9 @@ impl Replication {
             .collect();
         Replication {
             node: cluster.node,
+            coalesced: RefCell::default(),
+            coalesced_at: RefCell::default(),
+            changes_coalesced: Cell::new(0),
             home: home.clone(),
             snapshots_sent: RefCell::default(),
             lookups: RefCell::default(),
@@ -286,9 +301,10 @@ impl Replication {
             .collect()
     }
 
-    /// Counters of the shard's replication: (changes refused, messages held, most held at once).
-    pub(crate) fn counters(&self) -> (u64, u64, usize) {
-        (self.changes_refused.get(), self.held_messages.get(), self.held_max.get())
+    /// Counters of the shard's replication: (changes refused, messages held, most held at
+    /// once, changes coalesced away).
+    pub(crate) fn counters(&self) -> (u64, u64, usize, u64) {
+        (self.changes_refused.get(), self.held_messages.get(), self.held_max.get(), self.changes_coalesced.get())
     }
 }
 
@@ -738,6 +754,41 @@ impl Driver {
         let Some(pending) = self.replication().lookups.borrow_mut().remove(&id) else { return };
         let input = Input::LookupDone { stripe: pending.stripe, key: &pending.key, found: pending.best.as_ref() };
         self.process(input).await;
+    }
+
+    /// Async replication: keeps `change` for [`COALESCE`], replacing an older change of the
+    /// same record (the backup only keeps the latest version anyway), then sends them all.
+    pub(super) fn coalesce(self: &Rc<Self>, change: Change) {
+        let r = self.replication();
+        let mut at = r.coalesced_at.borrow_mut();
+        let mut waiting = r.coalesced.borrow_mut();
+        if let Some(&i) = at.get(&(change.stripe, change.key.clone())) {
+            waiting[i] = change;
+            r.changes_coalesced.set(r.changes_coalesced.get() + 1);
+            return;
+        }
+        at.insert((change.stripe, change.key.clone()), waiting.len());
+        waiting.push(change);
+        if waiting.len() == 1 {
+            let driver = Rc::clone(self);
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(COALESCE).await;
+                driver.send_coalesced();
+            })
+            .detach();
+        }
+    }
+
+    /// Sends the coalesced changes to their stripes' backups.
+    fn send_coalesced(&self) {
+        let r = self.replication();
+        let changes = std::mem::take(&mut *r.coalesced.borrow_mut());
+        r.coalesced_at.borrow_mut().clear();
+        let view = self.shard.borrow().stripe_map().clone();
+        for change in &changes {
+            r.replicate(change, view.placement(change.stripe).backups());
+        }
+        r.write_outbound();
     }
 
     /// Sends a message received here to `node`, which owns its stripe, on this shard's link.

@@ -113,8 +113,9 @@ pub(crate) struct ShardReport {
     pub(crate) udp_truncated: u64,
     /// The replica links, when the node is clustered.
     pub(crate) links: Vec<LinkReport>,
-    /// Changes a full link refused, messages held for acknowledgements, most held at once.
-    pub(crate) replication: (u64, u64, usize),
+    /// Changes a full link refused, messages held for acknowledgements, most held at once,
+    /// changes coalesced away (async).
+    pub(crate) replication: (u64, u64, usize, u64),
 }
 
 impl ShardReport {
@@ -156,8 +157,8 @@ impl ShardReport {
             line.push_str(&format!(" {name}={value}"));
         }
         if !self.links.is_empty() {
-            let (refused, held, held_max) = self.replication;
-            let cluster: [(&str, u64); 13] = [
+            let (refused, held, held_max, coalesced) = self.replication;
+            let cluster: [(&str, u64); 14] = [
                 ("forwarded_to_node", s.forwarded_to_node),
                 ("replicas_installed", s.replicas_installed),
                 ("replicas_removed", s.replicas_removed),
@@ -171,6 +172,7 @@ impl ShardReport {
                 ("changes_refused", refused),
                 ("held_messages", held),
                 ("held_max", held_max as u64),
+                ("changes_coalesced", coalesced),
             ];
             for (name, value) in cluster {
                 line.push_str(&format!(" {name}={value}"));
@@ -661,7 +663,7 @@ async fn shard_main(
         udp_batched_datagrams: c.udp_batched_datagrams.get(),
         udp_truncated: c.udp_truncated.get(),
         links: driver.replication.as_ref().map(|r| r.report()).unwrap_or_default(),
-        replication: driver.replication.as_ref().map_or((0, 0, 0), |r| r.counters()),
+        replication: driver.replication.as_ref().map_or((0, 0, 0, 0), |r| r.counters()),
     })
 }
 
@@ -672,7 +674,7 @@ impl Driver {
     async fn process(self: &Rc<Self>, input: Input<'_>) -> Option<Moved> {
         let outputs = self.handle(input);
         let mut waits = Vec::new();
-        if let Some(r) = &self.replication {
+        if let Some(r) = self.replication.as_ref().filter(|r| r.sync) {
             for output in &outputs {
                 if let Output::Replicate(change) = output {
                     let placement = *self.shard.borrow().stripe_map().placement(change.stripe);
@@ -687,6 +689,10 @@ impl Driver {
         let mut moved = None;
         for output in outputs {
             match output {
+                // Async: a record's changes within a few ms go as one (its latest version).
+                Output::Replicate(change) if self.replication.as_ref().is_some_and(|r| !r.sync) => {
+                    self.coalesce(change);
+                }
                 Output::Transmit { peer, bytes } if !waits.is_empty() => held.push((peer, bytes)),
                 Output::Transmit { peer, bytes } => self.transmit(peer, bytes).await,
                 Output::Forward { shard } => moved = Some(Moved::Shard(usize::from(shard.0))),
