@@ -9,8 +9,8 @@
 # the replica link (as behind one floating address). At each rate: calls/s
 # completed, failed, setup p50/p99/p99.9 and the CPU seconds of the node
 # processes; the highest rate each sustains (< 0.1 % failed, p99 < 50 ms) and
-# its ratio to single; bytes of Change frames per completed call (from the
-# nodes' link counters, printed when they stop).
+# its ratio to single; bytes of Change frames per completed call at each
+# step (from the nodes' status files, `sipshard cluster status`).
 #
 #   tools/bench-replication.sh [--seconds S] [--rates "R1 R2 .."] [--hold-ms H]
 #                              [--role b2bua|proxy] [--modes "single cluster-async cluster-sync"]
@@ -80,6 +80,15 @@ write_config() { # node mode
     printf '[[cluster.peers]]\nnode = %s\naddress = "%s"\nsip = "%s"\n' "$other" "$other_repl" "$other_sip"
 }
 
+# Bytes of Change frames the nodes have sent so far (0 for a single node).
+change_bytes() {
+    local total=0 n
+    for n in $(cat "$work"/node*.status 2>/dev/null | grep -o 'change_bytes=[0-9]*' | cut -d= -f2); do
+        total=$(( total + n ))
+    done
+    echo "$total"
+}
+
 cpu_ticks() {
     local total=0 pid
     for pid in "$@"; do
@@ -111,6 +120,7 @@ start_mode() {
 stop_mode() {
     for pid in "${node_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${node_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -f "$work"/node*.status
 }
 
 "$sipbench" uas --listen "127.0.0.1:$uas_port" --threads 1 >/dev/null 2>&1 &
@@ -120,47 +130,44 @@ sleep 0.3
 hz=$(getconf CLK_TCK)
 echo "# sipbench -> node 1 -> sipbench uas, loopback UDP, $role, ${seconds} s per step, hold ${hold_ms} ms"
 echo "# $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r); cluster nodes on $half core(s) each"
-printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s\n" mode offered calls/s failed p50_ms p99_ms p999_ms cpu_s sustained
+printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s %8s\n" mode offered calls/s failed p50_ms p99_ms p999_ms cpu_s sustained B/call
 results="$work/results"
 : >"$results"
 for mode in $modes; do
     start_mode "$mode"
     misses=0
-    total_ok=0
     for rate in $rates; do
         before=$(cpu_ticks "${node_pids[@]}")
+        bytes_before=$(change_bytes)
         timeout $((seconds + hold_ms / 1000 + 45)) "$sipbench" uac "$sip1" --rate "$rate" \
             --calls $((rate * seconds)) --duration "$seconds" --hold-ms "$hold_ms" --threads 1 \
             --max-failed-ratio 1 --quiet --json "$work/step.json" >/dev/null 2>&1 || true
         after=$(cpu_ticks "${node_pids[@]}")
-        line=$(python3 - "$work/step.json" "$mode" "$rate" "$seconds" "$(( after - before ))" "$hz" <<'EOF'
+        sleep 1.2 # the status files are rewritten every second
+        bytes=$(( $(change_bytes) - bytes_before ))
+        line=$(python3 - "$work/step.json" "$mode" "$rate" "$seconds" "$(( after - before ))" "$hz" "$bytes" <<'EOF'
 import json, sys
-path, mode, rate, seconds, ticks, hz = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+path, mode, rate, seconds, ticks, hz, nbytes = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 try:
     s = json.load(open(path))
 except Exception:
-    print(f"{mode} {rate:.0f} 0 all 0 0 0 0 no 0"); sys.exit()
+    print(f"{mode} {rate:.0f} 0 all 0 0 0 0 no 0 0"); sys.exit()
 bad = s["calls_failed"] + s["calls_timed_out"]
 setup = s["setup_ms"]
 sustained = (s["calls_attempted"] >= 0.95 * rate * seconds and bad <= 0.001 * s["calls_attempted"]
              and setup["p99"] < 50.0)
 print(f"{mode} {rate:.0f} {s['calls_ok'] / seconds:.0f} {bad} {setup['p50']:.3f} {setup['p99']:.3f} "
-      f"{setup['p999']:.3f} {ticks / hz:.2f} {'yes' if sustained else 'no'} {s['calls_ok']}")
+      f"{setup['p999']:.3f} {ticks / hz:.2f} {'yes' if sustained else 'no'} {nbytes / max(s['calls_ok'], 1):.0f} {s['calls_ok']}")
 EOF
         )
         rm -f "$work/step.json"
         echo "$line" >>"$results"
-        echo "$line" | awk '{printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}'
-        total_ok=$(( total_ok + ${line##* } ))
+        echo "$line" | awk '{printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s %8s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
         if [ "$(echo "$line" | awk '{print $9}')" = yes ]; then misses=0; else misses=$((misses + 1)); fi
         [ "$misses" -ge 2 ] && break
         sleep 1
     done
     stop_mode
-    if [ "$mode" != single ]; then
-        bytes=$(cat "$work"/node*.log | grep -o 'change_bytes=[0-9]*' | cut -d= -f2 | paste -sd+ | bc)
-        echo "bytes $mode $bytes $total_ok" >>"$results"
-    fi
 done
 python3 - "$results" <<'EOF'
 import sys
@@ -168,14 +175,12 @@ best, p99 = {}, {}
 bytes_per_call = {}
 for line in open(sys.argv[1]):
     f = line.split()
-    if f[0] == "bytes":
-        bytes_per_call[f[1]] = int(f[2]) / max(int(f[3]), 1)
-        continue
     mode, offered, sustained = f[0], float(f[1]), f[8]
     best.setdefault(mode, 0.0)
     p99.setdefault(mode, {})[offered] = float(f[5])
     if sustained == "yes":
         best[mode] = max(best[mode], offered)
+        bytes_per_call[mode] = float(f[9])
 print("highest sustained (calls/s): " + ", ".join(f"{m} {r:.0f}" for m, r in best.items()))
 single = best.get("single", 0.0)
 for mode in ("cluster-async", "cluster-sync"):
@@ -188,5 +193,6 @@ for mode in ("cluster-async", "cluster-sync"):
             print(f"{mode}: p99 setup at {r:.0f} calls/s {p99[mode][r]:.3f} ms vs single {p99['single'][r]:.3f} ms "
                   f"({p99[mode][r] - p99['single'][r]:+.3f} ms)")
     if mode in bytes_per_call:
-        print(f"{mode}: {bytes_per_call[mode]:.0f} bytes of Change frames per completed call (both nodes)")
+        print(f"{mode}: {bytes_per_call[mode]:.0f} bytes of Change frames per completed call (both nodes, "
+              "at its highest sustained rate)")
 EOF

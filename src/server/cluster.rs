@@ -394,14 +394,15 @@ impl Driver {
                 "down"
             };
             line.push_str(&format!(
-                " link{}={state}:unacked={}:sent={}:delivered={}:fwd_out={}:fwd_in={}:closes={}",
+                " link{}={state}:unacked={}:sent={}:delivered={}:fwd_out={}:fwd_in={}:closes={}:change_bytes={}",
                 l.node.0,
                 l.unacked,
                 l.stats.changes_sent,
                 l.stats.changes_delivered,
                 l.stats.forwards_sent,
                 l.stats.forwards_received,
-                l.stats.closes
+                l.stats.closes,
+                l.stats.change_bytes_out
             ));
         }
         line
