@@ -161,6 +161,34 @@ pub(crate) struct LinkReport {
     pub(crate) stats: LinkStats,
 }
 
+impl LinkReport {
+    /// `link<N>=<up|down|dead>:unacked=..:sent=..:...`: the link's state, lag and counters, as
+    /// the shard's report and the status file print it.
+    pub(crate) fn describe(&self) -> String {
+        let state = if self.dead {
+            "dead"
+        } else if self.up {
+            "up"
+        } else {
+            "down"
+        };
+        let s = &self.stats;
+        format!(
+            "link{}={state}:unacked={}:sent={}:delivered={}:fwd_out={}:fwd_in={}:fwd_dropped={}:closes={}:bytes_out={}:change_bytes={}",
+            self.node.0,
+            self.unacked,
+            s.changes_sent,
+            s.changes_delivered,
+            s.forwards_sent,
+            s.forwards_received,
+            s.forwards_dropped,
+            s.closes,
+            s.bytes_out,
+            s.change_bytes_out
+        )
+    }
+}
+
 impl Replication {
     /// The links of shard `shard` to every peer in `cluster`, all down.
     pub(super) fn new(
@@ -386,24 +414,8 @@ impl Driver {
             }
         }
         for l in self.replication().report() {
-            let state = if l.dead {
-                "dead"
-            } else if l.up {
-                "up"
-            } else {
-                "down"
-            };
-            line.push_str(&format!(
-                " link{}={state}:unacked={}:sent={}:delivered={}:fwd_out={}:fwd_in={}:closes={}:change_bytes={}",
-                l.node.0,
-                l.unacked,
-                l.stats.changes_sent,
-                l.stats.changes_delivered,
-                l.stats.forwards_sent,
-                l.stats.forwards_received,
-                l.stats.closes,
-                l.stats.change_bytes_out
-            ));
+            line.push(' ');
+            line.push_str(&l.describe());
         }
         line
     }

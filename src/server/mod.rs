@@ -178,26 +178,8 @@ impl ShardReport {
                 line.push_str(&format!(" {name}={value}"));
             }
             for l in &self.links {
-                let state = if l.dead {
-                    "dead"
-                } else if l.up {
-                    "up"
-                } else {
-                    "down"
-                };
-                line.push_str(&format!(
-                    " link{}={state}:sent={}:delivered={}:unacked={}:fwd_out={}:fwd_in={}:fwd_dropped={}:closes={}:bytes_out={}:change_bytes={}",
-                    l.node.0,
-                    l.stats.changes_sent,
-                    l.stats.changes_delivered,
-                    l.unacked,
-                    l.stats.forwards_sent,
-                    l.stats.forwards_received,
-                    l.stats.forwards_dropped,
-                    l.stats.closes,
-                    l.stats.bytes_out,
-                    l.stats.change_bytes_out
-                ));
+                line.push(' ');
+                line.push_str(&l.describe());
             }
         }
         line
