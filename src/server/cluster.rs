@@ -8,14 +8,14 @@
 //!
 //! - every change the shard makes goes to the stripe's backups; in `sync` mode
 //!   the messages that input caused are held until every backup whose link was
-//!   up has acknowledged it (or is declared dead);
+//!   up has acknowledged it (or is declared dead); in `async` mode a record's
+//!   changes are gathered for 2 ms and its latest version sent;
 //! - a change from a peer is installed as a dormant replica;
 //! - a SIP message for a stripe a peer owns travels in a `Forward` frame on the
 //!   link of the stripe's shard; the owner handles it as if it had received it;
 //! - a peer silent for `dead_after_ms` is dead: the shard computes the view
 //!   without it, takes it itself and hands it to every other shard of the node,
-//!   so the dead node's stripes are processed by their backups here.
-//!
+//!   so the dead node's stripes are processed by their backups here;
 //! - a node declared dead that connects again is readmitted: a view makes it a
 //!   backup of its stripes again, every shard sends it a snapshot of the
 //!   records it owns that it backs up (chunked, half a window ahead of the
@@ -23,8 +23,7 @@
 //!   hands them back (a view where they are placed as at home): it makes the
 //!   records dormant, the returning node activates them. Every view a shard
 //!   takes goes to its siblings and to the peers on its links (the newest
-//!   epoch wins).
-//!
+//!   epoch wins);
 //! - an in-dialog request for a call the owner holds nothing of is parked by
 //!   the shard, and every peer is asked for a copy (Lookup); the newest copy
 //!   found becomes live here, or the request gets its 481 after every reply
@@ -93,6 +92,7 @@ pub(super) struct Replication {
     next_lookup: Cell<u64>,
     /// Shard 0: for each returning node, the shards that have sent it their snapshot.
     snapshots_sent: RefCell<std::collections::HashMap<NodeId, Vec<usize>>>,
+    /// Sync replication (messages wait for the backups' acks); else async, coalesced.
     pub(super) sync: bool,
     /// The shard's clock origin (the cluster's time base): link time is ms since it.
     origin: Instant,
@@ -114,7 +114,7 @@ struct PeerLink {
     side: Side,
     link: ReplicaLink,
     connection: Option<LinkConnection>,
-    /// Declared dead (its stripes taken over); stays so until a rejoin exists.
+    /// Declared dead (its stripes taken over) until it connects again and is readmitted.
     dead: bool,
 }
 
