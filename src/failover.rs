@@ -49,6 +49,11 @@ pub(crate) struct FailoverArgs {
     /// before the BYEs, which node 2 then forwards to it.
     #[arg(long)]
     rejoin: bool,
+    /// Instead of killing node 1, freeze it (SIGSTOP) for this many ms, then let it go on
+    /// (SIGCONT): a partition that heals. Each node finds the other silent and takes its
+    /// stripes; once they hear each other again, the views must agree and the stripes go home.
+    #[arg(long, conflicts_with = "rejoin")]
+    pause_ms: Option<u64>,
     /// Where the nodes' configurations and logs go (default: a fresh directory under /tmp).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -148,17 +153,36 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
     let mut caller = UacConfig::new(sip[0]);
     caller.rate = args.rate as f64;
     caller.calls = args.calls;
-    caller.hold = setup + Duration::from_secs(if args.rejoin { 10 } else { 4 });
+    let long = args.rejoin || args.pause_ms.is_some();
+    caller.hold = setup + Duration::from_secs(if long { 10 } else { 4 });
     caller.bye_target = Some(sip[1]);
     caller.progress = false;
     let load = std::thread::spawn(move || uac::run(&caller));
     std::thread::sleep(kill_at);
     let mut node1 = nodes.remove(0);
-    node1.child.kill().context("killing node 1")?;
-    let _ = node1.child.wait();
-    println!("node 1 killed (SIGKILL) {:.1} s into the run", kill_at.as_secs_f64());
-    drop(node1);
     let mut returned = None;
+    if let Some(pause) = args.pause_ms {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(node1.child.id()).context("a pid")?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).context("freezing node 1")?;
+        println!("node 1 frozen (SIGSTOP) {:.1} s into the run", kill_at.as_secs_f64());
+        std::thread::sleep(Duration::from_millis(pause));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).context("thawing node 1")?;
+        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+        let thawed = Instant::now();
+        match wait_for_agreement(&dir, Duration::from_secs(8)) {
+            Some((epoch, stripes)) => println!(
+                "node 1 thawed after {pause} ms; both nodes at epoch {epoch}, node 1 owning {stripes} stripes, {:.1} s later",
+                thawed.elapsed().as_secs_f64()
+            ),
+            None => println!("node 1 thawed after {pause} ms; the views did not agree within 8 s"),
+        }
+        returned = Some(node1);
+    } else {
+        node1.child.kill().context("killing node 1")?;
+        let _ = node1.child.wait();
+        println!("node 1 killed (SIGKILL) {:.1} s into the run", kill_at.as_secs_f64());
+        drop(node1);
+    }
     if args.rejoin {
         // Dead after 600 ms; then node 1 starts again, on its old configuration.
         std::thread::sleep(Duration::from_millis(1500));
@@ -204,7 +228,7 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
         println!("{line}");
     }
     if let Some(log) = returned {
-        println!("== node 1 (restarted)");
+        println!("== node 1 ({})", if args.rejoin { "restarted" } else { "thawed" });
         for line in log.lines().filter(|l| l.starts_with("shard ")) {
             println!("{line}");
         }
@@ -280,6 +304,31 @@ Content-Length: 0\r\n\r\n",
         .and_then(|c| c.parse().ok())
         .context("not a SIP response")?;
     Ok((code, sent.elapsed()))
+}
+
+/// Waits until both nodes' status files show one view (same epoch, past the first) with
+/// stripes on both; returns the epoch and node 1's stripes.
+fn wait_for_agreement(dir: &Path, timeout: Duration) -> Option<(u64, u64)> {
+    #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+    let deadline = Instant::now() + timeout;
+    let read = |node: u16| -> Option<(u64, u64, u64)> {
+        let text = fs::read_to_string(dir.join(format!("node{node}.status"))).ok()?;
+        let field = |key: &str| text.split_whitespace().find_map(|kv| kv.strip_prefix(key))?.parse().ok();
+        Some((field("epoch=")?, field("owner1=").unwrap_or(0), field("owner2=").unwrap_or(0)))
+    };
+    loop {
+        if let (Some(one), Some(two)) = (read(1), read(2)) {
+            if one == two && one.0 > 1 && one.1 > 0 && one.2 > 0 {
+                return Some((one.0, one.1));
+            }
+        }
+        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+        let late = Instant::now() > deadline;
+        if late {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until a node's status file shows it owning stripes; returns how many.

@@ -93,6 +93,21 @@ fn a_restarted_node_gets_its_stripes_back_and_its_calls_still_end_cleanly() {
 }
 
 #[test]
+fn a_node_frozen_past_the_dead_time_comes_back_to_one_view_and_no_call_is_lost() {
+    // SIGSTOP for 2 s: node 2 takes node 1's stripes; after SIGCONT node 1 hears node 2
+    // again, both settle on one view with the stripes back home, and every BYE (to node 2,
+    // forwarded to node 1 for its stripes) ends its call.
+    let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--pause-ms", "2000"]);
+    assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
+    assert!(stdout.contains("byes 1000"), "the callee saw every BYE: {stdout}");
+    assert!(stdout.contains("both nodes at epoch") && stdout.contains("node 1 owning 512 stripes"), "{stdout}");
+    let (survivor, thawed) = stdout.split_once("== node 1 (thawed)").expect("both nodes' counters");
+    assert_eq!(survivor_sum(survivor, "stripes_taken_over="), 512, "{survivor}");
+    assert_eq!(survivor_sum(survivor, "stripes_handed_over="), 512, "{survivor}");
+    assert!(survivor_sum(thawed, "records_activated=") >= 400, "{thawed}");
+}
+
+#[test]
 fn the_drill_refuses_bad_arguments() {
     let out = Command::new(env!("CARGO_BIN_EXE_sipshard"))
         .args(["failover-test", "--replication", "semi"])
