@@ -341,7 +341,7 @@ pub struct ShardStats {
     /// Replica changes refused (older than what is held, undecodable, for a stripe owned
     /// here, or the table full).
     pub replicas_refused: u64,
-    /// Stripes this shard took over from a dead node.
+    /// Stripes this shard took over (from a dead node, or handed back to it).
     pub stripes_taken_over: u64,
     /// Records activated when their stripe was taken over.
     pub records_activated: u64,

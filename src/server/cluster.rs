@@ -139,10 +139,13 @@ struct PendingLookup {
     best: Option<Change>,
 }
 
+/// A change a held message waits for: the link, its renumbering count then, the change number.
+type Wait = (usize, u64, u64);
+
 /// Messages an input caused, held until the backups have the changes it made.
 struct Held {
-    /// (link index, change number) pairs still to be acknowledged.
-    waits: Vec<(usize, u64)>,
+    /// Changes still to be acknowledged.
+    waits: Vec<Wait>,
     sends: Vec<(Peer, Vec<u8>)>,
 }
 
@@ -254,7 +257,7 @@ impl Replication {
     }
 
     /// Queues `change` for each of `backups`; returns what a sync hold waits for.
-    pub(super) fn replicate(&self, change: &Change, backups: impl Iterator<Item = NodeId>) -> Vec<(usize, u64)> {
+    pub(super) fn replicate(&self, change: &Change, backups: impl Iterator<Item = NodeId>) -> Vec<Wait> {
         let mut waits = Vec::new();
         let mut links = self.links.borrow_mut();
         for backup in backups.filter(|&b| b != self.node) {
@@ -265,7 +268,7 @@ impl Replication {
             }
             let up = peer.link.is_up();
             match peer.link.replicate(change) {
-                Ok(seq) if self.sync && up => waits.push((i, seq)),
+                Ok(seq) if self.sync && up => waits.push((i, peer.link.renumberings(), seq)),
                 Ok(_) => {}
                 Err(e) => {
                     self.changes_refused.set(self.changes_refused.get() + 1);
@@ -277,20 +280,24 @@ impl Replication {
     }
 
     /// Keeps `sends` until `waits` are acknowledged.
-    pub(super) fn hold(&self, waits: Vec<(usize, u64)>, sends: Vec<(Peer, Vec<u8>)>) {
+    pub(super) fn hold(&self, waits: Vec<Wait>, sends: Vec<(Peer, Vec<u8>)>) {
         self.held_messages.set(self.held_messages.get() + sends.len() as u64);
         let mut held = self.held.borrow_mut();
         held.push(Held { waits, sends });
         self.held_max.set(self.held_max.get().max(held.len()));
     }
 
-    /// Takes the held messages whose changes every waited-for backup has (or that wait for a dead one).
+    /// Takes the held messages whose changes every waited-for backup has (or that wait for a
+    /// dead one, or for a change numbered before its peer restarted: that peer gets a snapshot).
     fn releasable(&self) -> Vec<(Peer, Vec<u8>)> {
         let links = self.links.borrow();
         let mut held = self.held.borrow_mut();
         let mut out = Vec::new();
         held.retain_mut(|h| {
-            h.waits.retain(|&(i, seq)| !links[i].dead && links[i].link.acked() < seq);
+            h.waits.retain(|&(i, life, seq)| {
+                let link = &links[i].link;
+                !links[i].dead && link.renumberings() == life && link.acked() < seq
+            });
             if h.waits.is_empty() {
                 out.append(&mut h.sends);
                 false

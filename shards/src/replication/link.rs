@@ -218,6 +218,7 @@ pub struct ReplicaLink {
     dead_reported: bool,
     events: VecDeque<LinkEvent>,
     rng: u64,
+    renumberings: u64,
     stats: LinkStats,
 }
 
@@ -247,6 +248,7 @@ impl ReplicaLink {
             dead_reported: false,
             events: VecDeque::new(),
             rng,
+            renumberings: 0,
             stats: LinkStats::default(),
         }
     }
@@ -269,6 +271,12 @@ impl ReplicaLink {
     /// The last change the peer acknowledged.
     pub fn acked(&self) -> u64 {
         self.acked
+    }
+
+    /// How many times the peer restarted and what waited was renumbered: a change number
+    /// taken before a renumbering means nothing after it.
+    pub fn renumberings(&self) -> u64 {
+        self.renumberings
     }
 
     /// Counters.
@@ -615,6 +623,7 @@ impl ReplicaLink {
             self.next_seq = seq + 1;
             self.acked = peer_received;
             self.ever_sent = peer_received;
+            self.renumberings += 1;
         }
         self.state = State::Up;
         self.next_heartbeat = now + self.config.heartbeat_ms;

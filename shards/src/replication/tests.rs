@@ -418,7 +418,7 @@ fn a_restarted_peer_gets_what_is_queued_numbered_from_where_it_is_not_a_gap() {
         })
         .collect();
     assert_eq!(got, [4, 5]);
-    assert_eq!((pair.a.acked(), pair.a.unacked()), (2, 0));
+    assert_eq!((pair.a.acked(), pair.a.unacked(), pair.a.renumberings()), (2, 0, 1));
     pair.a.replicate(&change(6)).expect("queued");
     pair.exchange();
     assert_eq!(delivered(&pair.b_events), [1, 2, 3]);
