@@ -93,6 +93,20 @@ fn a_restarted_node_gets_its_stripes_back_and_its_calls_still_end_cleanly() {
 }
 
 #[test]
+fn a_node_back_before_it_was_declared_dead_finds_its_calls_by_lookup() {
+    // Killed and restarted 100 ms later: node 2 never drops it, so it owns its stripes again at
+    // once with none of its calls; each BYE for them (forwarded by node 2) finds its call by a
+    // Lookup of node 2's copy.
+    let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--rejoin", "--rejoin-after-ms", "100"]);
+    assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
+    assert!(stdout.contains("byes 1000"), "the callee saw every BYE: {stdout}");
+    assert!(stdout.contains("before node 2 declared it dead"), "{stdout}");
+    let (_, returned) = stdout.split_once("== node 1 (restarted)").expect("both nodes' counters");
+    let found = survivor_sum(returned, "lookups_found=");
+    assert!(found >= 400, "about half the calls were node 1's, each found by a lookup ({found}): {returned}");
+}
+
+#[test]
 fn a_node_frozen_past_the_dead_time_comes_back_to_one_view_and_no_call_is_lost() {
     // SIGSTOP for 2 s: node 2 takes node 1's stripes; after SIGCONT node 1 hears node 2
     // again, both settle on one view with the stripes back home, and every BYE (to node 2,
