@@ -547,12 +547,14 @@ impl Driver {
         let node = r.links.borrow()[i].node;
         for event in r.flush(i) {
             match event {
-                LinkEvent::Up { epoch } => {
-                    tracing::info!(node = node.0, shard = self.index, peer_epoch = epoch, "replica link up");
+                LinkEvent::Up { epoch, restarted } => {
+                    tracing::info!(node = node.0, shard = self.index, peer_epoch = epoch, restarted, "replica link up");
                     // The peer learns our view: a returning node, that it was dropped.
                     let view = self.shard.borrow().stripe_map().clone();
                     r.links.borrow_mut()[i].link.send_view(&view);
-                    if std::mem::take(&mut r.links.borrow_mut()[i].dead) {
+                    // Back after being declared dead, or restarted before that: either way it
+                    // holds nothing, and gets its copies again.
+                    if std::mem::take(&mut r.links.borrow_mut()[i].dead) || restarted {
                         self.readmit(i, node).await;
                     }
                 }
@@ -643,9 +645,9 @@ impl Driver {
         }
     }
 
-    /// A node this shard had declared dead is back: make it a backup again of the stripes
-    /// it held (a new view, unless another shard made it already), then send it a snapshot
-    /// of this shard's records of them.
+    /// A node this shard had declared dead is back (or restarted before it was): make it a
+    /// backup again of the stripes it held (a new view, unless another shard made it already
+    /// or it was never dropped), then send it a snapshot of this shard's records of them.
     async fn readmit(self: &Rc<Self>, i: usize, node: NodeId) {
         let r = self.replication();
         let current = self.shard.borrow().stripe_map().clone();

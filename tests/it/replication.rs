@@ -104,6 +104,8 @@ fn a_node_back_before_it_was_declared_dead_finds_its_calls_by_lookup() {
     let (_, returned) = stdout.split_once("== node 1 (restarted)").expect("both nodes' counters");
     let found = survivor_sum(returned, "lookups_found=");
     assert!(found >= 400, "about half the calls were node 1's, each found by a lookup ({found}): {returned}");
+    // Its new life was noticed: node 2 sent it copies of node 2's calls (its backup role).
+    assert!(survivor_sum(returned, "replicas_installed=") >= 400, "{returned}");
 }
 
 #[test]

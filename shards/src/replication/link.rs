@@ -104,6 +104,9 @@ pub enum LinkEvent {
     Up {
         /// The peer's view epoch.
         epoch: u64,
+        /// The peer started again since the link was last up (a new incarnation): it holds
+        /// nothing of what it had, and wants a snapshot.
+        restarted: bool,
     },
     /// A change from the peer, to install as a backup copy.
     Delivered(Replica),
@@ -210,6 +213,8 @@ pub struct ReplicaLink {
     peer_incarnation: Option<u64>,
     /// The peer's view epoch from its Hello (accepting side).
     peer_epoch: u64,
+    /// The peer's incarnation changed since the link was last up (reported once, with Up).
+    peer_restarted: bool,
     received: u64,
     inbound: Vec<u8>,
     outbound: Vec<u8>,
@@ -240,6 +245,7 @@ impl ReplicaLink {
             acked: 0,
             peer_incarnation: None,
             peer_epoch: 0,
+            peer_restarted: false,
             received: 0,
             inbound: Vec::new(),
             outbound: Vec::new(),
@@ -493,6 +499,7 @@ impl ReplicaLink {
     /// Notes the peer's incarnation: a new one numbers its changes from 1 again.
     fn peer_incarnation(&mut self, incarnation: u64) {
         if self.peer_incarnation != Some(incarnation) {
+            self.peer_restarted = self.peer_incarnation.is_some();
             self.peer_incarnation = Some(incarnation);
             self.received = 0;
         }
@@ -631,7 +638,8 @@ impl ReplicaLink {
         let peer_received = peer_received.min(self.next_seq - 1);
         self.acknowledged(peer_received.max(self.acked));
         self.sent_upto = self.acked;
-        self.events.push_back(LinkEvent::Up { epoch });
+        let restarted = std::mem::take(&mut self.peer_restarted);
+        self.events.push_back(LinkEvent::Up { epoch, restarted });
         self.pump();
     }
 

@@ -114,7 +114,8 @@ fn closed(events: &[LinkEvent]) -> Vec<&str> {
 #[test]
 fn changes_flow_both_ways_in_order_and_are_acknowledged() {
     let mut pair = Pair::up();
-    assert!(pair.a_events.contains(&LinkEvent::Up { epoch: 0 }) && pair.b_events.contains(&LinkEvent::Up { epoch: 0 }));
+    let up = LinkEvent::Up { epoch: 0, restarted: false };
+    assert!(pair.a_events.contains(&up) && pair.b_events.contains(&up));
     for n in 1..=3 {
         assert_eq!(pair.a.replicate(&change(n)), Ok(n));
     }
@@ -409,6 +410,7 @@ fn a_restarted_peer_gets_what_is_queued_numbered_from_where_it_is_not_a_gap() {
     pair.connect();
     assert!(closed(&pair.b_events).is_empty() && closed(&pair.a_events).is_empty(), "{:?}", pair.b_events);
     assert_eq!(delivered(&pair.b_events), [1, 2], "changes 4 and 5, renumbered for the new life");
+    assert!(pair.a_events.contains(&LinkEvent::Up { epoch: 0, restarted: true }), "{:?}", pair.a_events);
     let got: Vec<u64> = pair
         .b_events
         .iter()
