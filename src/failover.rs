@@ -278,18 +278,10 @@ fn start_node(config: &Path, log: &Path) -> Result<Node> {
 fn stop_node(mut node: Node) -> Result<String> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(node.child.id()).context("a pid")?);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).context("stopping a node")?;
-    #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        if node.child.try_wait()?.is_some() {
-            break;
-        }
-        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
-        let late = Instant::now() > deadline;
-        if late {
-            anyhow::bail!("a node did not stop within 40 s of SIGTERM (log: {})", node.log.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let stopped =
+        poll_until(Duration::from_secs(40), Duration::from_millis(50), || node.child.try_wait().ok().flatten());
+    if stopped.is_none() {
+        anyhow::bail!("a node did not stop within 40 s of SIGTERM (log: {})", node.log.display());
     }
     fs::read_to_string(&node.log).with_context(|| format!("reading {}", node.log.display()))
 }
@@ -318,70 +310,60 @@ Content-Length: 0\r\n\r\n",
     Ok((code, sent.elapsed()))
 }
 
-/// Waits until both nodes' status files show one view (same epoch, past the first) with
-/// stripes on both; returns the epoch and node 1's stripes.
-fn wait_for_agreement(dir: &Path, timeout: Duration) -> Option<(u64, u64)> {
+/// Calls `probe` every `every` until it gives a value or `timeout` has passed.
+fn poll_until<T>(timeout: Duration, every: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
     let deadline = Instant::now() + timeout;
-    let read = |node: u16| -> Option<(u64, u64, u64)> {
-        let text = fs::read_to_string(dir.join(format!("node{node}.status"))).ok()?;
-        let field = |key: &str| text.split_whitespace().find_map(|kv| kv.strip_prefix(key))?.parse().ok();
-        Some((field("epoch=")?, field("owner1=").unwrap_or(0), field("owner2=").unwrap_or(0)))
-    };
     loop {
-        if let (Some(one), Some(two)) = (read(1), read(2)) {
-            if one == two && one.0 > 1 && one.1 > 0 && one.2 > 0 {
-                return Some((one.0, one.1));
-            }
+        if let Some(value) = probe() {
+            return Some(value);
         }
         #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
         let late = Instant::now() > deadline;
         if late {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(every);
     }
+}
+
+/// A `key=N` field of a status file's text (the first: shard 0's line for `epoch=`).
+fn status_field(text: &str, key: &str) -> Option<u64> {
+    text.split_whitespace().find_map(|kv| kv.strip_prefix(key))?.parse().ok()
+}
+
+/// Waits until both nodes' status files show one view (same epoch, past the first) with
+/// stripes on both; returns the epoch and node 1's stripes.
+fn wait_for_agreement(dir: &Path, timeout: Duration) -> Option<(u64, u64)> {
+    let read = |node: u16| -> Option<(u64, u64, u64)> {
+        let text = fs::read_to_string(dir.join(format!("node{node}.status"))).ok()?;
+        let field = |key| status_field(&text, key);
+        Some((field("epoch=")?, field("owner1=").unwrap_or(0), field("owner2=").unwrap_or(0)))
+    };
+    poll_until(timeout, Duration::from_millis(100), || {
+        let (one, two) = (read(1)?, read(2)?);
+        (one == two && one.0 > 1 && one.1 > 0 && one.2 > 0).then_some((one.0, one.1))
+    })
 }
 
 /// Waits until a node's status file shows it owning stripes; returns how many.
 fn wait_for_handback(status: &Path, timeout: Duration) -> Option<u32> {
-    #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = fs::read_to_string(status).unwrap_or_default();
-        let field = |key: &str| -> Option<u64> {
-            text.split_whitespace().find_map(|kv| kv.strip_prefix(key)).and_then(|n| n.parse().ok())
-        };
+    poll_until(timeout, Duration::from_millis(100), || {
+        let text = fs::read_to_string(status).ok()?;
         // At start (epoch 1) it believes it owns its share; the survivors' view (epoch 2 or
         // more) gives it nothing until the hand-back gives its share back.
-        if let (Some(epoch), Some(stripes)) = (field("epoch="), field("owner1=")) {
-            if epoch > 1 && stripes > 0 {
-                return Some(stripes as u32);
-            }
-        }
-        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
-        let late = Instant::now() > deadline;
-        if late {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        let (epoch, stripes) = (status_field(&text, "epoch=")?, status_field(&text, "owner1=")?);
+        (epoch > 1 && stripes > 0).then_some(stripes as u32)
+    })
 }
 
 /// Waits until a node's log says every shard's replica link is up.
 fn wait_for_links(log: &Path, shards: usize, timeout: Duration) -> Result<()> {
-    #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
-    let deadline = Instant::now() + timeout;
-    loop {
+    let up = poll_until(timeout, Duration::from_millis(50), || {
         let text = fs::read_to_string(log).unwrap_or_default();
-        if text.matches("replica link up").count() >= shards {
-            return Ok(());
-        }
-        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
-        let late = Instant::now() > deadline;
-        anyhow::ensure!(!late, "the replica links did not come up within {timeout:?} (log: {})", log.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        (text.matches("replica link up").count() >= shards).then_some(())
+    });
+    up.with_context(|| format!("the replica links did not come up within {timeout:?} (log: {})", log.display()))
 }
 
 /// A loopback address whose port and the next `count - 1` are free for TCP (a node's

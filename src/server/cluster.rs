@@ -551,7 +551,11 @@ impl Driver {
                     tracing::info!(node = node.0, shard = self.index, peer_epoch = epoch, restarted, "replica link up");
                     // The peer learns our view: a returning node, that it was dropped.
                     let view = self.shard.borrow().stripe_map().clone();
-                    r.links.borrow_mut()[i].link.send_view(&view);
+                    {
+                        let mut links = r.links.borrow_mut();
+                        links[i].link.send_view(&view);
+                        write(&mut links[i]);
+                    }
                     // Back after being declared dead, or restarted before that: either way it
                     // holds nothing, and gets its copies again.
                     if std::mem::take(&mut r.links.borrow_mut()[i].dead) || restarted {
@@ -784,13 +788,17 @@ impl Driver {
         let r = self.replication();
         let mut at = r.coalesced_at.borrow_mut();
         let mut waiting = r.coalesced.borrow_mut();
-        if let Some(&i) = at.get(&(change.stripe, change.key.clone())) {
-            waiting[i] = change;
-            r.changes_coalesced.set(r.changes_coalesced.get() + 1);
-            return;
+        match at.entry((change.stripe, change.key.clone())) {
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                waiting[*slot.get()] = change;
+                r.changes_coalesced.set(r.changes_coalesced.get() + 1);
+                return;
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(waiting.len());
+                waiting.push(change);
+            }
         }
-        at.insert((change.stripe, change.key.clone()), waiting.len());
-        waiting.push(change);
         if waiting.len() == 1 {
             let driver = Rc::clone(self);
             glommio::spawn_local(async move {
