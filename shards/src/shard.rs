@@ -554,6 +554,15 @@ pub const MAX_TXNS_PER_CALL: usize = 16;
 /// Outputs one `handle` can queue before the driver must drain them.
 const MAX_OUTPUTS: usize = 1_024;
 
+/// The generator's first state from a seed (splitmix64's finalizer): seeds that differ in one
+/// bit (shard 0 and shard 1 of a node) start far apart, never at the same state.
+fn spread_seed(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) | 1
+}
+
 /// Room added to a message's length for the headers a relay adds (Via, Record-Route).
 const RELAY_ROOM: usize = 512;
 
@@ -637,7 +646,7 @@ impl<T: TransactionUser> Shard<T> {
             outputs: std::collections::VecDeque::new(),
             epoch: origin,
             next_txn: 1,
-            rng: config.seed | 1,
+            rng: spread_seed(config.seed),
             stats: ShardStats::default(),
             draining: false,
             parked: hashbrown::HashMap::new(),

@@ -4,6 +4,7 @@
 
 mod cli_parse;
 mod cluster;
+mod cluster_calls;
 mod demo;
 mod failover;
 mod fuzz_regressions;

@@ -2,7 +2,13 @@
 //! nodes × M shards driven by a fake clock, with in-memory links that lose,
 //! duplicate, reorder and delay datagrams from a seed, and user agents
 //! ([`Uac`]) that run real client transactions (figures 5 and 6) against it.
-//! The same seed replays the same run, byte for byte.
+//! The same seed replays the same run, byte for byte. Callees ([`Uas`]) answer
+//! what the cluster relays, so calls set up through a proxy or a B2BUA can be
+//! killed over ([`Cluster::kill`]), handed back ([`Cluster::rejoin`]) and ended.
+
+mod ua;
+
+pub use ua::{CallSeen, Uas, in_dialog_request};
 
 use core::time::Duration;
 use std::collections::{BTreeMap, HashMap};
@@ -141,6 +147,10 @@ struct UacTxn {
     target: (NodeId, ShardId),
     outcome: Option<Outcome>,
     over: bool,
+    /// The first 2xx of a dialog-creating INVITE (the dialog it set up).
+    ok: Option<Vec<u8>>,
+    /// For a request inside a dialog: the dialog's INVITE and 2xx (its route set).
+    dialog: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A user agent client: sends requests through client transactions, retransmitting per T1.
@@ -168,6 +178,16 @@ impl Uac {
     pub fn live(&self) -> usize {
         self.txns.values().filter(|t| !t.over).count()
     }
+
+    /// The outcome of the transaction with this branch (as sent, `z9hG4bK...`).
+    pub fn outcome(&self, branch: &str) -> Option<Outcome> {
+        self.txns.get(branch).and_then(|t| t.outcome)
+    }
+
+    /// The dialogs set up: (INVITE branch, the INVITE, its first 2xx), in branch order.
+    pub fn dialogs(&self) -> impl Iterator<Item = (&str, &[u8], &[u8])> {
+        self.txns.iter().filter_map(|(b, t)| Some((b.as_str(), t.request.as_slice(), t.ok.as_deref()?)))
+    }
 }
 
 /// N nodes × M shards on a fake clock.
@@ -188,79 +208,110 @@ pub struct Cluster<T> {
     pub lost: u64,
     /// Nodes killed, and the survivor their address moved to (a floating IP).
     dead: HashMap<NodeId, NodeId>,
+    /// Callees.
+    pub callees: Vec<Uas>,
+    /// The map of the full cluster (where every stripe lives when every node is up).
+    home: StripeMap,
+    shards: u16,
+    seed: u64,
+    replicate: bool,
+    make_tu: Box<dyn FnMut() -> T>,
 }
 
-impl<T: TransactionUser> Cluster<T> {
+impl<T: TransactionUser + 'static> Cluster<T> {
     /// `nodes` × `shards` shards, each with a transaction user from `tu`, links per `link`.
-    pub fn new(nodes: u16, shards: u16, seed: u64, link: LinkConfig, tu: impl FnMut() -> T) -> Self {
+    pub fn new(nodes: u16, shards: u16, seed: u64, link: LinkConfig, tu: impl FnMut() -> T + 'static) -> Self {
         Self::build(nodes, shards, seed, link, tu, false)
     }
 
     /// As [`Cluster::new`], with replication on: every change of a record reaches the stripe's
     /// backup shards at once (a reliable replica link), where it is kept dormant until
     /// [`Cluster::kill`] makes them owners.
-    pub fn replicated(nodes: u16, shards: u16, seed: u64, link: LinkConfig, tu: impl FnMut() -> T) -> Self {
+    pub fn replicated(nodes: u16, shards: u16, seed: u64, link: LinkConfig, tu: impl FnMut() -> T + 'static) -> Self {
         Self::build(nodes, shards, seed, link, tu, true)
     }
 
-    fn build(nodes: u16, shards: u16, seed: u64, link: LinkConfig, mut tu: impl FnMut() -> T, replicate: bool) -> Self {
+    fn build(
+        nodes: u16,
+        shards: u16,
+        seed: u64,
+        link: LinkConfig,
+        tu: impl FnMut() -> T + 'static,
+        replicate: bool,
+    ) -> Self {
         let node_ids: Vec<NodeId> = (0..nodes).map(NodeId).collect();
         let map = StripeMap::balanced(1, crate::stripe::DEFAULT_STRIPES, &node_ids, shards, 2);
         // The fake clock needs one anchor Instant (std offers no other constructor);
         // no real time is read after it: every later instant is base + simulated ms.
         #[allow(clippy::disallowed_methods)]
         let base = Instant::now();
-        let timers = TimerConfig::default();
-        let built = node_ids
-            .iter()
-            .map(|&node| {
-                (0..shards)
-                    .map(|s| {
-                        let config = ShardConfig {
-                            node,
-                            shard: ShardId(s),
-                            local: SocketAddr::from(([10, 0, node.0 as u8, 1], 5060)),
-                            stripes: map.clone(),
-                            max_calls: 100_000,
-                            max_timers: 400_000,
-                            timers,
-                            seed: seed ^ (u64::from(node.0) << 32) ^ u64::from(s),
-                            replicate,
-                            retry_after_s: 5,
-                            registrar: None,
-                            max_message_bytes: crate::shard::DEFAULT_MAX_MESSAGE_BYTES,
-                            no_answer: crate::shard::DEFAULT_NO_ANSWER,
-                            max_call_duration: crate::shard::DEFAULT_MAX_CALL_DURATION,
-                            lookup_before_481: false,
-                        };
-                        Shard::new(config, tu(), base)
-                    })
-                    .collect()
-            })
-            .collect();
-        Cluster {
-            nodes: built,
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
             uas: Vec::new(),
-            map,
+            map: map.clone(),
             base,
             now_ms: 0,
             rng: Rng::new(seed),
             link,
             queue: BTreeMap::new(),
             seq: 0,
-            timers,
+            timers: TimerConfig::default(),
             lost: 0,
             dead: HashMap::new(),
-        }
+            callees: Vec::new(),
+            home: map,
+            shards,
+            seed,
+            replicate,
+            make_tu: Box::new(tu),
+        };
+        cluster.nodes = node_ids.iter().map(|&node| cluster.start_node(node)).collect();
+        cluster
     }
 
-    /// Kills `node` (kill -9: its state is gone, nothing more from it) and moves its address to
-    /// `survivor`; every live shard gets the view without `node`, so the stripes it owned move
-    /// to their backups.
-    pub fn kill(&mut self, node: NodeId, survivor: NodeId) {
-        assert!(node != survivor && !self.dead.contains_key(&survivor), "the survivor must live");
-        self.dead.insert(node, survivor);
-        self.map = self.map.without(node);
+    /// The shards of `node` as a fresh process starts them: empty tables, the current map,
+    /// the cluster's time base (records carry deadlines on it).
+    fn start_node(&mut self, node: NodeId) -> Vec<Shard<T>> {
+        let now = self.now();
+        (0..self.shards)
+            .map(|s| {
+                let config = ShardConfig {
+                    node,
+                    shard: ShardId(s),
+                    local: Self::address_of(node),
+                    stripes: self.map.clone(),
+                    max_calls: 100_000,
+                    max_timers: 400_000,
+                    timers: self.timers,
+                    seed: self.seed ^ (u64::from(node.0) << 32) ^ u64::from(s) ^ (self.now_ms << 40),
+                    replicate: self.replicate,
+                    retry_after_s: 5,
+                    registrar: None,
+                    max_message_bytes: crate::shard::DEFAULT_MAX_MESSAGE_BYTES,
+                    no_answer: crate::shard::DEFAULT_NO_ANSWER,
+                    max_call_duration: crate::shard::DEFAULT_MAX_CALL_DURATION,
+                    lookup_before_481: false,
+                };
+                Shard::with_clock(config, (self.make_tu)(), self.base, now)
+            })
+            .collect()
+    }
+
+    /// The SIP address of `node` (10.0.n.1:5060).
+    pub fn address_of(node: NodeId) -> SocketAddr {
+        SocketAddr::from(([10, 0, node.0 as u8, 1], 5060))
+    }
+
+    /// The node whose address this is, if any (where a datagram sent to it lands: the node,
+    /// or the survivor its address moved to).
+    fn node_at(&self, addr: SocketAddr) -> Option<NodeId> {
+        let node = NodeId((0..self.nodes.len() as u16).find(|&n| Self::address_of(NodeId(n)) == addr)?);
+        Some(self.alive(node))
+    }
+
+    /// Gives every live shard `view` (the map after a kill, a readmit or a restore).
+    fn adopt(&mut self, view: StripeMap) {
+        self.map = view;
         let now = self.now();
         for n in 0..self.nodes.len() {
             if self.dead.contains_key(&NodeId(n as u16)) {
@@ -272,6 +323,44 @@ impl<T: TransactionUser> Cluster<T> {
                 self.drain(NodeId(n as u16), ShardId(s as u16), None);
             }
         }
+    }
+
+    /// Kills `node` (kill -9: its state is gone, nothing more from it) and moves its address to
+    /// `survivor`; every live shard gets the view without `node`, so the stripes it owned move
+    /// to their backups.
+    pub fn kill(&mut self, node: NodeId, survivor: NodeId) {
+        assert!(node != survivor && !self.dead.contains_key(&survivor), "the survivor must live");
+        self.dead.insert(node, survivor);
+        let view = self.map.without(node);
+        self.adopt(view);
+    }
+
+    /// Restarts a killed `node` as the runtime's rejoin does: a fresh process (empty tables)
+    /// gets its address back and is readmitted as a backup of its stripes
+    /// ([`StripeMap::readmit`]); every owner sends it a snapshot of those stripes; then the
+    /// stripes it owns at home move back to it ([`StripeMap::restore`]): their records go
+    /// dormant where they were and live on `node`, transactions in flight included.
+    pub fn rejoin(&mut self, node: NodeId) {
+        assert!(self.dead.remove(&node).is_some(), "only a killed node rejoins");
+        let fresh = self.start_node(node);
+        self.nodes[node.0 as usize] = fresh;
+        let readmitted = self.map.readmit(node, &self.home);
+        self.adopt(readmitted);
+        let now = self.now();
+        for n in (0..self.nodes.len()).map(|n| NodeId(n as u16)).filter(|&n| n != node && !self.dead.contains_key(&n)) {
+            for stripe in (0..self.map.stripe_count()).map(crate::StripeId) {
+                let placement = *self.map.placement(stripe);
+                if placement.owner_node() != n || !placement.backups().any(|b| b == node) {
+                    continue;
+                }
+                let shard = placement.shard();
+                for change in self.nodes[n.0 as usize][shard.0 as usize].snapshot(stripe) {
+                    self.nodes[node.0 as usize][shard.0 as usize].handle(now, Input::Replica(&change));
+                }
+            }
+        }
+        let restored = self.map.restore(node, &self.home);
+        self.adopt(restored);
     }
 
     /// Where a packet for `node` goes now: the node itself, or the survivor its address moved to.
@@ -286,9 +375,48 @@ impl<T: TransactionUser> Cluster<T> {
     /// Adds a UA at 10.0.0.x:5060 over `transport`; returns its index.
     pub fn add_uac(&mut self, transport: crate::shard::Transport) -> usize {
         let addr: SocketAddr =
-            format!("10.0.{}.{}:5060", self.uas.len() / 250, self.uas.len() % 250 + 1).parse().expect("valid address");
+            format!("10.1.{}.{}:5060", self.uas.len() / 250, self.uas.len() % 250 + 1).parse().expect("valid address");
         self.uas.push(Uac::new(Peer { addr, transport }));
         self.uas.len() - 1
+    }
+
+    /// Adds a callee at 10.2.0.x:5060 (UDP); returns its index.
+    pub fn add_uas(&mut self) -> usize {
+        let addr = SocketAddr::from(([10, 2, 0, self.callees.len() as u8 + 1], 5060));
+        let peer = Peer { addr, transport: crate::shard::Transport::Udp };
+        self.callees.push(Uas::new(peer, self.timers));
+        self.callees.len() - 1
+    }
+
+    /// Sends a request inside a dialog UA `ua` set up (see [`in_dialog_request`]) as a new
+    /// client transaction, to the node its first hop names (any shard: SO_REUSEPORT picks).
+    /// Returns false when the dialog's messages lack what the request needs.
+    pub fn send_in_dialog(
+        &mut self,
+        ua: usize,
+        invite: &[u8],
+        ok: &[u8],
+        method: &str,
+        cseq: u32,
+        branch: &str,
+    ) -> bool {
+        let from = self.uas[ua].peer.addr;
+        let Some((request, hop)) = in_dialog_request(method, invite, ok, cseq, branch, from) else { return false };
+        let Some(node) = self.node_at(hop) else { return false };
+        let shard = ShardId(self.rng.below(u64::from(self.shards)) as u16);
+        self.start_request(ua, node, shard, request);
+        if let Some(txn) = self.uas[ua].txns.get_mut(&format!("z9hG4bK{branch}")) {
+            txn.dialog = Some((invite.to_vec(), ok.to_vec()));
+        }
+        true
+    }
+
+    /// Sends `bytes` from `from` to the cluster address `to` (any shard of the node that holds
+    /// it); dropped when no node holds it.
+    fn send_to_cluster(&mut self, from: Peer, to: SocketAddr, bytes: Vec<u8>) {
+        let Some(node) = self.node_at(to) else { return };
+        let shard = ShardId(self.rng.below(u64::from(self.shards)) as u16);
+        self.inject(from, node, shard, bytes);
     }
 
     /// The fake clock, in ms since the start.
@@ -353,7 +481,8 @@ impl<T: TransactionUser> Cluster<T> {
             ClientFsm::NonInvite(f) => f.on(ClientEvent::Send, &self.timers),
         };
         let uac = &mut self.uas[ua];
-        uac.txns.insert(branch.clone(), UacTxn { fsm, request, target: (node, shard), outcome: None, over: false });
+        let txn = UacTxn { fsm, request, target: (node, shard), outcome: None, over: false, ok: None, dialog: None };
+        uac.txns.insert(branch.clone(), txn);
         self.apply_uac(ua, &branch, actions.iter().collect(), None);
     }
 
@@ -398,12 +527,35 @@ impl<T: TransactionUser> Cluster<T> {
     fn deliver(&mut self, packet: Packet) {
         match packet.dest {
             Dest::Ua(addr) => {
+                if let Some(callee) = self.callees.iter().position(|u| u.peer.addr == addr) {
+                    let sends = self.callees[callee].on_request(self.now_ms, &packet.bytes);
+                    let from = self.callees[callee].peer;
+                    for (to, bytes) in sends {
+                        self.send_to_cluster(from, to, bytes);
+                    }
+                    return;
+                }
                 let Some(ua) = self.uas.iter().position(|u| u.peer.addr == addr) else { return };
                 let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
                 let Ok(msg) = parse(&packet.bytes, &mut slots) else { return };
                 let (Some(code), Ok(key)) = (msg.status_code(), client_key(&msg)) else { return };
                 let branch = key.branch.to_string();
                 let timers = self.timers;
+                let peer = self.uas[ua].peer;
+                let Some(txn) = self.uas[ua].txns.get_mut(&branch) else { return };
+                let cseq = msg.cseq().ok().flatten();
+                if let Some(cseq) = cseq.filter(|c| (200..300).contains(&code) && c.method == Method::Invite) {
+                    // §13.2.2.4: the caller ACKs every 2xx of its INVITE (retransmissions too).
+                    if txn.ok.is_none() && !has_to_tag(&txn.request) {
+                        txn.ok = Some(packet.bytes.clone());
+                    }
+                    let ack_branch = format!("{branch}-ack");
+                    // A re-INVITE's 2xx carries no Record-Route: its ACK follows the dialog's route set.
+                    let (invite, ok) = txn.dialog.as_ref().map_or((&txn.request, &packet.bytes), |(i, o)| (i, o));
+                    if let Some((ack, hop)) = in_dialog_request("ACK", invite, ok, cseq.seq, &ack_branch, peer.addr) {
+                        self.send_to_cluster(peer, hop, ack);
+                    }
+                }
                 let Some(txn) = self.uas[ua].txns.get_mut(&branch) else { return };
                 let event = ClientEvent::Response(ResponseClass::of(code));
                 let actions = match &mut txn.fsm {
@@ -480,7 +632,8 @@ impl<T: TransactionUser> Cluster<T> {
             .map(|t| t.saturating_duration_since(self.base).as_millis() as u64)
             .min();
         let uas = self.uas.iter().filter_map(|u| u.wheel.next_deadline_ms()).min();
-        [packets, shards, uas].into_iter().flatten().min()
+        let callees = self.callees.iter().filter_map(Uas::next_deadline_ms).min();
+        [packets, shards, uas, callees].into_iter().flatten().min()
     }
 
     /// Delivers everything due now and fires due timers; returns whether anything happened.
@@ -505,6 +658,14 @@ impl<T: TransactionUser> Cluster<T> {
                     self.drain(NodeId(n as u16), ShardId(s as u16), None);
                     progressed = true;
                 }
+            }
+        }
+        for callee in 0..self.callees.len() {
+            let sends = self.callees[callee].on_timers(self.now_ms);
+            let from = self.callees[callee].peer;
+            for (to, bytes) in sends {
+                self.send_to_cluster(from, to, bytes);
+                progressed = true;
             }
         }
         for ua in 0..self.uas.len() {
@@ -540,6 +701,12 @@ impl<T: TransactionUser> Cluster<T> {
     pub fn in_flight(&self) -> usize {
         self.queue.len()
     }
+}
+
+/// Whether a request's To carries a tag (it is sent inside a dialog).
+fn has_to_tag(request: &[u8]) -> bool {
+    let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
+    parse(request, &mut slots).ok().and_then(|m| m.to().ok().flatten()).is_some_and(|to| to.tag().is_some())
 }
 
 /// An ACK for a non-2xx final response (§17.1.1.3), as the parser's [`sipshard_parser::write_ack`]
