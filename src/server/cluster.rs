@@ -104,7 +104,13 @@ pub(super) struct Replication {
     /// Messages held in sync mode, and the most held at once.
     held_messages: Cell<u64>,
     held_max: Cell<usize>,
+    /// UAs connected over TCP to another node, by address: which node holds the connection
+    /// (what this shard sends them goes there, to be written on it). Bounded.
+    tcp_homes: RefCell<std::collections::HashMap<SocketAddr, NodeId>>,
 }
+
+/// Most UA connections [`Replication::tcp_homes`] remembers (the oldest go first).
+const MAX_TCP_HOMES: usize = 65_536;
 
 /// The link to one peer, and its connection when there is one.
 struct PeerLink {
@@ -177,7 +183,8 @@ impl LinkReport {
         };
         let s = &self.stats;
         format!(
-            "link{}={state}:unacked={}:sent={}:delivered={}:fwd_out={}:fwd_in={}:fwd_dropped={}:closes={}:bytes_out={}:change_bytes={}",
+            "link{}={state}:unacked={}:sent={}:delivered={}:fwd_out={}:fwd_in={}:fwd_dropped={}:conn_out={}:conn_in={}:\
+             conn_dropped={}:closes={}:bytes_out={}:change_bytes={}",
             self.node.0,
             self.unacked,
             s.changes_sent,
@@ -185,6 +192,9 @@ impl LinkReport {
             s.forwards_sent,
             s.forwards_received,
             s.forwards_dropped,
+            s.sends_sent,
+            s.sends_received,
+            s.sends_dropped,
             s.closes,
             s.bytes_out,
             s.change_bytes_out
@@ -243,7 +253,18 @@ impl Replication {
             changes_refused: Cell::new(0),
             held_messages: Cell::new(0),
             held_max: Cell::new(0),
+            tcp_homes: RefCell::default(),
         }
+    }
+
+    /// Remembers that the UA at `addr` is connected to `node` over TCP.
+    fn remember_tcp_home(&self, addr: SocketAddr, node: NodeId) {
+        let mut homes = self.tcp_homes.borrow_mut();
+        if homes.len() >= MAX_TCP_HOMES && !homes.contains_key(&addr) {
+            let any = homes.keys().next().copied();
+            any.map(|a| homes.remove(&a));
+        }
+        homes.insert(addr, node);
     }
 
     fn now_ms(&self) -> u64 {
@@ -570,9 +591,19 @@ impl Driver {
                 }
                 LinkEvent::Delivered(replica) => drop(self.handle(Input::Replica(&replica.change))),
                 LinkEvent::Forwarded { from, tcp, message } => {
+                    if tcp {
+                        // Its answers go back through the node that holds the UA's connection.
+                        r.remember_tcp_home(from, node);
+                    }
                     let transport = if tcp { Transport::Tcp } else { Transport::Udp };
                     let peer = Peer { addr: from, transport };
                     self.process(Input::FromNode { node, peer, bytes: &message }).await;
+                }
+                LinkEvent::Send { to, message } => {
+                    let peer = Peer { addr: to, transport: Transport::Tcp };
+                    if self.tcp_send(peer, message).await.is_err() {
+                        tracing::debug!(node = node.0, to = %to, "message for a UA connection this node lacks, dropped");
+                    }
                 }
                 LinkEvent::Acked { .. } => self.release_held().await,
                 LinkEvent::Lookup { id, stripe, key } => {
@@ -819,6 +850,21 @@ impl Driver {
             r.replicate(change, view.placement(change.stripe).backups());
         }
         r.write_outbound();
+    }
+
+    /// Hands `bytes` for the UA at `addr` to the node that holds its TCP connection, when
+    /// another node does (the UA sent the call's messages there). `None`: no node is known to;
+    /// `Some(Err)`: one does, but its link is down.
+    pub(super) fn send_via_tcp_home(&self, addr: SocketAddr, bytes: &[u8]) -> Option<Result<(), ()>> {
+        let r = self.replication.as_ref()?;
+        let node = r.tcp_homes.borrow().get(&addr).copied()?;
+        let i = r.index_of(node)?;
+        let mut links = r.links.borrow_mut();
+        if !links[i].link.send_to_connection(addr, bytes) {
+            return Some(Err(()));
+        }
+        write(&mut links[i]);
+        Some(Ok(()))
     }
 
     /// Sends a message received here to `node`, which owns its stripe, on this shard's link.

@@ -61,7 +61,7 @@ enum Hop {
     /// An AoR's bindings changed on its owner: update this shard's location cache.
     Location(LocationUpdate),
     /// Send to `node`, which owns the message's stripe, on this shard's replica link.
-    ToNode { node: NodeId, peer: Peer, bytes: Vec<u8> },
+    ToNode { node: NodeId, peer: Peer, bytes: Vec<u8>, via_shard: usize },
     /// A new view of the cluster (a peer died, came back, got its stripes back): take it.
     View(StripeMap),
     /// Shard `shard` has sent its snapshot for returning node `node` (to shard 0, which
@@ -513,7 +513,13 @@ async fn shard_main(
                     }
                     Hop::Send { peer, bytes } => driver.transmit(peer, bytes).await,
                     Hop::Location(update) => drop(driver.handle(Input::Location(&update))),
-                    Hop::ToNode { node, peer, bytes } => driver.forward_to_node(node, peer, &bytes),
+                    Hop::ToNode { node, peer, bytes, via_shard } => {
+                        // Answers come back on this shard's link; the connection is on `via_shard`.
+                        if peer.transport == Transport::Tcp && via_shard != driver.index {
+                            driver.tcp_routes.borrow_mut().insert(peer.addr, via_shard);
+                        }
+                        driver.forward_to_node(node, peer, &bytes)
+                    }
                     Hop::View(view) => drop(driver.adopt_view(&view).await),
                     Hop::SnapshotSent { node, shard } => driver.snapshot_sent(node, shard).await,
                 }
@@ -715,7 +721,9 @@ impl Driver {
         match moved {
             Moved::Shard(shard) => self.hop(shard, Hop::Routed { peer, bytes, via_shard: self.index }).await,
             Moved::Node { node, shard } if shard == self.index => self.forward_to_node(node, peer, &bytes),
-            Moved::Node { node, shard } => self.hop(shard, Hop::ToNode { node, peer, bytes }).await,
+            Moved::Node { node, shard } => {
+                self.hop(shard, Hop::ToNode { node, peer, bytes, via_shard: self.index }).await
+            }
         }
     }
 

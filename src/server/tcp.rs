@@ -3,7 +3,9 @@
 //! (Content-Length required; CRLF keep-alives answered, RFC 5626 §3.5.1).
 //! Responses go back on the connection the request came in on: the shard that
 //! owns a call may not hold that connection, so it learns which shard does
-//! from the routed message and hands the bytes there. Outbound connections are
+//! from the routed message and hands the bytes there; in a cluster, the node that
+//! owns a call may not hold it either, and hands the bytes to the node that does
+//! over the replica link (`Frame::Send`). Outbound connections are
 //! opened on demand and reused per destination. Bounded: connections per
 //! shard, queued messages per connection, one message's size (the framer's
 //! limit), idle time.
@@ -72,6 +74,12 @@ impl Driver {
         if let Some(shard) = holder {
             self.hop(shard, Hop::Send { peer, bytes }).await;
             return Ok(());
+        }
+        // The UA is connected to another node of the cluster: that node writes it.
+        match self.send_via_tcp_home(peer.addr, &bytes) {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(())) => return Err(bytes),
+            None => {}
         }
         if self.tcp.borrow().len() >= self.tcp_limits.max_connections {
             bump(&self.counters.tcp_refused);

@@ -232,3 +232,108 @@ fn a_replication_port_refuses_garbage_strangers_and_a_wrong_secret_and_the_node_
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two consecutive loopback ports free for TCP (a 2-shard node's replication ports).
+fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A UA connected over TCP to node 1 only: node 1 forwards the messages of the calls node 2
+/// owns, and node 2's answers come back through node 1 (`Frame::Send`), written on the UA's
+/// connection. Without that, node 2 would try a new connection to the UA's ephemeral port and
+/// half of the calls would fail.
+#[test]
+fn calls_over_tcp_to_one_node_are_answered_on_that_connection_whichever_node_owns_them() {
+    use sipshard_bench::transport::TransportKind;
+    use sipshard_bench::uac::{self, UacConfig};
+    use sipshard_bench::uas::{Uas, UasConfig};
+
+    let dir = std::env::temp_dir().join(format!("sipshard-it-tcp-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut callee_config = UasConfig::new("127.0.0.1:0".parse().expect("addr"));
+    callee_config.progress = false;
+    let callee = Uas::start(&callee_config).expect("the callee starts");
+    let sip = [free_port(), free_port()];
+    let replication = [free_port_pair(), free_port_pair()];
+    let mut nodes = Vec::new();
+    for (i, id) in [1u16, 2].into_iter().enumerate() {
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nshards = 2\ntransport = \"both\"\nrole = \"proxy\"\n\n\
+             [proxy]\ndefault_route = \"sip:{}\"\n\n[cluster]\nnode = {id}\nsecret = \"tcp-cluster-test-secret\"\n\
+             listen = \"127.0.0.1:{}\"\n\n[[cluster.peers]]\nnode = {}\naddress = \"127.0.0.1:{}\"\nsip = \"127.0.0.1:{}\"\n",
+            sip[i],
+            callee.local,
+            replication[i],
+            3 - id,
+            replication[1 - i],
+            sip[1 - i],
+        );
+        let path = dir.join(format!("node{id}.toml"));
+        std::fs::write(&path, config).expect("config");
+        let log = std::fs::File::create(dir.join(format!("node{id}.log"))).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_sipshard"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("sipshard starts");
+        nodes.push(Running(child));
+    }
+    for &port in &sip {
+        wait_until_healthy(format!("127.0.0.1:{port}").parse().expect("addr"));
+    }
+    let links_up = |id: u16| {
+        let text = std::fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap_or_default();
+        text.matches("replica link up").count() >= 2
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(links_up(1) && links_up(2)) {
+        assert!(std::time::Instant::now() < deadline, "the replica links did not come up within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut caller = UacConfig::new(format!("127.0.0.1:{}", sip[0]).parse().expect("addr"));
+    caller.transport = TransportKind::Tcp;
+    caller.calls = 200;
+    caller.rate = 200.0;
+    caller.hold = Duration::from_millis(200);
+    caller.progress = false;
+    let report = uac::run(&caller).expect("the caller runs");
+    let callee_stats = callee.stop().expect("the callee stops");
+
+    let mut reports = Vec::new();
+    for (node, id) in nodes.iter_mut().zip([1, 2]) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(node.0.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        node.0.wait().expect("the node stops");
+        reports.push(std::fs::read_to_string(dir.join(format!("node{id}.log"))).expect("log"));
+    }
+    let sum = |log: &str, key: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.starts_with("shard "))
+            .flat_map(|l| l.split([' ', ':']))
+            .filter_map(|kv| kv.strip_prefix(key))
+            .map(|n| n.parse::<u64>().expect("a count"))
+            .sum()
+    };
+    let (through_1, sent_by_2) = (sum(&reports[0], "conn_in="), sum(&reports[1], "conn_out="));
+    assert_eq!(
+        (report.counts.ok, report.counts.failed, report.counts.timed_out),
+        (200, 0, 0),
+        "every call over TCP ended well\n{}\nnode 1:\n{}\nnode 2:\n{}",
+        report.table(),
+        reports[0],
+        reports[1]
+    );
+    assert_eq!(callee_stats.byes.load(std::sync::atomic::Ordering::Relaxed), 200);
+    assert!(sum(&reports[0], "fwd_out=") > 0, "node 1 forwarded node 2's calls");
+    assert!(sent_by_2 > 0 && through_1 == sent_by_2, "node 2 answered through node 1 ({sent_by_2} / {through_1})");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -136,6 +136,15 @@ pub enum Frame {
         /// The stripe map.
         map: crate::stripe::StripeMap,
     },
+    /// A SIP message for the receiver to send on its TCP connection from `to` (the owner of a
+    /// call answers a UA connected to another node through that node).
+    Send {
+        /// The UA's address: the far end of a connection the receiver holds.
+        to: std::net::SocketAddr,
+        /// The message.
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+    },
 }
 
 impl Frame {
@@ -153,6 +162,7 @@ impl Frame {
             Frame::View { .. } => "View",
             Frame::Lookup { .. } => "Lookup",
             Frame::LookupReply { .. } => "LookupReply",
+            Frame::Send { .. } => "Send",
         }
     }
 }
@@ -179,7 +189,8 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     encode_with(out, |out| postcard::to_extend(frame, out));
 }
 
-/// The borrowed twin of the frames sent in bulk ([`Frame::Change`], [`Frame::Forward`]):
+/// The borrowed twin of the frames sent in bulk ([`Frame::Change`], [`Frame::Forward`],
+/// [`Frame::Send`]):
 /// the same variant numbers, so it encodes to the same bytes without copying the record or
 /// the message into a [`Frame`] first.
 #[derive(Serialize)]
@@ -207,6 +218,14 @@ enum BulkFrame<'a> {
         #[serde(with = "serde_bytes")]
         message: &'a [u8],
     },
+    Lookup,
+    LookupReply,
+    View,
+    Send {
+        to: std::net::SocketAddr,
+        #[serde(with = "serde_bytes")]
+        message: &'a [u8],
+    },
 }
 
 /// Appends a [`Frame::Change`] built from borrowed parts to `out`.
@@ -225,6 +244,12 @@ pub fn encode_change(seq: u64, change: &crate::table::Change, out: &mut Vec<u8>)
 /// Appends a [`Frame::Forward`] of a borrowed message to `out`.
 pub fn encode_forward(from: std::net::SocketAddr, tcp: bool, message: &[u8], out: &mut Vec<u8>) {
     let frame = BulkFrame::Forward { from, tcp, message };
+    encode_with(out, |out| postcard::to_extend(&frame, out));
+}
+
+/// Appends a [`Frame::Send`] of a borrowed message to `out`.
+pub fn encode_send(to: std::net::SocketAddr, message: &[u8], out: &mut Vec<u8>) {
+    let frame = BulkFrame::Send { to, message };
     encode_with(out, |out| postcard::to_extend(&frame, out));
 }
 
@@ -324,6 +349,11 @@ mod tests {
         encode_forward(from, true, b"BYE", &mut borrowed);
         encode(&Frame::Forward { from, tcp: true, message: b"BYE".to_vec() }, &mut owned);
         assert_eq!(borrowed, owned);
+        let (mut borrowed, mut owned) = (Vec::new(), Vec::new());
+        encode_send(from, b"SIP/2.0 200 OK", &mut borrowed);
+        encode(&Frame::Send { to: from, message: b"SIP/2.0 200 OK".to_vec() }, &mut owned);
+        assert_eq!(borrowed, owned);
+        assert_eq!(decode(&borrowed).ok().flatten().map(|(f, _)| f.name()), Some("Send"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::frame::{CHALLENGE_BYTES, Frame, PROOF_BYTES, decode, encode, encode_change, encode_forward};
+use super::frame::{CHALLENGE_BYTES, Frame, PROOF_BYTES, decode, encode, encode_change, encode_forward, encode_send};
 use crate::stripe::{NodeId, ShardId};
 use crate::table::{Change, Hints};
 
@@ -126,6 +126,13 @@ pub enum LinkEvent {
     },
     /// The peer's view of the cluster (take it if newer).
     View(crate::stripe::StripeMap),
+    /// A SIP message to send on this node's TCP connection from `to`.
+    Send {
+        /// The UA's address.
+        to: std::net::SocketAddr,
+        /// The message.
+        message: Vec<u8>,
+    },
     /// The peer asks for a copy of a record (answer with [`ReplicaLink::send_lookup_reply`]).
     Lookup {
         /// The question's id.
@@ -191,6 +198,12 @@ pub struct LinkStats {
     pub forwards_dropped: u64,
     /// SIP messages the peer forwarded here.
     pub forwards_received: u64,
+    /// SIP messages sent to the peer for its TCP connection to a UA.
+    pub sends_sent: u64,
+    /// Of those, not sent because the link was down.
+    pub sends_dropped: u64,
+    /// SIP messages the peer sent here for a connection this node holds.
+    pub sends_received: u64,
 }
 
 /// The protocol state of one link.
@@ -404,6 +417,20 @@ impl ReplicaLink {
         true
     }
 
+    /// Gives the peer a message to send on its TCP connection from `to` (a UA connected there);
+    /// false (and counted) when the link is down.
+    pub fn send_to_connection(&mut self, to: std::net::SocketAddr, message: &[u8]) -> bool {
+        if self.state != State::Up {
+            self.stats.sends_dropped += 1;
+            return false;
+        }
+        let before = self.outbound.len();
+        encode_send(to, message, &mut self.outbound);
+        self.stats.bytes_out += (self.outbound.len() - before) as u64;
+        self.stats.sends_sent += 1;
+        true
+    }
+
     /// Sends this node's view to the peer; false when the link is down.
     pub fn send_view(&mut self, map: &crate::stripe::StripeMap) -> bool {
         if self.state != State::Up {
@@ -607,6 +634,11 @@ impl ReplicaLink {
             (State::Up, Frame::Forward { from, tcp, message }) => {
                 self.stats.forwards_received += 1;
                 self.events.push_back(LinkEvent::Forwarded { from, tcp, message });
+                false
+            }
+            (State::Up, Frame::Send { to, message }) => {
+                self.stats.sends_received += 1;
+                self.events.push_back(LinkEvent::Send { to, message });
                 false
             }
             (state, frame) => {

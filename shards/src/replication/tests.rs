@@ -382,6 +382,20 @@ fn sip_messages_are_forwarded_while_up_and_dropped_and_counted_while_down() {
 }
 
 #[test]
+fn a_message_for_the_peers_connection_is_passed_while_up_and_counted_when_dropped() {
+    let mut pair = Pair::up();
+    let ua: std::net::SocketAddr = "127.0.0.9:40000".parse().expect("addr");
+    assert!(pair.b.send_to_connection(ua, b"SIP/2.0 200 OK\r\n\r\n"));
+    pair.exchange();
+    let got: Vec<_> = pair.a_events.iter().filter(|e| matches!(e, LinkEvent::Send { .. })).collect();
+    assert_eq!(got, [&LinkEvent::Send { to: ua, message: b"SIP/2.0 200 OK\r\n\r\n".to_vec() }]);
+    assert_eq!((pair.b.stats().sends_sent, pair.a.stats().sends_received), (1, 1));
+    pair.disconnect();
+    assert!(!pair.b.send_to_connection(ua, b"SIP/2.0 180 Ringing"));
+    assert_eq!(pair.b.stats().sends_dropped, 1);
+}
+
+#[test]
 fn a_view_reaches_the_peer_while_up() {
     let mut pair = Pair::up();
     let view = crate::stripe::StripeMap::balanced(7, 64, &[NodeId(1), NodeId(2)], 2, 2);
