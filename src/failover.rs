@@ -8,6 +8,13 @@
 //! floating IP had moved). Node 2 must have taken node 1's stripes over from
 //! their replicas and bridge every BYE to the callee.
 //!
+//! `--partition-ms N` cuts the replica links instead (both nodes live; a relay
+//! between them closes every link connection and refuses new ones for N ms,
+//! starting halfway through the setup): each node declares the other dead and
+//! owns every stripe; when the links come back they must settle on one view
+//! and merge their copies, and every call, including those set up during the
+//! partition, must still end through node 2.
+//!
 //! Prints the survivor's counters and ends with one line,
 //! `failover: established=N ended_ok=M lost=K` (lost: established calls whose
 //! BYE did not get a 200, or did not reach the callee); the exit status is
@@ -54,9 +61,14 @@ pub(crate) struct FailoverArgs {
     /// stripes; once they hear each other again, the views must agree and the stripes go home.
     #[arg(long, conflicts_with = "rejoin")]
     pause_ms: Option<u64>,
+    /// Cut the replica links for this many ms, from halfway through the setup (both nodes
+    /// keep running: a network partition between them), then let them reconnect.
+    #[arg(long, conflicts_with_all = ["rejoin", "pause_ms"])]
+    partition_ms: Option<u64>,
     /// With --rejoin: how long node 1 stays dead (below the 600 ms dead time, node 2 never
     /// declares it dead: node 1 comes back owning its stripes with no record of its calls,
-    /// and finds each one by Lookup from node 2's copies).
+    /// and takes its calls back from the copies node 2 sends it when it sees the new life, or
+    /// by Lookup for a BYE that comes first).
     #[arg(long, default_value_t = 1500, requires = "rejoin")]
     rejoin_after_ms: u64,
     /// Where the nodes' configurations and logs go (default: a fresh directory under /tmp).
@@ -98,6 +110,10 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
         args.replication
     );
     anyhow::ensure!((1..=64).contains(&args.shards), "--shards must be between 1 and 64");
+    anyhow::ensure!(
+        args.partition_ms.is_none_or(|ms| (1..=60_000).contains(&ms)),
+        "--partition-ms must be between 1 and 60000"
+    );
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("sipshard-failover-{}", std::process::id())),
@@ -109,9 +125,19 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
     let callee = Uas::start(&callee_config).context("starting the callee")?;
     let sip = [free_loopback_port()?, free_loopback_port()?];
     let replication = [free_port_range(args.shards)?, free_port_range(args.shards)?];
+    // Node 1 (the lower id) opens the links; with --partition-ms it reaches node 2 through a
+    // relay that can cut them.
+    let relay = match args.partition_ms {
+        Some(_) => Some(LinkRelay::start(free_port_range(args.shards)?, replication[1], args.shards)?),
+        None => None,
+    };
     let mut nodes = Vec::new();
     for (i, id) in [1u16, 2].into_iter().enumerate() {
         let other = 1 - i;
+        let peer_address = match (&relay, id) {
+            (Some(relay), 1) => relay.listen,
+            _ => replication[other],
+        };
         let config = format!(
             "[server]\nlisten = \"{}\"\nshards = {}\nrole = \"{}\"\n\n[proxy]\ndefault_route = \"sip:{}\"\n\n\
              [cluster]\nnode = {id}\nsecret = \"failover-drill-secret\"\nreplicas = 2\nreplication = \"{}\"\n\
@@ -124,7 +150,7 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
             replication[i],
             dir.join(format!("node{id}.status")).display(),
             3 - id,
-            replication[other],
+            peer_address,
             sip[other],
         );
         let path = dir.join(format!("node{id}.toml"));
@@ -158,15 +184,37 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
     let mut caller = UacConfig::new(sip[0]);
     caller.rate = args.rate as f64;
     caller.calls = args.calls;
-    let long = args.rejoin || args.pause_ms.is_some();
+    let long = args.rejoin || args.pause_ms.is_some() || args.partition_ms.is_some();
     caller.hold = setup + Duration::from_secs(if long { 10 } else { 4 });
     caller.bye_target = Some(sip[1]);
     caller.progress = false;
     let load = std::thread::spawn(move || uac::run(&caller));
-    std::thread::sleep(kill_at);
+    if let (Some(cut), Some(relay)) = (args.partition_ms, &relay) {
+        std::thread::sleep(setup / 2);
+        relay.cut(true);
+        println!(
+            "replica links cut {:.1} s into the run (a partition; both nodes keep running)",
+            (setup / 2).as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(cut));
+        relay.cut(false);
+        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+        let healed = Instant::now();
+        match wait_for_agreement(&dir, Duration::from_secs(8)) {
+            Some((epoch, stripes)) => println!(
+                "links back after {cut} ms; both nodes at epoch {epoch}, node 1 owning {stripes} stripes, {:.1} s later",
+                healed.elapsed().as_secs_f64()
+            ),
+            None => println!("links back after {cut} ms; the views did not agree within 8 s"),
+        }
+    } else {
+        std::thread::sleep(kill_at);
+    }
     let mut node1 = nodes.remove(0);
     let mut returned = None;
-    if let Some(pause) = args.pause_ms {
+    if args.partition_ms.is_some() {
+        returned = Some(node1);
+    } else if let Some(pause) = args.pause_ms {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(node1.child.id()).context("a pid")?);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).context("freezing node 1")?;
         println!("node 1 frozen (SIGSTOP) {:.1} s into the run", kill_at.as_secs_f64());
@@ -203,7 +251,7 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
         match owned {
             None if !dropped => println!(
                 "node 1 restarted {} ms after the kill, before node 2 declared it dead: it owns its stripes \
-                 and finds its calls by Lookup",
+                 and takes its calls from node 2's copies (or by Lookup)",
                 args.rejoin_after_ms
             ),
             Some(stripes) => println!(
@@ -240,7 +288,14 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
         println!("{line}");
     }
     if let Some(log) = returned {
-        println!("== node 1 ({})", if args.rejoin { "restarted" } else { "thawed" });
+        let how = if args.rejoin {
+            "restarted"
+        } else if args.pause_ms.is_some() {
+            "thawed"
+        } else {
+            "across the partition"
+        };
+        println!("== node 1 ({how})");
         for line in log.lines().filter(|l| l.starts_with("shard ")) {
             println!("{line}");
         }
@@ -254,6 +309,74 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
     }
     println!("failover: established={established} ended_ok={ended_ok} lost={lost}");
     Ok(lost == 0 && established == args.calls)
+}
+
+/// A TCP relay in front of node 2's replication ports (one per shard) that can cut every
+/// connection through it and refuse new ones: a partition between the nodes, on loopback.
+struct LinkRelay {
+    listen: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl LinkRelay {
+    /// Listens on `listen` + k for k in 0..shards, relaying to `to` + k.
+    fn start(listen: SocketAddr, to: SocketAddr, shards: usize) -> Result<LinkRelay> {
+        let relay = LinkRelay { listen, cut: Default::default(), stop: Default::default(), open: Default::default() };
+        for k in 0..shards {
+            let port = |base: SocketAddr| SocketAddr::new(base.ip(), base.port() + k as u16);
+            let listener = std::net::TcpListener::bind(port(listen)).context("binding the link relay")?;
+            listener.set_nonblocking(true)?;
+            let (target, cut, stop, open) = (port(to), relay.cut.clone(), relay.stop.clone(), relay.open.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((inbound, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    if cut.load(Ordering::Relaxed) {
+                        continue; // Dropped: closed at once.
+                    }
+                    let Ok(outbound) = std::net::TcpStream::connect(target) else { continue };
+                    let _ = inbound.set_nonblocking(false);
+                    let pipes =
+                        [(inbound.try_clone(), outbound.try_clone()), (outbound.try_clone(), inbound.try_clone())];
+                    if let Ok(mut open) = open.lock() {
+                        open.extend([inbound, outbound]);
+                    }
+                    for pipe in pipes {
+                        if let (Ok(mut from), Ok(mut to)) = pipe {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                    }
+                }
+            });
+        }
+        Ok(relay)
+    }
+
+    /// Cuts (every connection closed, new ones refused) or heals the links.
+    fn cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Relaxed);
+        if cut {
+            if let Ok(mut open) = self.open.lock() {
+                for stream in open.drain(..) {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LinkRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cut(true);
+    }
 }
 
 /// Starts `sipshard run --config CONFIG`, its output to `log`.

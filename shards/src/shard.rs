@@ -338,9 +338,11 @@ pub struct ShardStats {
     pub replicas_installed: u64,
     /// Replica records removed (the call ended on its owner).
     pub replicas_removed: u64,
-    /// Replica changes refused (older than what is held, undecodable, for a stripe owned
-    /// here, or the table full).
+    /// Replica changes refused (older than what is held, undecodable, or the table full).
     pub replicas_refused: u64,
+    /// Copies from another owner of a stripe this shard owns (a partition healing, a frozen
+    /// node waking) that were newer than this shard's, or of calls it did not know: taken.
+    pub replicas_merged: u64,
     /// Stripes this shard took over (from a dead node, or handed back to it).
     pub stripes_taken_over: u64,
     /// Records activated when their stripe was taken over.
@@ -612,6 +614,9 @@ pub struct Shard<T> {
     parked: hashbrown::HashMap<Box<[u8]>, Vec<Parked>>,
     /// Handling parked requests after their lookup: no second lookup.
     replaying: bool,
+    /// Check records in without a new version or a change (a merged copy made live here
+    /// keeps the version it came with, so the two owners' versions stay comparable).
+    quiet: bool,
     tu: T,
 }
 
@@ -651,6 +656,7 @@ impl<T: TransactionUser> Shard<T> {
             draining: false,
             parked: hashbrown::HashMap::new(),
             replaying: false,
+            quiet: false,
             tu,
             config,
         }
@@ -763,8 +769,7 @@ impl<T: TransactionUser> Shard<T> {
     /// indexed. A removal removes it. Changes are idempotent (older versions are ignored).
     fn install_replica(&mut self, change: &Change) {
         if self.stripes.route(change.stripe, self.config.node, self.config.shard) == Route::Local {
-            // We own it: a late change from a former owner must not overwrite live state.
-            self.stats.replicas_refused += 1;
+            self.merge_copy(change);
             return;
         }
         if change.bytes.is_empty() {
@@ -779,6 +784,47 @@ impl<T: TransactionUser> Shard<T> {
             Some(true) => self.stats.replicas_installed += 1,
             _ => self.stats.replicas_refused += 1,
         }
+    }
+
+    /// A copy from a node that also owns the stripe (a partition healed, or a node frozen past
+    /// the dead time woke up): the copy with the higher version wins (its side changed the
+    /// call more; a tie keeps ours), a call only the sender knew is adopted, and a newer
+    /// removal ends ours. A copy taken is made live here with the version it came with, and
+    /// no change goes out for it (the sender has it; echoing it back would bounce forever).
+    fn merge_copy(&mut self, change: &Change) {
+        let (stripe, key) = (change.stripe, &change.key[..]);
+        let ours = self.table.version(stripe, key);
+        if ours.is_some_and(|v| v >= change.version) {
+            self.stats.replicas_refused += 1;
+            return;
+        }
+        let record = if change.bytes.is_empty() {
+            None
+        } else {
+            match codec::decode::<CallRecord>(&change.bytes) {
+                Ok((_, record)) => Some(record),
+                Err(_) => {
+                    self.stats.replicas_refused += 1;
+                    return;
+                }
+            }
+        };
+        self.quiet = true;
+        if ours.is_some() {
+            self.deactivate(stripe, key);
+            self.table.forget(stripe, key);
+        }
+        match record {
+            None => self.stats.replicas_removed += 1,
+            Some(record) => match self.table.install(stripe, key, change.version, record) {
+                Ok(true) => {
+                    self.stats.replicas_merged += 1;
+                    self.activate(stripe, key);
+                }
+                _ => self.stats.replicas_refused += 1,
+            },
+        }
+        self.quiet = false;
     }
 
     /// Adopts a newer view; activates the records of every stripe it gives this shard.
@@ -1651,6 +1697,8 @@ impl<T: TransactionUser> Shard<T> {
             }
             let ended = if record.dialog == Some(DialogState::Terminated) { Hints::CALL_ENDED } else { Hints::NONE };
             self.table.remove(stripe, call_id, fx.hints | ended);
+        } else if self.quiet {
+            self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out by this input");
         } else {
             self.table.put_and_unlock(stripe, call_id, record, fx.hints).expect("invariant: checked out by this input");
         }

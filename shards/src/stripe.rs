@@ -124,13 +124,40 @@ impl StripeMap {
         self.placements.len() as u32
     }
 
-    /// Installs `newer` if its epoch is higher; returns whether it was installed.
+    /// Installs `newer` if it [supersedes](StripeMap::supersedes) this map; returns whether
+    /// it was installed.
     pub fn update(&mut self, newer: StripeMap) -> bool {
-        if newer.epoch <= self.epoch || newer.placements.len() != self.placements.len() {
+        if !newer.supersedes(self) {
             return false;
         }
         *self = newer;
         true
+    }
+
+    /// Whether this map replaces `current`: a higher epoch, or the same epoch with other
+    /// placements and a higher [fingerprint](StripeMap::fingerprint). Two nodes that each
+    /// made a map of the same epoch (both sides of a healed partition readmitting the other)
+    /// thus settle on the same one, whichever they saw first.
+    pub fn supersedes(&self, current: &StripeMap) -> bool {
+        if self.placements.len() != current.placements.len() {
+            return false;
+        }
+        self.epoch > current.epoch
+            || (self.epoch == current.epoch
+                && self.placements != current.placements
+                && self.fingerprint() > current.fingerprint())
+    }
+
+    /// FNV-1a over the placements: the same on every node for the same map.
+    pub fn fingerprint(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for p in &self.placements {
+            let nodes = p.replicas.iter().map(|r| r.map_or(0xffff, |n| n.0));
+            for half in nodes.chain([p.shard.0]).flat_map(u16::to_le_bytes) {
+                hash = (hash ^ u64::from(half)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
     }
 
     /// A stripe's placement.
@@ -276,7 +303,13 @@ mod tests {
     fn stale_updates_are_ignored() {
         let mut map = StripeMap::balanced(5, 64, &nodes(3), 2, 2);
         assert!(!map.update(StripeMap::balanced(4, 64, &nodes(2), 2, 2)));
-        assert!(!map.update(StripeMap::balanced(5, 64, &nodes(2), 2, 2)));
+        assert!(!map.update(map.clone()), "the same map again");
+        // The same epoch with other placements (two nodes each made one): both settle on one.
+        let other = StripeMap::balanced(5, 64, &nodes(2), 2, 2);
+        let (mut mine, mut theirs) = (map.clone(), other.clone());
+        let (i_took, they_took) = (mine.update(other), theirs.update(map.clone()));
+        assert_ne!(i_took, they_took, "exactly one side takes the other's map");
+        assert_eq!(mine, theirs);
         assert_eq!(map.epoch(), 5);
         assert!(map.update(map.without(NodeId(1))));
         assert_eq!(map.epoch(), 6);

@@ -247,6 +247,11 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
             .filter_map(|(k, s)| s.record.as_ref().map(|r| (&**k, r, s.version)))
     }
 
+    /// The version of the record under `key`, if the table holds it.
+    pub fn version(&self, stripe: StripeId, key: &[u8]) -> Option<u64> {
+        self.stripes.get(&stripe).and_then(|t| t.get(key)).filter(|s| s.record.is_some()).map(|s| s.version)
+    }
+
     /// Every record that is not checked out, in no particular order.
     pub fn records(&self) -> impl Iterator<Item = &R> {
         self.stripes.values().flat_map(|t| t.values()).filter_map(|s| s.record.as_ref())

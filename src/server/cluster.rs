@@ -659,7 +659,7 @@ impl Driver {
     /// Takes `view` if it is newer than the one in force (activating stripes gained, making
     /// stripes lost dormant) and tells every peer on this shard's links; returns whether taken.
     pub(super) async fn adopt_view(self: &Rc<Self>, view: &StripeMap) -> bool {
-        if view.epoch() <= self.shard.borrow().stripe_map().epoch() {
+        if !view.supersedes(self.shard.borrow().stripe_map()) {
             return false;
         }
         self.process(Input::View(view)).await;
@@ -696,18 +696,19 @@ impl Driver {
         glommio::spawn_local(async move { driver.send_snapshot(i, node).await }).detach();
     }
 
-    /// Sends returning `node` every record of the stripes this shard owns that it backs up,
-    /// in chunks, at most half a window ahead of its acknowledgements (live traffic shares
-    /// the link); then tells shard 0.
+    /// Sends returning `node` every record this shard holds (live or dormant) of the stripes
+    /// `node` owns or backs up at home, in chunks, at most half a window ahead of its
+    /// acknowledgements (live traffic shares the link); then tells shard 0. Dormant copies
+    /// go too: after a partition both sides may have changed calls, and the receiver keeps the
+    /// newer copy of each (see `Shard`'s merge of copies), whoever owns what by then.
     async fn send_snapshot(self: Rc<Self>, i: usize, node: NodeId) {
         let r = self.replication();
-        let view = self.shard.borrow().stripe_map().clone();
-        let me = r.node;
-        let stripes: Vec<StripeId> = (0..view.stripe_count())
+        let stripes: Vec<StripeId> = (0..r.home.stripe_count())
             .map(StripeId)
             .filter(|&s| {
-                let p = view.placement(s);
-                usize::from(p.shard().0) == self.index && p.owner_node() == me && p.backups().any(|b| b == node)
+                let home = r.home.placement(s);
+                usize::from(home.shard().0) == self.index
+                    && (home.owner_node() == node || home.backups().any(|b| b == node))
             })
             .collect();
         let mut records = 0usize;

@@ -158,11 +158,12 @@ impl ShardReport {
         }
         if !self.links.is_empty() {
             let (refused, held, held_max, coalesced) = self.replication;
-            let cluster: [(&str, u64); 14] = [
+            let cluster: [(&str, u64); 15] = [
                 ("forwarded_to_node", s.forwarded_to_node),
                 ("replicas_installed", s.replicas_installed),
                 ("replicas_removed", s.replicas_removed),
                 ("replicas_refused", s.replicas_refused),
+                ("replicas_merged", s.replicas_merged),
                 ("stripes_taken_over", s.stripes_taken_over),
                 ("records_activated", s.records_activated),
                 ("stripes_handed_over", s.stripes_handed_over),

@@ -95,15 +95,16 @@ fn a_restarted_node_gets_its_stripes_back_and_its_calls_still_end_cleanly() {
 #[test]
 fn a_node_back_before_it_was_declared_dead_finds_its_calls_by_lookup() {
     // Killed and restarted 100 ms later: node 2 never drops it, so it owns its stripes again at
-    // once with none of its calls; each BYE for them (forwarded by node 2) finds its call by a
-    // Lookup of node 2's copy.
+    // once with none of its calls. Node 2 notices the new life and sends it every copy of its
+    // stripes, which it takes as the owner (merged); a BYE that comes before its copy finds
+    // the call by a Lookup of node 2's copy.
     let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--rejoin", "--rejoin-after-ms", "100"]);
     assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
     assert!(stdout.contains("byes 1000"), "the callee saw every BYE: {stdout}");
     assert!(stdout.contains("before node 2 declared it dead"), "{stdout}");
     let (_, returned) = stdout.split_once("== node 1 (restarted)").expect("both nodes' counters");
-    let found = survivor_sum(returned, "lookups_found=");
-    assert!(found >= 400, "about half the calls were node 1's, each found by a lookup ({found}): {returned}");
+    let found = survivor_sum(returned, "lookups_found=") + survivor_sum(returned, "replicas_merged=");
+    assert!(found >= 400, "about half the calls were node 1's, each merged or found ({found}): {returned}");
     // Its new life was noticed: node 2 sent it copies of node 2's calls (its backup role).
     assert!(survivor_sum(returned, "replicas_installed=") >= 400, "{returned}");
 }
@@ -121,6 +122,24 @@ fn a_node_frozen_past_the_dead_time_comes_back_to_one_view_and_no_call_is_lost()
     assert_eq!(survivor_sum(survivor, "stripes_taken_over="), 512, "{survivor}");
     assert_eq!(survivor_sum(survivor, "stripes_handed_over="), 512, "{survivor}");
     assert!(survivor_sum(thawed, "records_activated=") >= 400, "{thawed}");
+}
+
+#[test]
+fn a_partition_between_two_live_nodes_heals_to_one_view_and_no_call_is_lost() {
+    // The replica links are cut for 2 s halfway through the setup: each node declares the
+    // other dead and owns every stripe, node 1 (where the caller sends) sets up the rest of
+    // the calls alone. When the links come back the nodes settle on one view, node 2 takes
+    // the newer copies node 1 made, and every BYE sent to node 2 ends its call.
+    let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--partition-ms", "2000"]);
+    assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
+    assert!(stdout.contains("byes 1000"), "the callee saw every BYE: {stdout}");
+    assert!(stdout.contains("links back after 2000 ms; both nodes at epoch"), "one view after the heal: {stdout}");
+    let (survivor, across) = stdout.split_once("== node 1 (across the partition)").expect("both nodes' counters");
+    for (name, counters) in [("node 2", survivor), ("node 1", across)] {
+        assert!(survivor_sum(counters, "stripes_taken_over=") >= 512, "{name} took the other's stripes: {counters}");
+    }
+    let merged = survivor_sum(survivor, "replicas_merged=");
+    assert!(merged >= 200, "node 2 took the copies node 1 changed during the partition ({merged}): {survivor}");
 }
 
 #[test]

@@ -308,8 +308,11 @@ impl ReplicaLink {
         self.inbound.clear();
         self.outbound.clear();
         self.sent_upto = self.acked;
-        self.last_heard = Some(now);
-        self.dead_reported = false;
+        // A connection is not the peer: only its frames count as heard (a relay, a load
+        // balancer or a frozen process's kernel accepts connections for a silent peer).
+        if self.last_heard.is_none() {
+            self.last_heard = Some(now);
+        }
         self.state = match self.side {
             Side::Connecting => {
                 let challenge = self.challenge();
@@ -665,6 +668,7 @@ impl ReplicaLink {
             self.renumberings += 1;
         }
         self.state = State::Up;
+        self.dead_reported = false;
         self.next_heartbeat = now + self.config.heartbeat_ms;
         // The peer has what it says it has: no need to send that again.
         let peer_received = peer_received.min(self.next_seq - 1);
