@@ -192,3 +192,48 @@ fn a_rejoining_node_takes_its_calls_back_with_transactions_in_flight() {
     assert_eq!(cluster.uas[ua].live(), 0, "no client transaction stuck");
     assert_nothing_left(&cluster, &[0, 1, 2]);
 }
+
+/// Node 0 is cut off from nodes 1 and 2 (both sides keep running; node 0's address moves to
+/// node 1, where the UAs then send): each side owns what it holds copies of. Every call takes a
+/// re-INVITE and new calls are set up during the partition, on the majority's side only; the
+/// island keeps stale copies. When the partition heals, the owners keep the newer copy of
+/// each call, and every call, old or new, ends with one BYE the callee sees once.
+#[test]
+fn a_healed_partition_keeps_the_newer_copy_of_every_call() {
+    let seed = 44;
+    for b2bua in [false, true] {
+        let mut cluster = Cluster::replicated(NODES, 2, seed, LOSSY, role(b2bua));
+        let ua = cluster.add_uac(Transport::Udp);
+        let callee = cluster.add_uas();
+        let mut rng = Rng::new(seed);
+        let calls = place_calls(&mut cluster, ua, &mut rng, "before", 300);
+        cluster.drive(cluster.now_ms() + 10_000);
+        assert_eq!(cluster.uas[ua].dialogs().count(), calls.len());
+
+        cluster.partition(NodeId(0), NodeId(1));
+        cluster.drive(cluster.now_ms() + 1_000);
+        let reinvites = in_every_dialog(&mut cluster, ua, "INVITE", 2);
+        let during = place_calls(&mut cluster, ua, &mut rng, "during", 60);
+        cluster.drive(cluster.now_ms() + 10_000);
+        assert_all_ok(&cluster, ua, &reinvites, "re-INVITE during the partition");
+        assert_eq!(cluster.uas[ua].dialogs().count(), calls.len() + during.len(), "calls set up during it");
+        let island_owned: usize = cluster.nodes[0].iter().map(|s| s.calls()).sum();
+        assert!(island_owned > 100, "the island kept its copies ({island_owned})");
+
+        cluster.heal();
+        let merged: u64 = cluster.nodes.iter().flatten().map(|s| s.stats().replicas_merged).sum();
+        assert!(merged > 50, "the newer copies won where the island owned them ({merged})");
+        cluster.drive(cluster.now_ms() + 1_000);
+        let byes = in_every_dialog(&mut cluster, ua, "BYE", 3);
+        cluster.drive(cluster.now_ms() + 40_000);
+        assert_all_ok(&cluster, ua, &byes, "BYE after the heal");
+
+        let seen = &cluster.callees[callee].seen;
+        let ended = seen.values().filter(|c| (c.invites, c.byes) == (1, 1)).count();
+        assert_eq!(ended, calls.len() + during.len(), "one INVITE and one BYE per call (b2bua {b2bua})");
+        assert_eq!(seen.values().filter(|c| c.reinvites == 1).count(), calls.len(), "one re-INVITE per old call");
+        assert!(seen.values().all(|c| c.invites <= 1 && c.reinvites <= 1 && c.byes <= 1), "no request ran twice");
+        assert_eq!(cluster.uas[ua].live(), 0, "no client transaction stuck");
+        assert_nothing_left(&cluster, &[0, 1, 2]);
+    }
+}

@@ -216,6 +216,11 @@ pub struct Cluster<T> {
     seed: u64,
     replicate: bool,
     make_tu: Box<dyn FnMut() -> T>,
+    /// A node cut off from the others ([`Cluster::partition`]): no replica changes or
+    /// forwarded messages cross between it and them.
+    island: Option<NodeId>,
+    /// Addresses of live nodes served by another node (a floating IP moved away from an island).
+    moved: HashMap<NodeId, NodeId>,
 }
 
 impl<T: TransactionUser + 'static> Cluster<T> {
@@ -264,6 +269,8 @@ impl<T: TransactionUser + 'static> Cluster<T> {
             seed,
             replicate,
             make_tu: Box::new(tu),
+            island: None,
+            moved: HashMap::new(),
         };
         cluster.nodes = node_ids.iter().map(|&node| cluster.start_node(node)).collect();
         cluster
@@ -337,8 +344,8 @@ impl<T: TransactionUser + 'static> Cluster<T> {
 
     /// Restarts a killed `node` as the runtime's rejoin does: a fresh process (empty tables)
     /// gets its address back and is readmitted as a backup of its stripes
-    /// ([`StripeMap::readmit`]); every owner sends it a snapshot of those stripes; then the
-    /// stripes it owns at home move back to it ([`StripeMap::restore`]): their records go
+    /// ([`StripeMap::readmit`]); every other node sends it a snapshot of those stripes; then
+    /// the stripes it owns at home move back to it ([`StripeMap::restore`]): their records go
     /// dormant where they were and live on `node`, transactions in flight included.
     pub fn rejoin(&mut self, node: NodeId) {
         assert!(self.dead.remove(&node).is_some(), "only a killed node rejoins");
@@ -346,30 +353,125 @@ impl<T: TransactionUser + 'static> Cluster<T> {
         self.nodes[node.0 as usize] = fresh;
         let readmitted = self.map.readmit(node, &self.home);
         self.adopt(readmitted);
+        for from in self.live_nodes().filter(|&n| n != node).collect::<Vec<_>>() {
+            self.send_snapshot(from, node);
+        }
+        self.hand_back(node);
+    }
+
+    /// Cuts `island` off from the other nodes (a partition: both sides keep running): each side
+    /// finds the other silent and takes a view without it, so the island owns every stripe it
+    /// holds a copy of, and the others every stripe they do. The island's SIP address moves to
+    /// `address_to` (the floating IP goes where the majority is): the UAs reach that side only.
+    pub fn partition(&mut self, island: NodeId, address_to: NodeId) {
+        assert!(self.island.is_none() && island != address_to, "one partition at a time");
+        self.island = Some(island);
+        self.moved.insert(island, address_to);
+        let others: Vec<NodeId> = self.live_nodes().filter(|&n| n != island).collect();
+        let island_view = others.iter().fold(self.map.clone(), |view, &o| view.without(o));
+        let rest_view = self.map.without(island);
+        self.give(island, &island_view);
+        for node in others {
+            self.give(node, &rest_view);
+        }
+    }
+
+    /// Heals the partition as the runtime does when the links come back: each side readmits
+    /// the other (both made views of their own), the views settle on the one that supersedes
+    /// the rest, each node sends each node across every copy it holds of that node's home
+    /// stripes (the owner keeps the newer copy of each call), and the stripes go home.
+    pub fn heal(&mut self) {
+        let island = self.island.take().expect("a partition to heal");
+        self.moved.remove(&island);
+        let others: Vec<NodeId> = self.live_nodes().filter(|&n| n != island).collect();
+        let island_view = others.iter().fold(self.view_of(island), |view, &o| view.readmit(o, &self.home));
+        self.give(island, &island_view);
+        let rest_view = self.view_of(others[0]).readmit(island, &self.home);
+        for &node in &others {
+            self.give(node, &rest_view);
+        }
+        self.converge();
+        for &node in &others {
+            self.send_snapshot(island, node);
+            self.send_snapshot(node, island);
+        }
+        for node in self.live_nodes().collect::<Vec<_>>() {
+            self.hand_back(node);
+        }
+    }
+
+    fn live_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        (0..self.nodes.len() as u16).map(NodeId).filter(|n| !self.dead.contains_key(n))
+    }
+
+    /// The view `node` holds (its shards share one).
+    fn view_of(&self, node: NodeId) -> StripeMap {
+        self.nodes[node.0 as usize][0].stripe_map().clone()
+    }
+
+    /// Gives `view` to every shard of `node` (taken if it supersedes theirs).
+    fn give(&mut self, node: NodeId, view: &StripeMap) {
         let now = self.now();
-        for n in (0..self.nodes.len()).map(|n| NodeId(n as u16)).filter(|&n| n != node && !self.dead.contains_key(&n)) {
-            for stripe in (0..self.map.stripe_count()).map(crate::StripeId) {
-                let placement = *self.map.placement(stripe);
-                if placement.owner_node() != n || !placement.backups().any(|b| b == node) {
-                    continue;
-                }
-                let shard = placement.shard();
-                for change in self.nodes[n.0 as usize][shard.0 as usize].snapshot(stripe) {
-                    self.nodes[node.0 as usize][shard.0 as usize].handle(now, Input::Replica(&change));
-                }
+        for s in 0..self.nodes[node.0 as usize].len() {
+            self.nodes[node.0 as usize][s].handle(now, Input::View(view));
+            self.drain(node, ShardId(s as u16), None);
+        }
+    }
+
+    /// Views travel on the links until every node holds the one that supersedes the others.
+    fn converge(&mut self) {
+        let nodes: Vec<NodeId> = self.live_nodes().collect();
+        let mut best = self.view_of(nodes[0]);
+        for &node in &nodes[1..] {
+            let view = self.view_of(node);
+            if view.supersedes(&best) {
+                best = view;
             }
         }
-        let restored = self.map.restore(node, &self.home);
-        self.adopt(restored);
+        self.adopt(best);
+    }
+
+    /// Node `from` sends node `to` every copy it holds (live or dormant) of the stripes `to`
+    /// owns or backs up at home, shard by shard.
+    fn send_snapshot(&mut self, from: NodeId, to: NodeId) {
+        let now = self.now();
+        for stripe in (0..self.home.stripe_count()).map(crate::StripeId) {
+            let home = *self.home.placement(stripe);
+            if home.owner_node() != to && !home.backups().any(|b| b == to) {
+                continue;
+            }
+            let shard = home.shard();
+            for change in self.nodes[from.0 as usize][shard.0 as usize].snapshot(stripe) {
+                self.nodes[to.0 as usize][shard.0 as usize].handle(now, Input::Replica(&change));
+                self.drain(to, shard, None);
+            }
+        }
+    }
+
+    /// The node holding stripes that are `node`'s at home gives them back (a new view).
+    fn hand_back(&mut self, node: NodeId) {
+        let current = self.view_of(node);
+        let away = (0..current.stripe_count())
+            .map(crate::StripeId)
+            .any(|s| self.home.owner(s).node == node && current.owner(s).node != node);
+        if away {
+            let restored = current.restore(node, &self.home);
+            self.adopt(restored);
+        }
     }
 
     /// Where a packet for `node` goes now: the node itself, or the survivor its address moved to.
     fn alive(&self, node: NodeId) -> NodeId {
         let mut node = node;
-        while let Some(&to) = self.dead.get(&node) {
+        while let Some(&to) = self.dead.get(&node).or(self.moved.get(&node)) {
             node = to;
         }
         node
+    }
+
+    /// Whether the partition separates `a` and `b`.
+    fn cut(&self, a: NodeId, b: NodeId) -> bool {
+        self.island.is_some_and(|i| a != b && (a == i || b == i))
     }
 
     /// Adds a UA at 10.0.0.x:5060 over `transport`; returns its index.
@@ -601,6 +703,9 @@ impl<T: TransactionUser + 'static> Cluster<T> {
                 }
                 Output::ForwardToNode { node: to, shard: owner } => {
                     let input = input.expect("invariant: only an input is forwarded");
+                    if self.cut(node, to) {
+                        continue; // The link is down: dropped (the UA retransmits).
+                    }
                     // Node links are TCP: reliable, 1 ms (the runtime first moves the message to
                     // shard `owner` of this node, whose link joins it to shard `owner` there).
                     let dest = Dest::Shard { node: to, shard: owner, from_node: Some(node), forwarded: true };
@@ -608,8 +713,11 @@ impl<T: TransactionUser + 'static> Cluster<T> {
                 }
                 // The replica link: reliable, in order, delivered in the same step.
                 Output::Replicate(change) => {
-                    let placement = *self.map.placement(change.stripe);
-                    for backup in placement.backups().filter(|b| *b != node) {
+                    let placement =
+                        *self.nodes[node.0 as usize][shard.0 as usize].stripe_map().placement(change.stripe);
+                    let backups: Vec<NodeId> =
+                        placement.backups().filter(|&b| b != node && !self.cut(node, b)).collect();
+                    for backup in backups {
                         let dest = Dest::Replica { node: backup, shard: placement.shard(), change: change.clone() };
                         self.schedule(self.now_ms, Packet { dest, peer: NO_PEER, bytes: Vec::new() });
                     }
