@@ -2,6 +2,7 @@
 # The kill -9 failover drill on a fresh checkout (issue 6, DESIGN.md §5):
 #
 #   tools/failover-test.sh [--calls N] [--replication sync|async] [--rate R] [--role b2bua|proxy] [--shards S]
+#                          [--rejoin [--rejoin-after-ms MS] | --pause-ms MS | --partition-ms MS]
 #
 # Builds sipshard (release) if needed and runs `sipshard failover-test`: two clustered
 # nodes on loopback, N calls set up through node 1 and held, node 1 killed with SIGKILL,

@@ -6,8 +6,8 @@
 //! wheel ([`timer`]), the RFC 3261 transaction layer ([`transaction`]), the
 //! [`shard::Shard`] state machine with the mechanics every role shares, and
 //! the roles: the stateful proxy ([`proxy`]), the B2BUA ([`b2bua`]) and the
-//! registrar ([`registrar`]). Replication, geo shipping and the cold path come
-//! next.
+//! registrar ([`registrar`]), and the sans-IO replica links ([`replication`]).
+//! Geo shipping and the cold path come next.
 
 pub mod timer;
 pub mod transaction;

@@ -21,7 +21,8 @@
 //!   the sender resends from there. A peer that says less than it once
 //!   acknowledged has restarted: what waits is renumbered from there.
 //! - **Liveness**: a `Heartbeat` every `heartbeat_ms`, answered by `Echo`; any
-//!   frame counts as heard. Silence for `dead_after_ms` (default 600) reports
+//!   frame counts as heard (a connection alone does not: a relay or a frozen
+//!   process's kernel accepts them). Silence for `dead_after_ms` (default 600) reports
 //!   [`LinkEvent::PeerDead`] once, and closes the link.
 
 use std::collections::VecDeque;
