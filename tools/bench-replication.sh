@@ -6,7 +6,10 @@
 #   cluster-sync:  the same with sync replication (a change's messages wait for
 #                  the backup's ack).
 # The caller sends to node 1; the stripes node 2 owns are forwarded to it over
-# the replica link (as behind one floating address). At each rate: calls/s
+# the replica link (as behind one floating address). The modes
+# cluster-async-spread and cluster-sync-spread send each call to the node that
+# owns its stripe instead (sipbench --spread: an upstream proxy hashing
+# Call-IDs onto the nodes), so only replication is added. At each rate: calls/s
 # completed, failed, setup p50/p99/p99.9 and the CPU seconds of the node
 # processes; the highest rate each sustains (< 0.1 % failed, p99 < 50 ms) and
 # its ratio to single; bytes of Change frames per completed call at each
@@ -14,6 +17,7 @@
 #
 #   tools/bench-replication.sh [--seconds S] [--rates "R1 R2 .."] [--hold-ms H]
 #                              [--role b2bua|proxy] [--modes "single cluster-async cluster-sync"]
+#                              (more modes: cluster-async-spread cluster-sync-spread)
 #
 # Bounded (two missed steps end a ladder; each step S s + hold + at most 45 s);
 # builds if needed; stops every process it started by PID.
@@ -76,8 +80,14 @@ write_config() { # node mode
     printf '[server]\nlisten = "%s"\nrole = "%s"\ncores = %s\ndrain_s = 2\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
         "$listen" "$role" "$cores_toml" "$uas_port"
     printf '[cluster]\nnode = %s\nsecret = "bench-replication-secret"\nreplication = "%s"\nlisten = "%s"\nstatus_file = "%s"\n' \
-        "$node" "${mode#cluster-}" "$me_repl" "$work/node$node.status"
+        "$node" "$(replication_of "$mode")" "$me_repl" "$work/node$node.status"
     printf '[[cluster.peers]]\nnode = %s\naddress = "%s"\nsip = "%s"\n' "$other" "$other_repl" "$other_sip"
+}
+
+# sync or async, from a mode's name (cluster-sync, cluster-async-spread, ...).
+replication_of() {
+    local r=${1#cluster-}
+    echo "${r%-spread}"
 }
 
 # Bytes of Change frames the nodes have sent so far (0 for a single node).
@@ -139,7 +149,9 @@ for mode in $modes; do
     for rate in $rates; do
         before=$(cpu_ticks "${node_pids[@]}")
         bytes_before=$(change_bytes)
-        timeout $((seconds + hold_ms / 1000 + 45)) "$sipbench" uac "$sip1" --rate "$rate" \
+        spread=()
+        case "$mode" in *-spread) spread=(--spread "$sip1,$sip2") ;; esac
+        timeout $((seconds + hold_ms / 1000 + 45)) "$sipbench" uac "$sip1" "${spread[@]}" --rate "$rate" \
             --calls $((rate * seconds)) --duration "$seconds" --hold-ms "$hold_ms" --threads 1 \
             --max-failed-ratio 1 --quiet --json "$work/step.json" >/dev/null 2>&1 || true
         after=$(cpu_ticks "${node_pids[@]}")
@@ -183,7 +195,7 @@ for line in open(sys.argv[1]):
         bytes_per_call[mode] = float(f[9])
 print("highest sustained (calls/s): " + ", ".join(f"{m} {r:.0f}" for m, r in best.items()))
 single = best.get("single", 0.0)
-for mode in ("cluster-async", "cluster-sync"):
+for mode in ("cluster-async", "cluster-sync", "cluster-async-spread", "cluster-sync-spread"):
     if mode in best and single:
         print(f"{mode} / single: {best[mode] / single:.2f}x of the calls/s")
     if mode in p99 and "single" in p99:

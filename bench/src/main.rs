@@ -66,6 +66,14 @@ struct UacArgs {
     /// moved to another node during the hold (UDP only).
     #[arg(long)]
     bye_target: Option<SocketAddr>,
+    /// Send each call to one of these addresses instead of TARGET: the one at the call's
+    /// stripe (of its Call-ID, over --stripes) modulo their number, as an upstream proxy that
+    /// hashes Call-IDs onto a sipshard cluster's nodes would (list the nodes by node id; UDP).
+    #[arg(long, value_delimiter = ',')]
+    spread: Vec<SocketAddr>,
+    /// The cluster's stripe count (for --spread).
+    #[arg(long, default_value_t = 1024)]
+    stripes: u32,
     /// Local address to bind (port 0: any; with several threads, consecutive ports from it).
     #[arg(long, default_value = "127.0.0.1:0")]
     local: SocketAddr,
@@ -136,6 +144,8 @@ impl UacArgs {
         UacConfig {
             target: self.target,
             bye_target: self.bye_target,
+            spread: self.spread.clone(),
+            stripes: self.stripes,
             local: self.local,
             transport: self.transport,
             scenario: self.scenario,

@@ -63,8 +63,6 @@ pub enum Link {
         socket: UdpSocket,
         /// Where requests go.
         target: SocketAddr,
-        /// Where BYEs go instead, when set.
-        bye_target: Option<SocketAddr>,
         /// Receive buffers.
         datagrams: Datagrams,
         /// Datagrams not yet sent.
@@ -82,18 +80,12 @@ pub enum Link {
 }
 
 impl Link {
-    /// Opens a link to `target` (BYEs to `bye_target`, UDP only) from `local`.
-    pub fn open(
-        kind: TransportKind,
-        local: SocketAddr,
-        target: SocketAddr,
-        bye_target: Option<SocketAddr>,
-    ) -> Result<Link> {
+    /// Opens a link to `target` from `local` (over UDP, [`Link::send_to`] reaches others too).
+    pub fn open(kind: TransportKind, local: SocketAddr, target: SocketAddr) -> Result<Link> {
         Ok(match kind {
             TransportKind::Udp => Link::Udp {
                 socket: udp_socket(local, false)?,
                 target,
-                bye_target,
                 datagrams: Datagrams::new(65_535),
                 outbox: Outbox::default(),
             },
@@ -140,10 +132,10 @@ impl Link {
         }
     }
 
-    /// Queues one message for the BYE target (the usual target when none is set, or over TCP).
-    pub fn send_to_bye_target(&mut self, message: &[u8]) {
+    /// Queues one message for `to` (over TCP: on the one connection, whatever `to` says).
+    pub fn send_to(&mut self, message: &[u8], to: SocketAddr) {
         match self {
-            Link::Udp { target, bye_target, outbox, .. } => outbox.push(message, bye_target.unwrap_or(*target)),
+            Link::Udp { outbox, .. } => outbox.push(message, to),
             Link::Tcp { outbound, .. } => outbound.extend_from_slice(message),
         }
     }

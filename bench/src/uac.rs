@@ -60,6 +60,12 @@ pub struct UacConfig {
     /// Where the BYE goes instead (and its retransmissions, and an ACK sent again after it), as
     /// if a floating IP had moved to another node during the hold (UDP only).
     pub bye_target: Option<SocketAddr>,
+    /// Send each call to one of these instead of `target`: the one whose index is the call's
+    /// stripe (`stripe_of(Call-ID, stripes)`) modulo their number, as an upstream proxy that
+    /// hashes Call-IDs onto a sipshard cluster's nodes would (nodes listed by node id; UDP only).
+    pub spread: Vec<SocketAddr>,
+    /// The cluster's stripe count, for `spread`.
+    pub stripes: u32,
     /// Local address to bind (port 0: any; with several threads, consecutive ports from it).
     pub local: SocketAddr,
     /// UDP or TCP.
@@ -107,6 +113,8 @@ impl UacConfig {
         UacConfig {
             target,
             bye_target: None,
+            spread: Vec::new(),
+            stripes: 1024,
             local: SocketAddr::from(([127, 0, 0, 1], 0)),
             transport: TransportKind::Udp,
             scenario: Scenario::Call,
@@ -138,6 +146,11 @@ impl UacConfig {
         anyhow::ensure!(self.rate_max.is_none_or(|m| m >= self.rate), "--rate-max must be at least --rate");
         anyhow::ensure!(self.max_concurrent >= self.threads, "--max-concurrent must be at least --threads");
         anyhow::ensure!(self.users >= 1, "--users must be at least 1");
+        anyhow::ensure!(
+            self.spread.is_empty() || self.transport == TransportKind::Udp,
+            "--spread needs --transport udp"
+        );
+        anyhow::ensure!(self.stripes >= 1, "--stripes must be at least 1");
         anyhow::ensure!(
             self.bye_target.is_none() || self.transport == TransportKind::Udp,
             "--bye-target needs --transport udp (a second TCP connection is not implemented)"
@@ -218,6 +231,17 @@ struct Call {
     dialog: Dialog,
     /// The BYE is due then.
     bye_at: Instant,
+    /// Where its requests go (`spread`), when not to the target.
+    to: Option<SocketAddr>,
+}
+
+/// Where a request of a call in `phase` goes: the BYE target for a BYE when there is one, else
+/// the call's own address (`None`: the target).
+fn destination(bye_target: Option<SocketAddr>, to: Option<SocketAddr>, phase: Phase) -> Option<SocketAddr> {
+    match bye_target {
+        Some(moved) if phase == Phase::Byeing => Some(moved),
+        _ => to,
+    }
 }
 
 /// What a generator reports to the merging thread.
@@ -248,7 +272,7 @@ struct Generator {
     measures: Measures,
     /// Messages produced while handling input, sent once the input is read; `true` marks
     /// those for the BYE target.
-    outbox: Vec<(Vec<u8>, bool)>,
+    outbox: Vec<(Vec<u8>, Option<SocketAddr>)>,
     /// When the run started (all generators share it).
     start: Instant,
     /// When the last call ended well, since `start`.
@@ -369,7 +393,7 @@ impl Generator {
     /// Runs one generator to the end of its share, reporting each second to `tx`; `last` is
     /// the index of the last interval it sent.
     fn run(share: Share, start: Instant, tx: &mpsc::Sender<Update>, last: &mut u64) -> Result<()> {
-        let mut link = Link::open(share.config.transport, share.local, share.config.target, share.config.bye_target)?;
+        let mut link = Link::open(share.config.transport, share.local, share.config.target)?;
         let local = link.local_addr()?;
         let mut generator = Generator {
             local: local.to_string(),
@@ -426,8 +450,11 @@ impl Generator {
                 Ok(got) => got,
                 Err(e) => break Err(e),
             };
-            for (message, moved) in generator.outbox.drain(..) {
-                if moved { link.send_to_bye_target(&message) } else { link.send(&message)? }
+            for (message, to) in generator.outbox.drain(..) {
+                match to {
+                    Some(addr) => link.send_to(&message, addr),
+                    None => link.send(&message)?,
+                }
             }
             link.flush()?;
             // A second is over: report it.
@@ -490,7 +517,12 @@ impl Generator {
             Scenario::Options => (Phase::Querying, self.options(seq)),
         };
         self.counts.attempted += 1;
-        self.outbox.push((request.clone(), false));
+        let spread = &self.share.config.spread;
+        let to = (!spread.is_empty()).then(|| {
+            let stripe = sipshard_parser::stripe_of(self.call_id(seq).as_bytes(), self.share.config.stripes);
+            spread[stripe as usize % spread.len()]
+        });
+        self.outbox.push((request.clone(), to));
         let call = Call {
             phase,
             intended,
@@ -505,6 +537,7 @@ impl Generator {
             authenticated: false,
             dialog: Dialog::default(),
             bye_at: now,
+            to,
         };
         self.calls.insert(seq, call);
         self.schedule(seq);
@@ -525,7 +558,8 @@ impl Generator {
 
     /// Sends `request` as the one call `seq` now waits on, due at `intended`.
     fn await_request(&mut self, seq: u64, phase: Phase, request: Vec<u8>, intended: Instant, now: Instant) {
-        self.outbox.push((request.clone(), self.moved(phase)));
+        let to = self.calls.get(&seq).and_then(|c| c.to);
+        self.outbox.push((request.clone(), destination(self.share.config.bye_target, to, phase)));
         if let Some(call) = self.calls.get_mut(&seq) {
             call.phase = phase;
             call.intended = intended;
@@ -555,8 +589,8 @@ impl Generator {
             return;
         }
         if now >= call.next_retransmit {
-            let moved = self.share.config.bye_target.is_some() && call.phase == Phase::Byeing;
-            self.outbox.push((call.request.clone(), moved));
+            let to = destination(self.share.config.bye_target, call.to, call.phase);
+            self.outbox.push((call.request.clone(), to));
             self.counts.retransmissions += 1;
             let doubled = call.interval * 2;
             // Timer A doubles without bound; E (non-INVITE), and A once a 1xx came, stop at T2.
@@ -577,9 +611,9 @@ impl Generator {
         if is_invite && call.phase != Phase::Inviting {
             if (200..300).contains(&code) {
                 // The 2xx again: our ACK was lost.
-                let moved = self.share.config.bye_target.is_some() && call.phase == Phase::Byeing;
+                let to = destination(self.share.config.bye_target, call.to, call.phase);
                 let ack = self.in_dialog(seq, "ACK", 'a');
-                self.outbox.push((ack, moved));
+                self.outbox.push((ack, to));
             }
             return;
         }
@@ -609,8 +643,9 @@ impl Generator {
             (Phase::Inviting, 200..=299) => {
                 let _ = self.measures.setup.record(micros);
                 call.dialog = dialog_of(message);
+                let to = call.to;
                 let ack = self.in_dialog(seq, "ACK", 'a');
-                self.outbox.push((ack, false));
+                self.outbox.push((ack, to));
                 let call = self.calls.get_mut(&seq).expect("invariant: the call is live");
                 call.phase = Phase::Holding;
                 call.bye_at = now + self.share.config.hold;
@@ -640,17 +675,13 @@ impl Generator {
                 // The ACK of a non-2xx belongs to the INVITE's transaction: same branch (§17.1.1.3).
                 let to_tag = message.to().ok().flatten().and_then(|t| t.tag()).unwrap_or_default().to_owned();
                 call.dialog = Dialog { to_tag, ..Dialog::default() };
+                let to = call.to;
                 let ack = self.in_dialog(seq, "ACK", 'i');
-                self.outbox.push((ack, false));
+                self.outbox.push((ack, to));
                 self.fail(seq, code);
             }
             _ => self.fail(seq, code),
         }
-    }
-
-    /// Whether a message of a call in `phase` goes to the BYE target.
-    fn moved(&self, phase: Phase) -> bool {
-        self.share.config.bye_target.is_some() && phase == Phase::Byeing
     }
 
     /// Call `seq` ended well: `latency` goes into the measure `pick` chooses.
