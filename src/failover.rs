@@ -198,15 +198,7 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
         );
         std::thread::sleep(Duration::from_millis(cut));
         relay.cut(false);
-        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
-        let healed = Instant::now();
-        match wait_for_agreement(&dir, Duration::from_secs(8)) {
-            Some((epoch, stripes)) => println!(
-                "links back after {cut} ms; both nodes at epoch {epoch}, node 1 owning {stripes} stripes, {:.1} s later",
-                healed.elapsed().as_secs_f64()
-            ),
-            None => println!("links back after {cut} ms; the views did not agree within 8 s"),
-        }
+        report_agreement(&dir, &format!("links back after {cut} ms"));
     } else {
         std::thread::sleep(kill_at);
     }
@@ -220,15 +212,7 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
         println!("node 1 frozen (SIGSTOP) {:.1} s into the run", kill_at.as_secs_f64());
         std::thread::sleep(Duration::from_millis(pause));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).context("thawing node 1")?;
-        #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
-        let thawed = Instant::now();
-        match wait_for_agreement(&dir, Duration::from_secs(8)) {
-            Some((epoch, stripes)) => println!(
-                "node 1 thawed after {pause} ms; both nodes at epoch {epoch}, node 1 owning {stripes} stripes, {:.1} s later",
-                thawed.elapsed().as_secs_f64()
-            ),
-            None => println!("node 1 thawed after {pause} ms; the views did not agree within 8 s"),
-        }
+        report_agreement(&dir, &format!("node 1 thawed after {pause} ms"));
         returned = Some(node1);
     } else {
         node1.child.kill().context("killing node 1")?;
@@ -467,6 +451,19 @@ fn wait_for_agreement(dir: &Path, timeout: Duration) -> Option<(u64, u64)> {
         let (one, two) = (read(1)?, read(2)?);
         (one == two && one.0 > 1 && one.1 > 0 && one.2 > 0).then_some((one.0, one.1))
     })
+}
+
+/// After `event` (both nodes live again): waits up to 8 s for one view and prints how long it took.
+fn report_agreement(dir: &Path, event: &str) {
+    #[allow(clippy::disallowed_methods)] // A runtime, not the sans-IO core.
+    let since = Instant::now();
+    match wait_for_agreement(dir, Duration::from_secs(8)) {
+        Some((epoch, stripes)) => println!(
+            "{event}; both nodes at epoch {epoch}, node 1 owning {stripes} stripes, {:.1} s later",
+            since.elapsed().as_secs_f64()
+        ),
+        None => println!("{event}; the views did not agree within 8 s"),
+    }
 }
 
 /// Waits until a node's status file shows it owning stripes; returns how many.

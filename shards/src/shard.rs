@@ -815,7 +815,8 @@ impl<T: TransactionUser> Shard<T> {
             self.table.forget(stripe, key);
         }
         match record {
-            None => self.stats.replicas_removed += 1,
+            None if ours.is_some() => self.stats.replicas_removed += 1,
+            None => {}
             Some(record) => match self.table.install(stripe, key, change.version, record) {
                 Ok(true) => {
                     self.stats.replicas_merged += 1;

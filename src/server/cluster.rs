@@ -109,7 +109,7 @@ pub(super) struct Replication {
     tcp_homes: RefCell<std::collections::HashMap<SocketAddr, NodeId>>,
 }
 
-/// Most UA connections [`Replication::tcp_homes`] remembers (the oldest go first).
+/// Most UA connections [`Replication::tcp_homes`] remembers (when full, one is forgotten).
 const MAX_TCP_HOMES: usize = 65_536;
 
 /// The link to one peer, and its connection when there is one.
@@ -261,8 +261,9 @@ impl Replication {
     fn remember_tcp_home(&self, addr: SocketAddr, node: NodeId) {
         let mut homes = self.tcp_homes.borrow_mut();
         if homes.len() >= MAX_TCP_HOMES && !homes.contains_key(&addr) {
-            let any = homes.keys().next().copied();
-            any.map(|a| homes.remove(&a));
+            if let Some(any) = homes.keys().next().copied() {
+                homes.remove(&any);
+            }
         }
         homes.insert(addr, node);
     }
@@ -818,20 +819,24 @@ impl Driver {
     /// same record (the backup only keeps the latest version anyway), then sends them all.
     pub(super) fn coalesce(self: &Rc<Self>, change: Change) {
         let r = self.replication();
-        let mut at = r.coalesced_at.borrow_mut();
-        let mut waiting = r.coalesced.borrow_mut();
-        match at.entry((change.stripe, change.key.clone())) {
-            std::collections::hash_map::Entry::Occupied(slot) => {
-                waiting[*slot.get()] = change;
-                r.changes_coalesced.set(r.changes_coalesced.get() + 1);
-                return;
+        let first = {
+            let mut at = r.coalesced_at.borrow_mut();
+            let mut waiting = r.coalesced.borrow_mut();
+            match at.entry((change.stripe, change.key.clone())) {
+                std::collections::hash_map::Entry::Occupied(slot) => {
+                    waiting[*slot.get()] = change;
+                    r.changes_coalesced.set(r.changes_coalesced.get() + 1);
+                    return;
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(waiting.len());
+                    waiting.push(change);
+                }
             }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(waiting.len());
-                waiting.push(change);
-            }
-        }
-        if waiting.len() == 1 {
+            waiting.len() == 1
+        };
+        // No borrow held: glommio may run a new task at once, and its timer may be due already.
+        if first {
             let driver = Rc::clone(self);
             glommio::spawn_local(async move {
                 glommio::timer::sleep(COALESCE).await;

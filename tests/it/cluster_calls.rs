@@ -92,14 +92,22 @@ fn assert_nothing_left(cluster: &Cluster<Proxy>, live: &[usize]) {
     }
 }
 
-fn calls_survive_a_killed_node(b2bua: bool, seed: u64) {
+/// A replicated 3 × 2 cluster with a caller (UA 0) and a callee (callee 0), and 300 calls
+/// (Call-IDs `TAG-i`) set up through it.
+fn with_calls_up(b2bua: bool, seed: u64, tag: &str) -> (Cluster<Proxy>, Rng, Vec<String>) {
     let mut cluster = Cluster::replicated(NODES, 2, seed, LOSSY, role(b2bua));
-    let ua = cluster.add_uac(Transport::Udp);
-    let callee = cluster.add_uas();
+    cluster.add_uac(Transport::Udp);
+    cluster.add_uas();
     let mut rng = Rng::new(seed);
-    let established = place_calls(&mut cluster, ua, &mut rng, "up", 300);
+    let calls = place_calls(&mut cluster, 0, &mut rng, tag, 300);
     cluster.drive(cluster.now_ms() + 10_000);
-    assert_eq!(cluster.uas[ua].dialogs().count(), established.len(), "every call was set up");
+    assert_eq!(cluster.uas[0].dialogs().count(), calls.len(), "every call was set up");
+    (cluster, rng, calls)
+}
+
+fn calls_survive_a_killed_node(b2bua: bool, seed: u64) {
+    let (mut cluster, mut rng, established) = with_calls_up(b2bua, seed, "up");
+    let (ua, callee) = (0, 0);
     let via_node_1 = cluster.uas[ua].dialogs().filter(|(_, _, ok)| contains(ok, b"10.0.1.1:5060")).count();
     assert!(via_node_1 > 50, "node 1 handled calls before it died ({via_node_1})");
 
@@ -158,14 +166,8 @@ fn bridged_calls_take_a_reinvite_and_a_bye_after_their_node_is_killed() {
 /// still gets its 200 and the callee sees each once.
 #[test]
 fn a_rejoining_node_takes_its_calls_back_with_transactions_in_flight() {
-    let seed = 43;
-    let mut cluster = Cluster::replicated(NODES, 2, seed, LOSSY, role(false));
-    let ua = cluster.add_uac(Transport::Udp);
-    let callee = cluster.add_uas();
-    let mut rng = Rng::new(seed);
-    let calls = place_calls(&mut cluster, ua, &mut rng, "back", 300);
-    cluster.drive(cluster.now_ms() + 10_000);
-    assert_eq!(cluster.uas[ua].dialogs().count(), calls.len());
+    let (mut cluster, _, calls) = with_calls_up(false, 43, "back");
+    let (ua, callee) = (0, 0);
     cluster.kill(NodeId(1), NodeId(2));
     cluster.drive(cluster.now_ms() + 1_000);
 
@@ -200,15 +202,9 @@ fn a_rejoining_node_takes_its_calls_back_with_transactions_in_flight() {
 /// each call, and every call, old or new, ends with one BYE the callee sees once.
 #[test]
 fn a_healed_partition_keeps_the_newer_copy_of_every_call() {
-    let seed = 44;
     for b2bua in [false, true] {
-        let mut cluster = Cluster::replicated(NODES, 2, seed, LOSSY, role(b2bua));
-        let ua = cluster.add_uac(Transport::Udp);
-        let callee = cluster.add_uas();
-        let mut rng = Rng::new(seed);
-        let calls = place_calls(&mut cluster, ua, &mut rng, "before", 300);
-        cluster.drive(cluster.now_ms() + 10_000);
-        assert_eq!(cluster.uas[ua].dialogs().count(), calls.len());
+        let (mut cluster, mut rng, calls) = with_calls_up(b2bua, 44, "before");
+        let (ua, callee) = (0, 0);
 
         cluster.partition(NodeId(0), NodeId(1));
         cluster.drive(cluster.now_ms() + 1_000);
