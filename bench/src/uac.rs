@@ -421,9 +421,12 @@ impl Generator {
         std::thread::sleep(start.saturating_duration_since(Instant::now()));
         let result = loop {
             let now = Instant::now();
-            let stop_starting = config.duration.is_some_and(|d| now.duration_since(start) >= d);
+            // The schedule decides which calls exist: every call due before the duration's end is
+            // started, late if the generator fell behind (its latency counts from when it was due).
+            let past_end = |t: Instant| config.duration.is_some_and(|d| t.duration_since(start) >= d);
+            let stop_starting = past_end(next_due) && past_end(now);
             // Start every call whose time has come (open loop).
-            while !stop_starting && started < generator.share.calls && next_due <= now {
+            while !past_end(next_due) && started < generator.share.calls && next_due <= now {
                 if generator.calls.len() >= generator.share.max_concurrent {
                     break;
                 }
