@@ -614,8 +614,8 @@ pub struct Shard<T> {
     parked: hashbrown::HashMap<Box<[u8]>, Vec<Parked>>,
     /// Handling parked requests after their lookup: no second lookup.
     replaying: bool,
-    /// Check records in without a new version or a change (a merged copy made live here
-    /// keeps the version it came with, so the two owners' versions stay comparable).
+    /// Check records in without a new version or a change (a record made live or dormant
+    /// here keeps its version, so the versions of two owners' copies stay comparable).
     quiet: bool,
     tu: T,
 }
@@ -791,6 +791,7 @@ impl<T: TransactionUser> Shard<T> {
     /// call more; a tie keeps ours), a call only the sender knew is adopted, and a newer
     /// removal ends ours. A copy taken is made live here with the version it came with, and
     /// no change goes out for it (the sender has it; echoing it back would bounce forever).
+    /// Taking a stripe over does not bump versions either ([`Shard::finish_quietly`]).
     fn merge_copy(&mut self, change: &Change) {
         let (stripe, key) = (change.stripe, &change.key[..]);
         let ours = self.table.version(stripe, key);
@@ -809,7 +810,6 @@ impl<T: TransactionUser> Shard<T> {
                 }
             }
         };
-        self.quiet = true;
         if ours.is_some() {
             self.deactivate(stripe, key);
             self.table.forget(stripe, key);
@@ -825,7 +825,6 @@ impl<T: TransactionUser> Shard<T> {
                 _ => self.stats.replicas_refused += 1,
             },
         }
-        self.quiet = false;
     }
 
     /// Adopts a newer view; activates the records of every stripe it gives this shard.
@@ -895,7 +894,7 @@ impl<T: TransactionUser> Shard<T> {
             self.b_index.insert(bridge.b_call_id.as_bytes().into(), key.into());
         }
         self.stats.records_activated += 1;
-        self.finish(stripe, key, record, fx);
+        self.finish_quietly(stripe, key, record, fx);
     }
 
     /// Makes a live record dormant, its stripe now another node's: its timers are cancelled
@@ -924,7 +923,16 @@ impl<T: TransactionUser> Shard<T> {
             self.b_index.remove(bridge.b_call_id.as_bytes());
         }
         self.stats.records_deactivated += 1;
+        self.finish_quietly(stripe, key, record, fx);
+    }
+
+    /// Checks a record in that only changed hands (made live or dormant here): its version
+    /// stays, and no change goes out. Versions then compare across the nodes that held the
+    /// record (a copy changed elsewhere after a takeover is newer than ours by its own changes).
+    fn finish_quietly(&mut self, stripe: StripeId, key: &[u8], record: CallRecord, fx: Effects) {
+        self.quiet = true;
         self.finish(stripe, key, record, fx);
+        self.quiet = false;
     }
 
     /// Copies of every record of `stripe`, as changes (a snapshot for a returning backup).

@@ -196,7 +196,8 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     assert_eq!((one.calls(), two.calls()), (0, 0), "the removal reached the replica");
     assert!(two.stats().replicas_removed >= 1);
 
-    // A change for a stripe node 2 owns (a late one from a former owner) is refused.
+    // A copy for a stripe node 2 owns that does not decode is refused (a newer one that does
+    // would be merged: see the test below).
     let mine = call_id_owned_by(&view, NodeId(2));
     let stripe = StripeId::of_call_id(mine.as_bytes(), STRIPES);
     let stale = sipshard_shards::table::Change {
@@ -278,4 +279,75 @@ CSeq: 7 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     let out = drain(&mut two, None, now);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(status(&out[0].1), 481);
+}
+
+/// Hands `shard` a datagram; returns what it transmits and the changes it made (not delivered).
+fn send_keeping_changes(
+    shard: &mut Shard<Proxy>,
+    now: Instant,
+    from: &str,
+    bytes: &str,
+) -> (Vec<String>, Vec<sipshard_shards::table::Change>) {
+    shard.handle(now, Input::Datagram { peer: udp(from), bytes: bytes.as_bytes() });
+    let (mut sent, mut changes) = (Vec::new(), Vec::new());
+    while let Some(output) = shard.poll_output() {
+        match output {
+            Output::Transmit { bytes, .. } => sent.push(String::from_utf8(bytes).expect("utf8")),
+            Output::Replicate(change) => changes.push(change),
+            _ => {}
+        }
+    }
+    (sent, changes)
+}
+
+/// A partition: node 2 takes the stripe over while node 1, alive, goes on with the call. When
+/// node 1's changes reach node 2 (the links are back), node 2, owner too, takes the newer copy
+/// (live, with its version, sending nothing), refuses an older one, and ends its copy on a
+/// newer removal.
+#[test]
+fn two_owners_of_a_stripe_keep_the_newer_copy_of_a_call() {
+    let start = Instant::now();
+    let view = StripeMap::balanced(1, STRIPES, &[NodeId(1), NodeId(2)], 1, 2);
+    let mut one = node(1, &view, start);
+    let mut two = node(2, &view, start);
+    let call_id = call_id_owned_by(&view, NodeId(1));
+    let invite = format!(
+        "INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv3\r\n\
+From: sipp <sip:sipp@127.0.0.1:5061>;tag=caller-tag\r\nTo: service <sip:service@127.0.0.1:5060>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:sipp@{CALLER}>\r\nMax-Forwards: 70\r\n\
+Content-Length: 0\r\n\r\n"
+    );
+    let (sent, first) = send_keeping_changes(&mut one, start, CALLER, &invite);
+    for change in &first {
+        two.handle(start, Input::Replica(change));
+    }
+    assert_eq!(two.stats().replicas_installed, first.len() as u64);
+
+    // The links go: node 2 declares node 1 dead and owns the call (node 1 still does too).
+    two.handle(start, Input::View(&view.without(NodeId(1))));
+    assert!(drain(&mut two, None, start).is_empty());
+    assert_eq!(two.stats().records_activated, 1);
+    // Node 1 goes on alone: the callee answers, the call is up there.
+    let (sent, newer) = send_keeping_changes(&mut one, start, CALLEE, &answer(&sent[1], 200, "OK"));
+    assert_eq!(status(&sent[0]), 200);
+
+    // The links are back: node 1's newer copy wins on node 2; no echo, no message.
+    let before = two.stats();
+    for change in &newer {
+        two.handle(start, Input::Replica(change));
+        assert!(two.poll_output().is_none(), "a merged copy sends nothing and is not sent back");
+    }
+    let merged = two.stats().replicas_merged - before.replicas_merged;
+    assert_eq!(merged, newer.len() as u64, "{:?}", two.stats());
+    assert_eq!(two.calls(), 1);
+    let kept = two.lookup(first[0].stripe, &first[0].key).expect("the call is held");
+    assert_eq!(kept.version, newer.last().expect("a change").version, "it kept the version it came with");
+    // An older copy (the INVITE's) is refused.
+    let refused = two.stats().replicas_refused;
+    two.handle(start, Input::Replica(&first[0]));
+    assert_eq!(two.stats().replicas_refused, refused + 1);
+    // A newer removal (the call ended on node 1) ends node 2's copy.
+    let removal = sipshard_shards::table::Change { version: kept.version + 1, bytes: Vec::new(), ..kept.clone() };
+    two.handle(start, Input::Replica(&removal));
+    assert_eq!((two.calls(), two.armed_timers()), (0, 0), "removed, its timers cancelled");
 }
