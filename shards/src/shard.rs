@@ -42,7 +42,7 @@ use crate::timer::{TimerId, TimerWheel};
 use crate::transaction::matching::{ServerKey, server_key, server_key_of_response};
 use crate::transaction::{
     Action, Actions, ClientEvent, ClientInvite, ClientInviteState, ClientNonInvite, ResponseClass, ServerEvent,
-    ServerInvite, ServerNonInvite, TimerConfig, TxnTimer,
+    ServerInvite, ServerInviteState, ServerNonInvite, TimerConfig, TxnTimer,
 };
 
 /// How a peer reached us.
@@ -1479,6 +1479,11 @@ impl<T: TransactionUser> Shard<T> {
             let txn = record.transactions.swap_remove(i);
             self.forget_txn(txn.id, &txn.timers, fx);
             self.stats.transactions_ended += 1;
+        } else if matches!(txn.fsm, ServerFsm::Invite(ServerInvite { state: ServerInviteState::Accepted, .. })) {
+            // RFC 6026: in Accepted the transaction only sends a 2xx the TU hands it again, and
+            // absorbs retransmitted INVITEs: the kept copy of the 2xx is dead weight in every
+            // later change of the record (a B2BUA rebuilds its 2xx from the kept request).
+            txn.response = Vec::new();
         }
     }
 
@@ -1539,6 +1544,11 @@ impl<T: TransactionUser> Shard<T> {
             let txn = record.clients.swap_remove(i);
             self.forget_txn(txn.id, &txn.timers, fx);
             self.stats.client_transactions_ended += 1;
+        } else if let ClientFsm::Invite(ClientInvite { state: ClientInviteState::Accepted, .. }) = record.clients[i].fsm
+        {
+            // A 2xx came: no retransmission, CANCEL or ACK is built from the request any more
+            // (the ACK of a 2xx goes end to end, or from the B2BUA's dialog).
+            record.clients[i].request = Vec::new();
         }
     }
 
