@@ -10,20 +10,24 @@
 //!   the messages that input caused are held until every backup whose link was
 //!   up has acknowledged it (or is declared dead); in `async` mode a record's
 //!   changes are gathered for 2 ms and its latest version sent;
-//! - a change from a peer is installed as a dormant replica;
+//! - a change from a peer is installed as a dormant replica (for a stripe this
+//!   node owns too, after a partition, the shard keeps the newer copy);
 //! - a SIP message for a stripe a peer owns travels in a `Forward` frame on the
-//!   link of the stripe's shard; the owner handles it as if it had received it;
+//!   link of the stripe's shard; the owner handles it as if it had received it,
+//!   and what it sends a UA connected to the peer over TCP goes back in a `Send`
+//!   frame, for the peer to write on that connection;
 //! - a peer silent for `dead_after_ms` is dead: the shard computes the view
 //!   without it, takes it itself and hands it to every other shard of the node,
 //!   so the dead node's stripes are processed by their backups here;
 //! - a node declared dead that connects again is readmitted: a view makes it a
-//!   backup of its stripes again, every shard sends it a snapshot of the
-//!   records it owns that it backs up (chunked, half a window ahead of the
-//!   acks), and once all are acknowledged the node that took its stripes over
-//!   hands them back (a view where they are placed as at home): it makes the
-//!   records dormant, the returning node activates them. Every view a shard
-//!   takes goes to its siblings and to the peers on its links (the newest
-//!   epoch wins);
+//!   backup of its stripes again, every shard sends it a snapshot of every
+//!   copy it holds of the stripes that node owns or backs up at home (chunked,
+//!   half a window ahead of the acks), and once all are acknowledged the node
+//!   that took its stripes over hands them back (a view where they are placed
+//!   as at home): it makes the records dormant, the returning node activates
+//!   them. After a partition both sides do this for each other. Every view a
+//!   shard takes goes to its siblings and to the peers on its links (the newest
+//!   epoch wins; two of one epoch settle by `StripeMap::supersedes`);
 //! - an in-dialog request for a call the owner holds nothing of is parked by
 //!   the shard, and every peer is asked for a copy (Lookup); the newest copy
 //!   found becomes live here, or the request gets its 481 after every reply

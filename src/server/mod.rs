@@ -502,9 +502,7 @@ async fn shard_main(
                 let Some(hop) = stream.next().await else { break };
                 match hop {
                     Hop::Routed { peer, bytes, via_shard } => {
-                        if peer.transport == Transport::Tcp && via_shard != driver.index {
-                            driver.tcp_routes.borrow_mut().insert(peer.addr, via_shard);
-                        }
+                        driver.learn_tcp_route(peer, via_shard);
                         driver.process(Input::Forwarded { peer, bytes: &bytes }).await;
                     }
                     Hop::Steered { peer, bytes } => {
@@ -516,9 +514,7 @@ async fn shard_main(
                     Hop::Location(update) => drop(driver.handle(Input::Location(&update))),
                     Hop::ToNode { node, peer, bytes, via_shard } => {
                         // Answers come back on this shard's link; the connection is on `via_shard`.
-                        if peer.transport == Transport::Tcp && via_shard != driver.index {
-                            driver.tcp_routes.borrow_mut().insert(peer.addr, via_shard);
-                        }
+                        driver.learn_tcp_route(peer, via_shard);
                         driver.forward_to_node(node, peer, &bytes)
                     }
                     Hop::View(view) => drop(driver.adopt_view(&view).await),
@@ -703,6 +699,14 @@ impl Driver {
             r.hold(waits, held);
         }
         moved
+    }
+
+    /// Remembers that shard `via_shard` holds the TCP connection to `peer` (a message from it
+    /// moved here), so that what this shard sends `peer` goes back through that shard.
+    fn learn_tcp_route(&self, peer: Peer, via_shard: usize) {
+        if peer.transport == Transport::Tcp && via_shard != self.index {
+            self.tcp_routes.borrow_mut().insert(peer.addr, via_shard);
+        }
     }
 
     /// Sends a message for another node on this shard's own link, straight from the receive

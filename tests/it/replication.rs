@@ -41,6 +41,17 @@ fn drill(args: &[&str]) -> (String, u64, u64, u64) {
     (stdout, established, ended_ok, lost)
 }
 
+/// Runs the drill for `calls` calls and checks that every one was set up, ended with a 200 and
+/// had its BYE seen by the callee; returns the drill's output.
+fn drill_ends_every_call(calls: u64, args: &[&str]) -> String {
+    let calls_arg = calls.to_string();
+    let all: Vec<&str> = ["--calls", calls_arg.as_str()].into_iter().chain(args.iter().copied()).collect();
+    let (stdout, established, ended_ok, lost) = drill(&all);
+    assert_eq!((established, ended_ok, lost), (calls, calls, 0), "{stdout}");
+    assert!(stdout.contains(&format!("byes {calls}")), "the callee saw every BYE: {stdout}");
+    stdout
+}
+
 /// Sums `key=` over the survivor's shard lines.
 fn survivor_sum(stdout: &str, key: &str) -> u64 {
     stdout
@@ -54,9 +65,7 @@ fn survivor_sum(stdout: &str, key: &str) -> u64 {
 
 #[test]
 fn a_killed_node_loses_no_established_call_with_sync_or_async_replication() {
-    let (stdout, established, ended_ok, lost) = drill(&["--calls", "2000", "--replication", "sync"]);
-    assert_eq!((established, ended_ok, lost), (2000, 2000, 0), "{stdout}");
-    assert!(stdout.contains("byes 2000"), "the callee saw every BYE: {stdout}");
+    let stdout = drill_ends_every_call(2000, &["--replication", "sync"]);
     // Node 2 took node 1's stripes over and activated the calls it held as replicas.
     assert_eq!(survivor_sum(&stdout, "stripes_taken_over="), 512, "half of 1024 stripes: {stdout}");
     assert!(survivor_sum(&stdout, "records_activated=") >= 500, "about half the calls were node 1's: {stdout}");
@@ -66,17 +75,13 @@ fn a_killed_node_loses_no_established_call_with_sync_or_async_replication() {
     assert!(status.contains("shard 0: epoch=2") && status.contains("owner2=1024"), "{status}");
     assert!(status.contains("(written "), "fresh: {status}");
 
-    let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--replication", "async"]);
-    assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
-    assert!(stdout.contains("byes 1000"), "the callee saw every BYE: {stdout}");
+    let stdout = drill_ends_every_call(1000, &["--replication", "async"]);
     assert_eq!(survivor_sum(&stdout, "held_messages="), 0, "async holds nothing back: {stdout}");
 }
 
 #[test]
 fn a_restarted_node_gets_its_stripes_back_and_its_calls_still_end_cleanly() {
-    let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--rejoin"]);
-    assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
-    assert!(stdout.contains("byes 1000"), "the callee saw every BYE: {stdout}");
+    let stdout = drill_ends_every_call(1000, &["--rejoin"]);
     assert!(stdout.contains("it owns 512 stripes again"), "the hand-back happened before the BYEs: {stdout}");
     let (survivor, returned) = stdout.split_once("== node 1 (restarted)").expect("both nodes' counters");
     // Node 2 took node 1's stripes, sent it a snapshot, gave them back and made them dormant.
@@ -98,9 +103,7 @@ fn a_node_back_before_it_was_declared_dead_finds_its_calls_by_lookup() {
     // once with none of its calls. Node 2 notices the new life and sends it every copy of its
     // stripes, which it takes as the owner (merged); a BYE that comes before its copy finds
     // the call by a Lookup of node 2's copy.
-    let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--rejoin", "--rejoin-after-ms", "100"]);
-    assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
-    assert!(stdout.contains("byes 1000"), "the callee saw every BYE: {stdout}");
+    let stdout = drill_ends_every_call(1000, &["--rejoin", "--rejoin-after-ms", "100"]);
     assert!(stdout.contains("before node 2 declared it dead"), "{stdout}");
     let (_, returned) = stdout.split_once("== node 1 (restarted)").expect("both nodes' counters");
     let found = survivor_sum(returned, "lookups_found=") + survivor_sum(returned, "replicas_merged=");
@@ -114,9 +117,7 @@ fn a_node_frozen_past_the_dead_time_comes_back_to_one_view_and_no_call_is_lost()
     // SIGSTOP for 2 s: node 2 takes node 1's stripes; after SIGCONT node 1 hears node 2
     // again, both settle on one view with the stripes back home, and every BYE (to node 2,
     // forwarded to node 1 for its stripes) ends its call.
-    let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--pause-ms", "2000"]);
-    assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
-    assert!(stdout.contains("byes 1000"), "the callee saw every BYE: {stdout}");
+    let stdout = drill_ends_every_call(1000, &["--pause-ms", "2000"]);
     assert!(stdout.contains("both nodes at epoch") && stdout.contains("node 1 owning 512 stripes"), "{stdout}");
     let (survivor, thawed) = stdout.split_once("== node 1 (thawed)").expect("both nodes' counters");
     assert_eq!(survivor_sum(survivor, "stripes_taken_over="), 512, "{survivor}");
@@ -130,9 +131,7 @@ fn a_partition_between_two_live_nodes_heals_to_one_view_and_no_call_is_lost() {
     // other dead and owns every stripe, node 1 (where the caller sends) sets up the rest of
     // the calls alone. When the links come back the nodes settle on one view, node 2 takes
     // the newer copies node 1 made, and every BYE sent to node 2 ends its call.
-    let (stdout, established, ended_ok, lost) = drill(&["--calls", "1000", "--partition-ms", "2000"]);
-    assert_eq!((established, ended_ok, lost), (1000, 1000, 0), "{stdout}");
-    assert!(stdout.contains("byes 1000"), "the callee saw every BYE: {stdout}");
+    let stdout = drill_ends_every_call(1000, &["--partition-ms", "2000"]);
     assert!(stdout.contains("links back after 2000 ms; both nodes at epoch"), "one view after the heal: {stdout}");
     let (survivor, across) = stdout.split_once("== node 1 (across the partition)").expect("both nodes' counters");
     for (name, counters) in [("node 2", survivor), ("node 1", across)] {
