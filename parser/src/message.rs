@@ -11,7 +11,7 @@
 use memchr::memchr;
 
 use crate::error::{ErrorKind, ParseError};
-use crate::grammar::{is_token_char, trim_lws};
+use crate::grammar::{find_byte, is_token_char, trim_lws};
 use crate::header::{Header, HeaderName, HeaderSlot};
 use crate::limits::{MAX_HEADER_VALUE_BYTES, MAX_HEADERS, MAX_LINE_BYTES, MAX_MESSAGE_BYTES};
 use crate::method::Method;
@@ -142,7 +142,7 @@ impl<'a> FieldScanner<'a> {
     /// Like [`Self::line_at`] for a line that starts at `start`, searching from `from`.
     fn line_from(&self, start: usize, from: usize) -> Result<(usize, usize), ParseError> {
         let window_end = self.buf.len().min(start + MAX_LINE_BYTES + 2);
-        match memchr(b'\n', &self.buf[from.min(window_end)..window_end]).map(|i| i + from - start) {
+        match find_byte(b'\n', &self.buf[from.min(window_end)..window_end]).map(|i| i + from - start) {
             Some(i) => {
                 let nl = start + i;
                 let end = if nl > start && self.buf[nl - 1] == b'\r' { nl - 1 } else { nl };
@@ -269,7 +269,7 @@ fn start_line<'a>(buf: &'a [u8], line: &'a [u8], notes: &mut FramingNotes) -> Re
     }
     // Method SP Request-URI SP SIP-Version. Tolerate extra SP (RFC 4475 §3.1.2.8-10 allow a
     // liberal element to) but note it, so the role can still answer 400 with the right Via.
-    let method_end = memchr(b' ', line).ok_or(ParseError::new(ErrorKind::ExpectedSpace, at + line.len()))?;
+    let method_end = find_byte(b' ', line).ok_or(ParseError::new(ErrorKind::ExpectedSpace, at + line.len()))?;
     let method_bytes = &line[..method_end];
     if method_bytes.is_empty() || !method_bytes.iter().all(|&c| is_token_char(c)) {
         return Err(ParseError::new(ErrorKind::ExpectedMethod, at));
@@ -299,7 +299,7 @@ fn start_line<'a>(buf: &'a [u8], line: &'a [u8], notes: &mut FramingNotes) -> Re
 /// `Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF`.
 fn status_line<'a>(buf: &'a [u8], line: &'a [u8]) -> Result<StatusLine<'a>, ParseError> {
     let at = offset_in(buf, line);
-    let sp = memchr(b' ', line).ok_or(ParseError::new(ErrorKind::ExpectedSpace, at + line.len()))?;
+    let sp = find_byte(b' ', line).ok_or(ParseError::new(ErrorKind::ExpectedSpace, at + line.len()))?;
     let version = sip_version(&line[..sp], at)?;
     let code_at = at + sp + 1;
     let code_text = &line[sp + 1..];

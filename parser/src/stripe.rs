@@ -9,7 +9,7 @@
 //! followed by the murmur3 `fmix64` finaliser (so that the low bits used by
 //! the modulo are well mixed), taken modulo the stripe count.
 
-use crate::grammar::trim_lws;
+use crate::grammar::{find_byte, trim_lws};
 use crate::header::HeaderName;
 use crate::limits::MAX_HEADERS;
 
@@ -40,9 +40,9 @@ pub fn stripe_of(call_id: &[u8], stripe_count: u32) -> u32 {
 /// case-insensitively, and returns the value with LWS trimmed. Stops at the
 /// end of the headers; returns `None` when there is no Call-ID.
 pub fn peek_call_id(datagram: &[u8]) -> Option<&[u8]> {
-    let mut pos = memchr::memchr(b'\n', datagram)? + 1;
+    let mut pos = find_byte(b'\n', datagram)? + 1;
     for _ in 0..MAX_HEADERS {
-        let line_end = pos + memchr::memchr(b'\n', datagram.get(pos..)?)?;
+        let line_end = pos + find_byte(b'\n', datagram.get(pos..)?)?;
         let line = &datagram[pos..line_end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
@@ -51,7 +51,7 @@ pub fn peek_call_id(datagram: &[u8]) -> Option<&[u8]> {
         let mut next = line_end + 1;
         let is_call_id = match line.first() {
             Some(b'i' | b'I') | Some(b'c' | b'C') => {
-                let colon = memchr::memchr(b':', line)?;
+                let colon = find_byte(b':', line)?;
                 let name = line[..colon].trim_ascii_end();
                 HeaderName::from_bytes(name) == HeaderName::CallId
             }
@@ -60,11 +60,11 @@ pub fn peek_call_id(datagram: &[u8]) -> Option<&[u8]> {
         // Join continuation lines (RFC 3261 §7.3.1) so the scan stays aligned.
         let mut value_end = line_end;
         while matches!(datagram.get(next), Some(b' ' | b'\t')) {
-            value_end = next + memchr::memchr(b'\n', &datagram[next..])?;
+            value_end = next + find_byte(b'\n', &datagram[next..])?;
             next = value_end + 1;
         }
         if is_call_id {
-            let colon = pos + memchr::memchr(b':', line)?;
+            let colon = pos + find_byte(b':', line)?;
             return Some(trim_lws(&datagram[colon + 1..value_end]));
         }
         pos = next;
@@ -75,6 +75,85 @@ pub fn peek_call_id(datagram: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The first implementation (`memchr` per search), kept as the reference for the property below.
+    /// Walks the
+    /// header lines (folded lines joined), matches `Call-ID` or `i`
+    /// case-insensitively, and returns the value with LWS trimmed. Stops at the
+    /// end of the headers; returns `None` when there is no Call-ID.
+    fn peek_call_id_by_lines(datagram: &[u8]) -> Option<&[u8]> {
+        let mut pos = memchr::memchr(b'\n', datagram)? + 1;
+        for _ in 0..MAX_HEADERS {
+            let line_end = pos + memchr::memchr(b'\n', datagram.get(pos..)?)?;
+            let line = &datagram[pos..line_end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                return None;
+            }
+            let mut next = line_end + 1;
+            let is_call_id = match line.first() {
+                Some(b'i' | b'I') | Some(b'c' | b'C') => {
+                    let colon = memchr::memchr(b':', line)?;
+                    let name = line[..colon].trim_ascii_end();
+                    HeaderName::from_bytes(name) == HeaderName::CallId
+                }
+                _ => false,
+            };
+            // Join continuation lines (RFC 3261 §7.3.1) so the scan stays aligned.
+            let mut value_end = line_end;
+            while matches!(datagram.get(next), Some(b' ' | b'\t')) {
+                value_end = next + memchr::memchr(b'\n', &datagram[next..])?;
+                next = value_end + 1;
+            }
+            if is_call_id {
+                let colon = pos + memchr::memchr(b':', line)?;
+                return Some(trim_lws(&datagram[colon + 1..value_end]));
+            }
+            pos = next;
+        }
+        None
+    }
+
+    const LINES: &[&str] = &[
+        "INVITE sip:a SIP/2.0",
+        "Via: x",
+        "Call-ID: abc@h",
+        "i: short",
+        "CALL-ID :",
+        "  folded",
+        "\tmore",
+        "c",
+        "Cseq: 1",
+        "Contact: <sip:i@x>",
+        "",
+        "call-id:",
+        "i",
+        "I:x",
+        "body",
+        " ",
+        "Content-Length: 0",
+        ":",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        /// The word-at-a-time scan finds what `memchr` found, on any arrangement of lines.
+        #[test]
+        fn word_at_a_time_peek_agrees_with_memchr(
+            lines in proptest::collection::vec((0..LINES.len(), 0..3usize), 0..12),
+            tail in proptest::collection::vec(any::<u8>(), 0..4),
+        ) {
+            let mut datagram = Vec::new();
+            for (line, ending) in lines {
+                datagram.extend_from_slice(LINES[line].as_bytes());
+                datagram.extend_from_slice(["\r\n", "\n", "\r"][ending].as_bytes());
+            }
+            datagram.extend_from_slice(&tail);
+            prop_assert_eq!(peek_call_id(&datagram), peek_call_id_by_lines(&datagram), "{:?}", String::from_utf8_lossy(&datagram));
+        }
+    }
 
     #[test]
     fn stripe_hash_is_stable() {

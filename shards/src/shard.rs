@@ -600,6 +600,10 @@ pub struct Shard<T> {
     spare_slots: Box<[HeaderSlot]>,
     /// One input's effects, taken and put back so inputs do not allocate their lists.
     scratch: Effects,
+    /// Where messages are written before an exact-size copy is taken ([`written`]).
+    write_buf: Vec<u8>,
+    /// The key of the call whose timer fires, copied out of the timer index.
+    key_buf: Vec<u8>,
     /// `SIP/2.0/UDP host:port;branch=` and the TCP twin, written once.
     via_prefix: [String; 2],
     /// `<sip:host:port;lr>`.
@@ -641,6 +645,8 @@ impl<T: TransactionUser> Shard<T> {
             slots: vec![HeaderSlot::EMPTY; Message::SLOTS].into_boxed_slice(),
             spare_slots: vec![HeaderSlot::EMPTY; Message::SLOTS].into_boxed_slice(),
             scratch: Effects::default(),
+            write_buf: Vec::new(),
+            key_buf: Vec::new(),
             via_prefix: [format!("SIP/2.0/UDP {local};branch="), format!("SIP/2.0/TCP {local};branch=")],
             record_route: format!("<sip:{local};lr>"),
             wheel: TimerWheel::new(config.max_timers, start_ms),
@@ -1243,13 +1249,13 @@ impl<T: TransactionUser> Shard<T> {
         if let Some(client) = pending {
             let (peer, branch, request) = (client.peer, client.branch.clone(), client.request.clone());
             let mut slots = std::mem::take(&mut self.spare_slots);
-            let mut out = vec![0u8; request.len() + 64];
-            let written = sipshard_parser::parse(&request, &mut slots)
-                .ok()
-                .and_then(|sent| sipshard_parser::write_cancel(&sent, &mut out).ok());
+            let cancel = written(&mut self.write_buf, request.len() + 64, |out| {
+                sipshard_parser::parse(&request, &mut slots)
+                    .ok()
+                    .and_then(|sent| sipshard_parser::write_cancel(&sent, out).ok())
+            });
             self.spare_slots = slots;
-            if let Some(n) = written {
-                out.truncate(n);
+            if let Some(out) = cancel {
                 self.start_client(now_ms, record, invite_id, branch, true, peer, out, fx);
             }
         }
@@ -1296,14 +1302,10 @@ impl<T: TransactionUser> Shard<T> {
         let to_tag = if code == 100 { None } else { Some(tag) };
         let spec = ResponseSpec { code, reason, to_tag, headers, body: b"" };
         let room: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
-        let mut out = vec![0u8; msg.len() + 256 + room];
-        match write_response(msg, &spec, &mut out) {
-            Ok(n) => {
-                out.truncate(n);
-                self.server_respond(now_ms, record, id, call_id, out, code, fx);
-            }
+        match written(&mut self.write_buf, msg.len() + 256 + room, |out| write_response(msg, &spec, out).ok()) {
+            Some(out) => self.server_respond(now_ms, record, id, call_id, out, code, fx),
             // The request parsed but its response cannot be written: end the transaction.
-            Err(_) => self.drop_server_txn(record, id, fx),
+            None => self.drop_server_txn(record, id, fx),
         }
     }
 
@@ -1389,7 +1391,7 @@ impl<T: TransactionUser> Shard<T> {
     }
 
     /// The relayed form of `msg`: our Via on top, Max-Forwards decremented, the role's edits.
-    fn write_relayed(&self, msg: &Message<'_>, relay: &Relay, branch: &str) -> Option<Vec<u8>> {
+    fn write_relayed(&mut self, msg: &Message<'_>, relay: &Relay, branch: &str) -> Option<Vec<u8>> {
         let prefix = &self.via_prefix[usize::from(relay.to.transport == Transport::Tcp)];
         let mut via = String::with_capacity(prefix.len() + branch.len());
         via.push_str(prefix);
@@ -1405,10 +1407,8 @@ impl<T: TransactionUser> Shard<T> {
         if let Some(uri) = &relay.request_uri {
             editor.set_request_uri(uri).ok()?;
         }
-        let mut out = vec![0u8; msg.len() + RELAY_ROOM + relay.request_uri.as_ref().map_or(0, |u| u.len())];
-        let n = editor.write(&mut out).ok()?;
-        out.truncate(n);
-        Some(out)
+        let need = msg.len() + RELAY_ROOM + relay.request_uri.as_ref().map_or(0, |u| u.len());
+        written(&mut self.write_buf, need, |out| editor.write(out).ok())
     }
 
     #[allow(clippy::too_many_arguments)] // The fields of the new transaction.
@@ -1510,13 +1510,13 @@ impl<T: TransactionUser> Shard<T> {
                 Action::SendAck => {
                     let Some(response) = response else { continue };
                     let mut slots = std::mem::take(&mut self.spare_slots);
-                    let mut out = vec![0u8; txn.request.len() + 128];
-                    let written = sipshard_parser::parse(&txn.request, &mut slots)
-                        .ok()
-                        .and_then(|sent| sipshard_parser::write_ack(&sent, response, &mut out).ok());
+                    let ack = written(&mut self.write_buf, txn.request.len() + 128, |out| {
+                        sipshard_parser::parse(&txn.request, &mut slots)
+                            .ok()
+                            .and_then(|sent| sipshard_parser::write_ack(&sent, response, out).ok())
+                    });
                     self.spare_slots = slots;
-                    if let Some(n) = written {
-                        out.truncate(n);
+                    if let Some(out) = ack {
                         fx.requests += 1;
                         fx.sends.push((txn.peer, out));
                     }
@@ -1623,12 +1623,12 @@ impl<T: TransactionUser> Shard<T> {
         if record.bridge.is_some() {
             return self.bridge_response(now_ms, record, server, is_invite, call_id, response, code, fx);
         }
-        let mut out = vec![0u8; response.len()];
-        let Some(n) = Editor::new(response).pop_via().ok().and_then(|e| e.write(&mut out).ok()) else {
+        let popped =
+            written(&mut self.write_buf, response.len(), |out| Editor::new(response).pop_via().ok()?.write(out).ok());
+        let Some(out) = popped else {
             self.stats.dropped_malformed += 1;
             return;
         };
-        out.truncate(n);
         if is_invite && code >= 200 {
             self.invite_answered(now_ms, record, call_id, code, fx);
         }
@@ -1676,9 +1676,9 @@ impl<T: TransactionUser> Shard<T> {
             self.stats.stray_responses += 1;
             return;
         };
-        let mut out = vec![0u8; msg.len()];
-        if let Some(n) = Editor::new(msg).pop_via().ok().and_then(|e| e.write(&mut out).ok()) {
-            out.truncate(n);
+        if let Some(out) =
+            written(&mut self.write_buf, msg.len(), |out| Editor::new(msg).pop_via().ok()?.write(out).ok())
+        {
             self.stats.responses_relayed_stateless += 1;
             self.stats.responses_sent += 1;
             self.outputs.push_back(Output::Transmit { peer, bytes: out });
@@ -1797,29 +1797,38 @@ impl<T: TransactionUser> Shard<T> {
         while let Some((_, (id, wheel_timer))) = self.wheel.poll_expired(now_ms) {
             self.armed.remove(&(id, wheel_timer));
             let calls = if matches!(wheel_timer, WheelTimer::Call(_)) { &self.timer_calls } else { &self.txn_calls };
-            let Some((stripe, call_id)) = calls.get(&id).cloned() else { continue };
-            let Some(mut record) = self.checkout_existing(stripe, &call_id) else { continue };
-            let mut fx = self.take_effects();
-            let timer = match wheel_timer {
-                WheelTimer::Txn(timer) => timer,
-                WheelTimer::Call(timer) => {
-                    record.call_timers.retain(|(t, _)| *t != timer);
-                    self.call_timer_fired(now_ms, &mut record, &call_id, timer, &mut fx);
-                    self.finish(stripe, &call_id, record, fx);
-                    continue;
-                }
-            };
-            if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
-                record.transactions[i].timers.clear(timer);
-                let actions = record.transactions[i].fsm.on(ServerEvent::Timer(timer), &self.config.timers);
-                self.apply_server(now_ms, &mut record, i, &call_id, actions, &mut fx);
-            } else if let Some(i) = record.clients.iter().position(|c| c.id == id) {
-                record.clients[i].timers.clear(timer);
-                let actions = record.clients[i].fsm.on(ClientEvent::Timer(timer), &self.config.timers);
-                self.apply_client(now_ms, &mut record, i, &call_id, actions, None, &mut fx);
-            }
-            self.finish(stripe, &call_id, record, fx);
+            let Some((stripe, key)) = calls.get(&id) else { continue };
+            // The call's key, copied into a reused buffer (the map entry may go while it fires).
+            let mut call_id = std::mem::take(&mut self.key_buf);
+            call_id.clear();
+            call_id.extend_from_slice(key);
+            self.fire_timer(now_ms, *stripe, &call_id, id, wheel_timer);
+            self.key_buf = call_id;
         }
+    }
+
+    /// One expired timer of transaction (or call-timer id) `id` in call `call_id`.
+    fn fire_timer(&mut self, now_ms: u64, stripe: StripeId, call_id: &[u8], id: u64, wheel_timer: WheelTimer) {
+        let Some(mut record) = self.checkout_existing(stripe, call_id) else { return };
+        let mut fx = self.take_effects();
+        let timer = match wheel_timer {
+            WheelTimer::Txn(timer) => timer,
+            WheelTimer::Call(timer) => {
+                record.call_timers.retain(|(t, _)| *t != timer);
+                self.call_timer_fired(now_ms, &mut record, call_id, timer, &mut fx);
+                return self.finish(stripe, call_id, record, fx);
+            }
+        };
+        if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
+            record.transactions[i].timers.clear(timer);
+            let actions = record.transactions[i].fsm.on(ServerEvent::Timer(timer), &self.config.timers);
+            self.apply_server(now_ms, &mut record, i, call_id, actions, &mut fx);
+        } else if let Some(i) = record.clients.iter().position(|c| c.id == id) {
+            record.clients[i].timers.clear(timer);
+            let actions = record.clients[i].fsm.on(ClientEvent::Timer(timer), &self.config.timers);
+            self.apply_client(now_ms, &mut record, i, call_id, actions, None, &mut fx);
+        }
+        self.finish(stripe, call_id, record, fx);
     }
 
     /// Arms a call timer (the record's wheel id is made on first use).
@@ -1883,14 +1892,14 @@ impl<T: TransactionUser> Shard<T> {
                     (c.peer, c.branch.clone(), c.request.clone(), c.server)
                 };
                 let mut slots = std::mem::take(&mut self.spare_slots);
-                let mut out = vec![0u8; request.len() + 64];
-                let written = sipshard_parser::parse(&request, &mut slots)
-                    .ok()
-                    .and_then(|sent| sipshard_parser::write_cancel(&sent, &mut out).ok());
+                let cancel = written(&mut self.write_buf, request.len() + 64, |out| {
+                    sipshard_parser::parse(&request, &mut slots)
+                        .ok()
+                        .and_then(|sent| sipshard_parser::write_cancel(&sent, out).ok())
+                });
                 self.spare_slots = slots;
                 self.answer_from_client(now_ms, record, i, server, call_id, 408, fx);
-                if let Some(n) = written {
-                    out.truncate(n);
+                if let Some(out) = cancel {
                     self.start_client(now_ms, record, server, branch, true, peer, out, fx);
                 }
             }
@@ -2150,13 +2159,11 @@ impl<T: TransactionUser> Shard<T> {
         }
         let spec = ResponseSpec { code, reason, to_tag: Some(&to_tag), headers: &headers, body: response.body() };
         let mut slots = std::mem::take(&mut self.spare_slots);
-        let mut out = vec![0u8; request.len() + response.len() + 256];
-        let written = sipshard_parser::parse(&request, &mut slots)
-            .ok()
-            .and_then(|req| write_response(&req, &spec, &mut out).ok());
+        let answer = written(&mut self.write_buf, request.len() + response.len() + 256, |out| {
+            sipshard_parser::parse(&request, &mut slots).ok().and_then(|req| write_response(&req, &spec, out).ok())
+        });
         self.spare_slots = slots;
-        if let Some(n) = written {
-            out.truncate(n);
+        if let Some(out) = answer {
             self.server_respond(now_ms, record, server, call_id, out, code, fx);
         }
     }
@@ -2222,6 +2229,17 @@ const MAX_PARKED_KEYS: usize = 1024;
 const MAX_PARKED_PER_KEY: usize = 4;
 
 /// A record as a change: what a snapshot or a lookup answer carries.
+/// Writes a message of at most `need` bytes with `write` into `buf` (the shard's reused write
+/// buffer, grown to fit) and returns an exact-size copy: no zeroed buffer per message, and
+/// what a record keeps holds no slack.
+fn written(buf: &mut Vec<u8>, need: usize, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<Vec<u8>> {
+    if buf.len() < need {
+        buf.resize(need, 0);
+    }
+    let n = write(&mut buf[..need])?;
+    Some(buf[..n].to_vec())
+}
+
 fn copy_of(stripe: StripeId, key: &[u8], record: &CallRecord, version: u64) -> Change {
     Change { stripe, key: key.into(), version, hints: Hints::NONE, bytes: codec::encode(stripe, version, record) }
 }
