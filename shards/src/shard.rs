@@ -41,8 +41,8 @@ use crate::table::{CallTable, Change, Checkout, Hints, TableError, codec};
 use crate::timer::{TimerId, TimerWheel};
 use crate::transaction::matching::{ServerKey, server_key, server_key_of_response};
 use crate::transaction::{
-    Action, Actions, ClientEvent, ClientInvite, ClientInviteState, ClientNonInvite, ResponseClass, ServerEvent,
-    ServerInvite, ServerInviteState, ServerNonInvite, TimerConfig, TxnTimer,
+    Action, Actions, ClientEvent, ClientInvite, ClientInviteState, ClientNonInvite, ClientNonInviteState,
+    ResponseClass, ServerEvent, ServerInvite, ServerInviteState, ServerNonInvite, TimerConfig, TxnTimer,
 };
 
 /// How a peer reached us.
@@ -298,7 +298,7 @@ impl ShardConfig {
             local: SocketAddr::from(([127, 0, 0, 1], 5060)),
             stripes: StripeMap::balanced(1, 64, &[NodeId(0)], 1, 1),
             max_calls,
-            max_timers: 8 * max_calls,
+            max_timers: timers_for(max_calls),
             timers: TimerConfig::default(),
             seed: 1,
             replicate: false,
@@ -550,8 +550,41 @@ impl CallRecord {
     }
 }
 
+impl CallRecord {
+    /// Whether the call is over and only finished transactions are left, waiting out their
+    /// timers (J, K, L, H) to absorb retransmissions: every request answered with a final
+    /// response, every relayed one has its final response, no dialog going on, no binding.
+    /// The table does not count such a record as a call ([`Hints::LINGERING`]).
+    fn is_lingering(&self) -> bool {
+        matches!(self.dialog, None | Some(DialogState::Terminated))
+            && self.bindings.is_empty()
+            && self.transactions.iter().all(|t| t.answered)
+            && self.clients.iter().all(|c| match &c.fsm {
+                ClientFsm::Invite(_) => c.fsm.has_final(),
+                ClientFsm::NonInvite(fsm) => {
+                    matches!(fsm.state, ClientNonInviteState::Completed | ClientNonInviteState::Terminated)
+                }
+            })
+    }
+}
+
 /// Most transactions (server and client together) one call record holds.
 pub const MAX_TXNS_PER_CALL: usize = 16;
+
+/// Free timer-wheel entries below which a new transaction is refused (503): more than one
+/// input arms (a request's server and client transactions and call timers, a CANCEL's), so
+/// responses and firing timers, which arm no more than they end, always find room.
+const TIMER_HEADROOM: usize = 64;
+
+/// Timer-wheel entries per call of `max_calls`, counting the ended calls the table may also
+/// hold ([`crate::table::LINGERING_ROOM`]).
+const TIMERS_PER_CALL: usize = 8 * crate::table::LINGERING_ROOM;
+
+/// The timer wheel for a shard of `max_calls` calls ([`ShardConfig::max_timers`]): sized so
+/// that in any usual mix the table, not the wheel, is what refuses a call.
+pub const fn timers_for(max_calls: usize) -> usize {
+    TIMERS_PER_CALL * max_calls + TIMER_HEADROOM
+}
 
 /// Outputs one `handle` can queue before the driver must drain them.
 const MAX_OUTPUTS: usize = 1_024;
@@ -783,9 +816,9 @@ impl<T: TransactionUser> Shard<T> {
             self.stats.replicas_removed += 1;
             return;
         }
-        let installed = codec::decode::<CallRecord>(&change.bytes)
-            .ok()
-            .and_then(|(_, record)| self.table.install(change.stripe, &change.key, change.version, record).ok());
+        let installed = codec::decode::<CallRecord>(&change.bytes).ok().and_then(|(_, record)| {
+            self.table.install(change.stripe, &change.key, change.version, record, change.hints).ok()
+        });
         match installed {
             Some(true) => self.stats.replicas_installed += 1,
             _ => self.stats.replicas_refused += 1,
@@ -823,7 +856,7 @@ impl<T: TransactionUser> Shard<T> {
         match record {
             None if ours.is_some() => self.stats.replicas_removed += 1,
             None => {}
-            Some(record) => match self.table.install(stripe, key, change.version, record) {
+            Some(record) => match self.table.install(stripe, key, change.version, record, change.hints) {
                 Ok(true) => {
                     self.stats.replicas_merged += 1;
                     self.activate(stripe, key);
@@ -978,9 +1011,9 @@ impl<T: TransactionUser> Shard<T> {
     fn lookup_done(&mut self, now_ms: u64, stripe: StripeId, key: &[u8], found: Option<&Change>) {
         let Some(waiting) = self.parked.remove(key) else { return };
         if let Some(change) = found {
-            let installed = codec::decode::<CallRecord>(&change.bytes)
-                .ok()
-                .and_then(|(_, record)| self.table.install(stripe, &change.key, change.version, record).ok());
+            let installed = codec::decode::<CallRecord>(&change.bytes).ok().and_then(|(_, record)| {
+                self.table.install(stripe, &change.key, change.version, record, change.hints).ok()
+            });
             if installed == Some(true) {
                 self.stats.lookups_found += 1;
                 self.activate(stripe, &change.key);
@@ -1100,7 +1133,7 @@ impl<T: TransactionUser> Shard<T> {
     ) {
         let method = msg.method();
         let is_ack = method == Some(Method::Ack);
-        let mut record = match self.table.get_and_lock(stripe, call_id, !is_ack) {
+        let (mut record, fresh) = match self.table.get_and_lock(stripe, call_id, !is_ack) {
             Ok(Checkout { record: None, .. }) if self.draining => {
                 // Shutting down: no new call (§21.5.4 with Retry-After); existing calls go on.
                 self.table.unlock(stripe, call_id, None).expect("invariant: checked out above");
@@ -1119,7 +1152,7 @@ impl<T: TransactionUser> Shard<T> {
                 self.table.unlock(stripe, call_id, None).expect("invariant: checked out above");
                 return;
             }
-            Ok(checkout) => checkout.record.unwrap_or_default(),
+            Ok(checkout) => (checkout.record.unwrap_or_default(), checkout.version == 0),
             // An ACK for a call we hold nothing of: the ACK of a 2xx (§17.1.1.3), relayed if the role says so.
             Err(TableError::NotFound) => return self.relay_ack(now_ms, peer, None, msg),
             Err(TableError::Full) => {
@@ -1153,6 +1186,14 @@ impl<T: TransactionUser> Shard<T> {
             self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out above");
             self.scratch = fx;
             return self.relay_ack(now_ms, peer, dialog, msg);
+        }
+        if self.wheel.len() + TIMER_HEADROOM > self.wheel.capacity() {
+            // No room to arm a new transaction's timers: refused like a call over capacity.
+            self.table.unlock(stripe, call_id, (!fresh).then_some(record)).expect("invariant: checked out above");
+            self.scratch = fx;
+            self.stats.refused_full += 1;
+            self.respond_stateless(msg, peer, 503, "Service Unavailable");
+            return;
         }
         if record.transactions.len() + record.clients.len() >= MAX_TXNS_PER_CALL {
             // Nothing changed: the record goes back without a new version or change.
@@ -1719,7 +1760,10 @@ impl<T: TransactionUser> Shard<T> {
         } else if self.quiet {
             self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out by this input");
         } else {
-            self.table.put_and_unlock(stripe, call_id, record, fx.hints).expect("invariant: checked out by this input");
+            let lingering = if record.is_lingering() { Hints::LINGERING } else { Hints::NONE };
+            self.table
+                .put_and_unlock(stripe, call_id, record, fx.hints | lingering)
+                .expect("invariant: checked out by this input");
         }
         self.stats.responses_sent += fx.responses;
         self.stats.requests_sent += fx.requests;
@@ -2240,8 +2284,10 @@ fn written(buf: &mut Vec<u8>, need: usize, write: impl FnOnce(&mut [u8]) -> Opti
     Some(buf[..n].to_vec())
 }
 
+/// A stored record as a change (for a snapshot or a lookup), lingering if it is.
 fn copy_of(stripe: StripeId, key: &[u8], record: &CallRecord, version: u64) -> Change {
-    Change { stripe, key: key.into(), version, hints: Hints::NONE, bytes: codec::encode(stripe, version, record) }
+    let hints = if record.is_lingering() { Hints::LINGERING } else { Hints::NONE };
+    Change { stripe, key: key.into(), version, hints, bytes: codec::encode(stripe, version, record) }
 }
 
 /// Whether a URI's or Via's `host` and `port` (5060 when absent) name `local`: an IP literal,

@@ -5,10 +5,15 @@
 //! bumps the version and emits one [`Change`] on the change feed, which
 //! replication, geo shipping and the cold path consume.
 //!
-//! Bounded: at most `capacity` live records per shard; a new key beyond it is
+//! Bounded: at most `capacity` live calls per shard; a new key beyond it is
 //! refused ([`TableError::Full`], the role answers 503 with Retry-After) and
-//! existing records are never evicted. Records cross the wire and the disk in
-//! one format ([`codec`]).
+//! existing records are never evicted. A record checked in with
+//! [`Hints::LINGERING`] (its call is over; only finished transactions are left,
+//! absorbing retransmissions until their timers J, K or L, up to 64·T1 = 32 s)
+//! is not a call: it counts only against the table's hard bound of
+//! [`LINGERING_ROOM`] × `capacity` records in all. Without that, a shard at a
+//! steady 3,000 calls/s held about 100,000 ended calls and refused every new
+//! one. Records cross the wire and the disk in one format ([`codec`]).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,6 +33,9 @@ impl Hints {
     pub const CALL_ENDED: Hints = Hints(2);
     /// The record was removed.
     pub const REMOVED: Hints = Hints(4);
+    /// Nothing of a call is left in the record: only finished transactions waiting out
+    /// their timers. Such a record does not count against the table's call capacity.
+    pub const LINGERING: Hints = Hints(8);
 
     /// Whether all flags of `other` are set.
     pub fn contains(self, other: Hints) -> bool {
@@ -71,7 +79,7 @@ pub struct Checkout<R> {
 pub enum TableError {
     /// The record is checked out (library-book rule): retry after its check-in.
     Busy,
-    /// The shard holds its maximum of live records: refuse the new call.
+    /// The shard holds its maximum of live calls (or of records in all): refuse the new call.
     Full,
     /// The key is not checked out (put/unlock without get).
     NotCheckedOut,
@@ -85,13 +93,22 @@ struct Slot<R> {
     /// `None` while checked out, or while a new key awaits its first check-in.
     record: Option<R>,
     checked_out: bool,
+    /// Checked in with [`Hints::LINGERING`]: counted in `lingering`, not as a call.
+    lingering: bool,
 }
+
+/// How many records a table holds in all, as a multiple of its call capacity: room for the
+/// ended calls whose transactions linger up to 32 s (at a steady rate R calls/s a shard
+/// holds about 33·R of them), bounded so memory is.
+pub const LINGERING_ROOM: usize = 4;
 
 /// A shard's call table.
 #[derive(Debug)]
 pub struct CallTable<R> {
     stripes: hashbrown::HashMap<StripeId, hashbrown::HashMap<Box<[u8]>, Slot<R>>>,
     live: usize,
+    /// Records checked in as lingering (ended calls), of `live`.
+    lingering: usize,
     capacity: usize,
     feed: std::collections::VecDeque<Change>,
     feed_enabled: bool,
@@ -103,6 +120,7 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
         CallTable {
             stripes: hashbrown::HashMap::new(),
             live: 0,
+            lingering: 0,
             capacity,
             feed: std::collections::VecDeque::new(),
             feed_enabled: true,
@@ -123,12 +141,22 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
         self.live
     }
 
+    /// Live records that are calls: not checked in as [`Hints::LINGERING`].
+    pub fn calls(&self) -> usize {
+        self.live - self.lingering
+    }
+
+    /// Whether a new key fits: under the call capacity, and under the bound on records in all.
+    fn has_room(&self) -> bool {
+        self.calls() < self.capacity && self.live < self.capacity.saturating_mul(LINGERING_ROOM)
+    }
+
     /// Whether the table holds no record.
     pub fn is_empty(&self) -> bool {
         self.live == 0
     }
 
-    /// The configured maximum of live records.
+    /// The configured maximum of live calls.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -146,14 +174,14 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
         if !create {
             return Err(TableError::NotFound);
         }
-        if self.live >= self.capacity {
+        if !self.has_room() {
             return Err(TableError::Full);
         }
         self.live += 1;
         self.stripes
             .entry(stripe)
             .or_default()
-            .insert(key.into(), Slot { version: 0, record: None, checked_out: true });
+            .insert(key.into(), Slot { version: 0, record: None, checked_out: true, lingering: false });
         Ok(Checkout { record: None, version: 0 })
     }
 
@@ -166,6 +194,9 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
         let bytes = feed_enabled.then(|| codec::encode(stripe, version, &record));
         slot.record = Some(record);
         slot.checked_out = false;
+        let lingering = hints.contains(Hints::LINGERING);
+        let was_lingering = std::mem::replace(&mut slot.lingering, lingering);
+        self.lingering = self.lingering + usize::from(lingering) - usize::from(was_lingering);
         if let Some(bytes) = bytes {
             self.feed.push_back(Change { stripe, key: key.into(), version, hints, bytes });
         }
@@ -212,8 +243,18 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     }
 
     /// Installs a record received from a replica or the cold store, unless this table
-    /// already has that version or a newer one. Returns whether it was installed.
-    pub fn install(&mut self, stripe: StripeId, key: &[u8], version: u64, record: R) -> Result<bool, TableError> {
+    /// already has that version or a newer one; `hints` are the change's (a lingering record
+    /// stays out of the call count here too). Returns whether it was installed.
+    pub fn install(
+        &mut self,
+        stripe: StripeId,
+        key: &[u8],
+        version: u64,
+        record: R,
+        hints: Hints,
+    ) -> Result<bool, TableError> {
+        let lingering = hints.contains(Hints::LINGERING);
+        let room = self.has_room();
         let table = self.stripes.entry(stripe).or_default();
         match table.get_mut(key) {
             Some(slot) if slot.checked_out => Err(TableError::Busy),
@@ -221,12 +262,15 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
             Some(slot) => {
                 slot.version = version;
                 slot.record = Some(record);
+                let was_lingering = std::mem::replace(&mut slot.lingering, lingering);
+                self.lingering = self.lingering + usize::from(lingering) - usize::from(was_lingering);
                 Ok(true)
             }
-            None if self.live >= self.capacity => Err(TableError::Full),
+            None if !room => Err(TableError::Full),
             None => {
                 self.live += 1;
-                table.insert(key.into(), Slot { version, record: Some(record), checked_out: false });
+                self.lingering += usize::from(lingering);
+                table.insert(key.into(), Slot { version, record: Some(record), checked_out: false, lingering });
                 Ok(true)
             }
         }
@@ -278,8 +322,9 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
         // Empty stripe maps stay: there are at most as many as stripes, and a busy stripe
         // would otherwise reallocate its map for every call.
         if let Some(table) = self.stripes.get_mut(&stripe) {
-            if table.remove(key).is_some() {
+            if let Some(slot) = table.remove(key) {
                 self.live -= 1;
+                self.lingering -= usize::from(slot.lingering);
             }
         }
     }
@@ -429,6 +474,46 @@ mod tests {
     }
 
     #[test]
+    fn lingering_records_do_not_count_as_calls_but_are_bounded() {
+        let call = || Call { state: 0, timers: vec![] };
+        let mut table: CallTable<Call> = CallTable::new(2);
+        for key in [&b"a"[..], b"b"] {
+            table.get_and_lock(S, key, true).unwrap();
+            table.put_and_unlock(S, key, call(), Hints::LINGERING).unwrap();
+        }
+        assert_eq!((table.len(), table.calls()), (2, 0));
+        for key in [&b"c"[..], b"d"] {
+            table.get_and_lock(S, key, true).expect("ended calls leave room for new ones");
+            table.put_and_unlock(S, key, call(), Hints::NONE).unwrap();
+        }
+        assert_eq!(table.get_and_lock(S, b"e", true), Err(TableError::Full), "two calls are the capacity");
+        // A call that ends makes room; one that lingers and is checked in again as a call does not.
+        table.get_and_lock(S, b"c", false).unwrap();
+        table.put_and_unlock(S, b"c", call(), Hints::LINGERING).unwrap();
+        assert_eq!(table.calls(), 1);
+        table.get_and_lock(S, b"a", false).unwrap();
+        table.put_and_unlock(S, b"a", call(), Hints::NONE).unwrap();
+        assert_eq!(table.calls(), 2);
+        assert_eq!(table.get_and_lock(S, b"e", true), Err(TableError::Full));
+        table.remove(S, b"a", Hints::NONE);
+        table.remove(S, b"b", Hints::NONE);
+        assert_eq!((table.len(), table.calls()), (2, 1), "removing a lingering record uncounts it");
+        // In all, at most LINGERING_ROOM x capacity records, lingering or not.
+        for i in 0..LINGERING_ROOM * 2 {
+            let key = format!("l{i}");
+            match table.get_and_lock(S, key.as_bytes(), true) {
+                Ok(_) => table.put_and_unlock(S, key.as_bytes(), call(), Hints::LINGERING).map(|_| ()).unwrap(),
+                Err(e) => {
+                    assert_eq!(e, TableError::Full);
+                    assert_eq!(table.len(), LINGERING_ROOM * 2, "refused only at the bound on records");
+                    return;
+                }
+            }
+        }
+        panic!("the bound on records was never reached");
+    }
+
+    #[test]
     fn capacity_refuses_new_keys_and_never_evicts() {
         let mut table: CallTable<Call> = CallTable::new(2);
         for key in [&b"a"[..], b"b"] {
@@ -471,9 +556,12 @@ mod tests {
     #[test]
     fn install_keeps_the_newest_version() {
         let mut table: CallTable<Call> = CallTable::new(4);
-        assert_eq!(table.install(S, b"k", 5, Call { state: 5, timers: vec![] }), Ok(true));
-        assert_eq!(table.install(S, b"k", 4, Call { state: 4, timers: vec![] }), Ok(false));
+        assert_eq!(table.install(S, b"k", 5, Call { state: 5, timers: vec![] }, Hints::NONE), Ok(true));
+        assert_eq!(table.install(S, b"k", 4, Call { state: 4, timers: vec![] }, Hints::NONE), Ok(false));
+        assert_eq!(table.calls(), 1);
         assert_eq!(table.peek(S, b"k").map(|(c, v)| (c.state, v)), Some((5, 5)));
         assert_eq!(table.stripe_records(S).count(), 1);
+        assert_eq!(table.install(S, b"k", 6, Call { state: 6, timers: vec![] }, Hints::LINGERING), Ok(true));
+        assert_eq!((table.len(), table.calls()), (1, 0), "a lingering copy is not a call");
     }
 }

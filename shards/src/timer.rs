@@ -76,6 +76,11 @@ impl<K: Copy> TimerWheel<K> {
         self.len
     }
 
+    /// The most timers it holds at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Whether no timer is armed.
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -461,7 +461,7 @@ async fn shard_main(
         local: settings.listen,
         stripes,
         max_calls: settings.max_calls_per_shard,
-        max_timers: 8 * settings.max_calls_per_shard,
+        max_timers: sipshard_shards::shard::timers_for(settings.max_calls_per_shard),
         timers: settings.timers,
         seed,
         replicate: settings.cluster.is_some(),

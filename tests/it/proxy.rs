@@ -21,20 +21,29 @@ struct Rig {
     now: Instant,
 }
 
+/// The proxy under test: record-routing, a route for +44 numbers, the callee by default.
+fn proxy_config() -> ProxyConfig {
+    ProxyConfig {
+        routes: vec![StaticRoute {
+            matches: RouteMatch::UserPrefix("+44".into()),
+            to: RouteTarget::parse("sip:127.0.0.1:5091").expect("route"),
+        }],
+        default_route: Some(RouteTarget::parse(&format!("sip:{CALLEE}")).expect("route")),
+        record_route: true,
+        b2bua: false,
+        aliases: Vec::new(),
+    }
+}
+
 impl Rig {
     fn new() -> Rig {
-        let config = ProxyConfig {
-            routes: vec![StaticRoute {
-                matches: RouteMatch::UserPrefix("+44".into()),
-                to: RouteTarget::parse("sip:127.0.0.1:5091").expect("route"),
-            }],
-            default_route: Some(RouteTarget::parse(&format!("sip:{CALLEE}")).expect("route")),
-            record_route: true,
-            b2bua: false,
-            aliases: Vec::new(),
-        };
+        Rig::with_capacity(64)
+    }
+
+    /// A proxy for at most `max_calls` calls at once.
+    fn with_capacity(max_calls: usize) -> Rig {
         let start = Instant::now();
-        let shard = Shard::new(ShardConfig::standalone(64), Proxy::new(config), start);
+        let shard = Shard::new(ShardConfig::standalone(max_calls), Proxy::new(proxy_config()), start);
         Rig { shard, start, now: start }
     }
 
@@ -356,12 +365,77 @@ fn every_error_reply_has_a_request_that_provokes_it() {
 
 #[test]
 fn a_full_table_answers_503_with_retry_after() {
-    let mut rig = Rig::new();
-    rig.shard = Shard::new(ShardConfig::standalone(1), Proxy::new(ProxyConfig::default()), rig.start);
+    // One call ringing is the capacity (a call already answered would not count: see below).
+    let mut rig = Rig::with_capacity(1);
     let _ = rig.send(CALLER, invite("full-1", "f1", "").as_bytes());
     let out = rig.send(CALLER, invite("full-2", "f2", "").as_bytes());
     assert_eq!(out[0].1.lines().next(), Some("SIP/2.0 503 Service Unavailable"));
     assert!(out[0].1.contains("\r\nRetry-After: 5\r\n"));
+}
+
+/// A whole call through a proxy of `max_calls`: INVITE, 200, ACK, BYE, 200, with no time
+/// passing (its transactions linger for timers J, K and L). Returns the caller's final answers.
+fn call_through(rig: &mut Rig, call_id: &str) -> Vec<u16> {
+    let out = rig.send(CALLER, invite(call_id, &format!("{call_id}i"), "").as_bytes());
+    let Some((_, relayed)) = out.iter().find(|(to_addr, _)| *to_addr == to(CALLEE)) else {
+        return out.iter().map(|(_, m)| status(m)).collect();
+    };
+    let relayed = relayed.clone();
+    let mut finals: Vec<u16> =
+        rig.send(CALLEE, answer(&relayed, 200, "OK", "callee-tag").as_bytes()).iter().map(|(_, m)| status(m)).collect();
+    let _ = rig.send(CALLER, in_dialog("ACK", call_id, &format!("{call_id}a"), 1, true).as_bytes());
+    let out = rig.send(CALLER, in_dialog("BYE", call_id, &format!("{call_id}b"), 2, true).as_bytes());
+    let bye = out.iter().find(|(to_addr, _)| *to_addr == to(CALLEE)).map(|(_, m)| m.clone()).expect("BYE relayed");
+    finals.extend(rig.send(CALLEE, answer(&bye, 200, "OK", "callee-tag").as_bytes()).iter().map(|(_, m)| status(m)));
+    finals
+}
+
+#[test]
+fn ended_calls_waiting_out_their_timers_leave_room_for_new_calls() {
+    // A proxy for 4 calls at once takes 12 calls one after another within a second: each
+    // call's record lingers 32 s (timers J and L) after its BYE, and is not a call then.
+    let mut rig = Rig::with_capacity(4);
+    for i in 0..12 {
+        assert_eq!(call_through(&mut rig, &format!("linger-{i}")), vec![200, 200], "call {i}");
+    }
+    assert_eq!(rig.shard.calls(), 12, "every ended call's record is still absorbing retransmissions");
+    assert_eq!(rig.shard.stats().refused_full, 0);
+    // Four calls up at once are the capacity; ended ones never were in the way.
+    for i in 0..4 {
+        let out = rig.send(CALLER, invite(&format!("up-{i}"), &format!("up{i}"), "").as_bytes());
+        assert_eq!(status(&out[0].1), 100, "call {i}");
+    }
+    let out = rig.send(CALLER, invite("up-4", "up4", "").as_bytes());
+    assert_eq!(status(&out[0].1), 503, "the fifth call at once is refused");
+    // Records in all are bounded too (4 x the capacity): at 16 the next call is refused even
+    // though only 4 are calls.
+    let mut rig = Rig::with_capacity(4);
+    let answered: Vec<Vec<u16>> = (0..17).map(|i| call_through(&mut rig, &format!("bound-{i}"))).collect();
+    assert!(answered[..16].iter().all(|f| *f == vec![200, 200]), "{answered:?}");
+    assert_eq!(answered[16], vec![503], "the 17th record would pass the bound");
+}
+
+#[test]
+fn a_full_timer_wheel_refuses_new_transactions_with_503() {
+    // A wheel far smaller than the table: new requests are refused once it is nearly full,
+    // rather than a timer failing to arm after the fact.
+    let start = Instant::now();
+    let mut config = ShardConfig::standalone(1_000);
+    config.max_timers = 100;
+    let mut rig = Rig { shard: Shard::new(config, Proxy::new(proxy_config()), start), start, now: start };
+    let first: Vec<u16> = (0..60)
+        .map(|i| rig.send(CALLER, invite(&format!("wheel-{i}"), &format!("w{i}"), "").as_bytes()))
+        .map(|out| status(&out[0].1))
+        .collect();
+    let refused = first.iter().filter(|&&s| s == 503).count();
+    assert!(first[..5].iter().all(|&s| s == 100), "{first:?}");
+    assert!(refused > 0 && first.iter().all(|&s| s == 100 || s == 503), "{first:?}");
+    assert_eq!(rig.shard.stats().refused_full, refused as u64);
+    assert!(rig.shard.armed_timers() <= 100);
+    // The calls it took go on: their timers fire, Timer C ends them, nothing is left.
+    let _ = rig.advance(Duration::from_secs(200));
+    rig.settle();
+    assert_eq!(rig.shard.calls(), 0);
 }
 
 #[test]

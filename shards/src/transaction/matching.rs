@@ -120,18 +120,21 @@ pub fn server_key_of_response(response: &Message<'_>) -> Result<ServerKey, KeyEr
 
 fn rfc3261_key(via: &sipshard_parser::Via<'_>, method: KeyMethod) -> ServerKey {
     let branch = via.branch.unwrap_or_default();
-    let mut sent_by = String::with_capacity(branch.len() + 1 + via.host.len() + 6);
+    // itoa, not fmt: this runs for every request, and fmt costs more than the rest of the key.
+    let mut digits = itoa::Buffer::new();
+    let port = via.port.map(|port| digits.format(port));
+    // Exactly the key's length, so the conversion to a boxed str below does not reallocate.
+    let mut sent_by = String::with_capacity(branch.len() + 1 + via.host.len() + port.map_or(0, |p| 1 + p.len()));
     sent_by.push_str(branch);
     sent_by.push(' ');
     let host_at = sent_by.len();
     sent_by.push_str(via.host);
     sent_by[host_at..].make_ascii_lowercase();
-    if let Some(port) = via.port {
-        // itoa, not fmt: this runs for every request, and fmt costs more than the rest of the key.
+    if let Some(port) = port {
         sent_by.push(':');
-        sent_by.push_str(itoa::Buffer::new().format(port));
+        sent_by.push_str(port);
     }
-    ServerKey::Rfc3261 { branch_sent_by: sent_by.into(), method }
+    ServerKey::Rfc3261 { branch_sent_by: sent_by.into_boxed_str(), method }
 }
 
 impl ServerKey {

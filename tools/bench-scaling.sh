@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# How sipshard scales with cores: the same ladder of call rates per shard,
+# sipbench uac -> sipshard (N shards on cores 0..N-1) -> sipbench uas over
+# loopback UDP, for each N. The load generators are pinned (taskset) to the
+# last cores, away from the shards, so the server's figures are its own.
+# At each step: calls/s completed, failed calls, setup p50/p99/p99.9 and the
+# server's CPU seconds; per N the highest rate sustained (< 0.1 % failed,
+# setup p99 < 50 ms, >= 95 % of the offered calls started) and that rate per
+# shard. Needs at least 2 x (largest N) cores to mean anything: on a small
+# box the generators share the shards' cores.
+#
+#   tools/bench-scaling.sh [--shards "1 2 4 8"] [--per-shard "4000 8000 .."]
+#                          [--seconds S] [--hold-ms H] [--role proxy|b2bua]
+#                          [--load-cores K] [--bin DIR]
+#
+# --per-shard lists rates per shard: N shards are offered N times each.
+# --load-cores: cores for the generators (default: half the box); uac and uas
+# get half of them each, one thread per core. --bin: where sipshard and
+# sipbench are (default: build them in target/release).
+#
+# Bounded: each step is S seconds of calls plus the hold and at most 40 s of
+# drain; a ladder stops after two steps in a row it does not sustain. Stops
+# every process it started by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+shard_counts="1 2 4 8"
+per_shard="4000 8000 12000 16000 24000 32000"
+seconds=5
+hold_ms=1000
+role=proxy
+cores=$(nproc)
+load_cores=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+bin=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --shards) shard_counts=$2; shift 2 ;;
+        --per-shard) per_shard=$2; shift 2 ;;
+        --seconds) seconds=$2; shift 2 ;;
+        --hold-ms) hold_ms=$2; shift 2 ;;
+        --role) role=$2; shift 2 ;;
+        --load-cores) load_cores=$2; shift 2 ;;
+        --bin) bin=$2; shift 2 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+case "$role" in proxy | b2bua) ;; *) echo "--role must be proxy or b2bua, not $role" >&2; exit 2 ;; esac
+command -v python3 >/dev/null || { echo "bench-scaling needs python3 (for the step summaries)" >&2; exit 2; }
+command -v taskset >/dev/null || { echo "bench-scaling needs taskset (util-linux)" >&2; exit 2; }
+if [ -z "$bin" ]; then
+    cargo build --release -q -p sipshard -p sipshard-bench
+    bin=target/release
+fi
+sipshard=$bin/sipshard
+sipbench=$bin/sipbench
+for n in $shard_counts; do
+    if [ "$n" -gt $(( cores - load_cores )) ]; then
+        echo "note: $n shards and $load_cores generator cores exceed the box's $cores cores; they will share" >&2
+    fi
+done
+# The generators' cores: the last load_cores of the box, half for the caller, half for the callee.
+uac_threads=$(( load_cores / 2 > 0 ? load_cores / 2 : 1 ))
+uas_threads=$(( load_cores - uac_threads > 0 ? load_cores - uac_threads : 1 ))
+first_load=$(( cores - load_cores ))
+uac_cpus="$first_load-$(( first_load + uac_threads - 1 ))"
+uas_cpus="$(( first_load + uac_threads ))-$(( cores - 1 ))"
+[ "$load_cores" -lt 2 ] && { uac_cpus=$(( cores - 1 )); uas_cpus=$(( cores - 1 )); }
+
+work=$(mktemp -d)
+pids=()
+server_pid=
+cleanup() {
+    for pid in "${pids[@]}" $server_pid; do kill -9 "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+server_port=15270
+uas_port=15290
+
+cpu_ticks() {
+    if [ -r "/proc/$1/stat" ]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi
+}
+
+start_server() { # shards
+    RUST_LOG=warn "$sipshard" run --listen "127.0.0.1:$server_port" --route "sip:127.0.0.1:$uas_port" \
+        --role "$role" --shards "$1" >"$work/server.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 1 50); do
+        if timeout 2 "$sipbench" uac "127.0.0.1:$server_port" --scenario options --calls 1 --rate 10 --quiet \
+            >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "sipshard with $1 shards never answered OPTIONS:" >&2
+    tail -5 "$work/server.log" >&2
+    return 1
+}
+
+stop_server() {
+    kill -9 "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=
+    sleep 0.5
+}
+
+taskset -c "$uas_cpus" "$sipbench" uas --listen "127.0.0.1:$uas_port" --threads "$uas_threads" >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.3
+
+hz=$(getconf CLK_TCK)
+echo "# sipbench uac ($uac_threads threads, cpus $uac_cpus) -> sipshard $role -> sipbench uas ($uas_threads threads, cpus $uas_cpus)"
+echo "# loopback UDP, ${seconds} s per step, hold ${hold_ms} ms; $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
+printf "%-6s %8s %9s %7s %8s %8s %8s %8s %s\n" shards offered calls/s failed p50_ms p99_ms p999_ms cpu_s sustained
+results="$work/results"
+: >"$results"
+for n in $shard_counts; do
+    start_server "$n"
+    misses=0
+    for r in $per_shard; do
+        rate=$(( r * n ))
+        before=$(cpu_ticks "$server_pid")
+        timeout $((seconds + hold_ms / 1000 + 40)) taskset -c "$uac_cpus" "$sipbench" uac "127.0.0.1:$server_port" \
+            --rate "$rate" --calls $((rate * seconds)) --duration "$seconds" --hold-ms "$hold_ms" \
+            --threads "$uac_threads" --max-failed-ratio 1 --quiet --json "$work/step.json" >/dev/null 2>&1 || true
+        after=$(cpu_ticks "$server_pid")
+        line=$(python3 - "$work/step.json" "$n" "$rate" "$seconds" "$(( after - before ))" "$hz" <<'EOF'
+import json, sys
+path, n, rate, seconds, ticks, hz = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+try:
+    s = json.load(open(path))
+except Exception:
+    print(f"{n} {rate:.0f} 0 all 0 0 0 0 no"); sys.exit()
+bad = s["calls_failed"] + s["calls_timed_out"]
+setup = s["setup_ms"]
+sustained = (s["calls_attempted"] >= 0.95 * rate * seconds and bad <= 0.001 * s["calls_attempted"]
+             and setup["p99"] < 50.0)
+print(f"{n} {rate:.0f} {s['calls_ok'] / seconds:.0f} {bad} {setup['p50']:.3f} {setup['p99']:.3f} "
+      f"{setup['p999']:.3f} {ticks / hz:.2f} {'yes' if sustained else 'no'}")
+EOF
+        )
+        rm -f "$work/step.json"
+        echo "$line" >>"$results"
+        echo "$line" | awk '{printf "%-6s %8s %9s %7s %8s %8s %8s %8s %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}'
+        if [ "${line##* }" = yes ]; then misses=0; else misses=$((misses + 1)); fi
+        [ "$misses" -ge 2 ] && break
+        sleep 1
+    done
+    stop_server
+done
+python3 - "$results" <<'EOF'
+import sys
+best = {}
+for line in open(sys.argv[1]):
+    n, offered, *_, sustained = line.split()
+    best.setdefault(int(n), 0.0)
+    if sustained == "yes":
+        best[int(n)] = max(best[int(n)], float(offered))
+base = best.get(min(best)) if best else 0
+for n, rate in sorted(best.items()):
+    speedup = f", {rate / base:.2f}x of {min(best)} shard(s)" if base else ""
+    print(f"{n} shard(s): highest sustained {rate:.0f} calls/s ({rate / n:.0f} per shard{speedup})")
+EOF
