@@ -11,12 +11,14 @@
 #
 #   tools/bench-scaling.sh [--shards "1 2 4 8"] [--per-shard "4000 8000 .."]
 #                          [--seconds S] [--hold-ms H] [--role proxy|b2bua]
-#                          [--load-cores K] [--bin DIR]
+#                          [--load-cores K] [--spin-us U] [--bin DIR]
 #
 # --per-shard lists rates per shard: N shards are offered N times each.
 # --load-cores: cores for the generators (default: half the box); uac and uas
-# get half of them each, one thread per core. --bin: where sipshard and
-# sipbench are (default: build them in target/release).
+# get half of them each, one thread per core. --spin-us: the shards'
+# server.spin_before_park_us (default 0, sipshard's default). --bin: where sipshard and
+# sipbench are (default: build them in target/release), with the commit they
+# were built from in DIR/COMMIT if they were copied from another box.
 #
 # Bounded: each step is S seconds of calls plus the hold and at most 40 s of
 # drain; a ladder stops after two steps in a row it does not sustain. Stops
@@ -31,6 +33,7 @@ hold_ms=1000
 role=proxy
 cores=$(nproc)
 load_cores=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+spin_us=0
 bin=
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -40,6 +43,7 @@ while [ $# -gt 0 ]; do
         --hold-ms) hold_ms=$2; shift 2 ;;
         --role) role=$2; shift 2 ;;
         --load-cores) load_cores=$2; shift 2 ;;
+        --spin-us) spin_us=$2; shift 2 ;;
         --bin) bin=$2; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -84,8 +88,9 @@ cpu_ticks() {
 }
 
 start_server() { # shards
-    RUST_LOG=warn "$sipshard" run --listen "127.0.0.1:$server_port" --route "sip:127.0.0.1:$uas_port" \
-        --role "$role" --shards "$1" >"$work/server.log" 2>&1 &
+    printf '[server]\nlisten = "127.0.0.1:%s"\nrole = "%s"\nshards = %s\nspin_before_park_us = %s\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
+        "$server_port" "$role" "$1" "$spin_us" "$uas_port" >"$work/server.toml"
+    RUST_LOG=warn "$sipshard" run --config "$work/server.toml" >"$work/server.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 1 50); do
         if timeout 2 "$sipbench" uac "127.0.0.1:$server_port" --scenario options --calls 1 --rate 10 --quiet \
@@ -111,8 +116,10 @@ pids+=($!)
 sleep 0.3
 
 hz=$(getconf CLK_TCK)
-echo "# sipbench uac ($uac_threads threads, cpus $uac_cpus) -> sipshard $role -> sipbench uas ($uas_threads threads, cpus $uas_cpus)"
-echo "# loopback UDP, ${seconds} s per step, hold ${hold_ms} ms; $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
+echo "# sipbench uac ($uac_threads threads, cpus $uac_cpus) -> sipshard $role (spin_before_park_us $spin_us) -> sipbench uas ($uas_threads threads, cpus $uas_cpus)"
+# The binaries' commit: a COMMIT file beside binaries copied from elsewhere, else the checkout's.
+commit=$(cat "$bin/COMMIT" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
+echo "# loopback UDP, ${seconds} s per step, hold ${hold_ms} ms; $commit, $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 printf "%-6s %8s %9s %7s %8s %8s %8s %8s %s\n" shards offered calls/s failed p50_ms p99_ms p999_ms cpu_s sustained
 results="$work/results"
 : >"$results"
