@@ -18,7 +18,6 @@ pub(super) struct Batch {
     buffers: Vec<Vec<u8>>,
     /// Length and sender of each datagram of the last batch (`None`: truncated or no address).
     got: Vec<Option<(usize, SocketAddr)>>,
-    size: usize,
 }
 
 impl Batch {
@@ -28,7 +27,6 @@ impl Batch {
             headers: MultiHeaders::preallocate(BATCH, None),
             buffers: (0..BATCH).map(|_| vec![0u8; size]).collect(),
             got: Vec::with_capacity(BATCH),
-            size,
         }
     }
 
@@ -57,12 +55,12 @@ impl Batch {
         Some((&self.buffers[i][..len], from))
     }
 
-    /// Takes buffer `i` (for a datagram that moves to another shard) and puts a fresh one in its place.
+    /// A copy of datagram `i` (one that moves to another shard); empty if it was truncated.
     pub(super) fn take(&mut self, i: usize) -> Vec<u8> {
+        // A copy at the datagram's size: replacing the buffer would zero a fresh 64 KiB one per
+        // datagram that moves to another shard, and send 64 KiB of capacity along with it.
         let len = self.got.get(i).copied().flatten().map_or(0, |(len, _)| len);
-        let mut bytes = std::mem::replace(&mut self.buffers[i], vec![0u8; self.size]);
-        bytes.truncate(len);
-        bytes
+        self.buffers[i][..len].to_vec()
     }
 }
 

@@ -54,6 +54,9 @@ enum Hop {
     /// To the shard that owns its stripe; `via_shard` received it (and, over TCP, holds
     /// the connection the answer goes back on, §18.2.2).
     Routed { peer: Peer, bytes: Vec<u8>, via_shard: usize },
+    /// Several `Routed` messages from one receive batch, in the order they arrived: one
+    /// channel send, so one wake-up of a sleeping owner, rather than one per message.
+    RoutedBatch { messages: Vec<(Peer, Vec<u8>)>, via_shard: usize },
     /// Test steering: handle as if received from the socket (it may move on again).
     Steered { peer: Peer, bytes: Vec<u8> },
     /// Write on the TCP connection to `peer`, which this shard holds.
@@ -505,6 +508,12 @@ async fn shard_main(
                         driver.learn_tcp_route(peer, via_shard);
                         driver.process(Input::Forwarded { peer, bytes: &bytes }).await;
                     }
+                    Hop::RoutedBatch { messages, via_shard } => {
+                        for (peer, bytes) in messages {
+                            driver.learn_tcp_route(peer, via_shard);
+                            driver.process(Input::Forwarded { peer, bytes: &bytes }).await;
+                        }
+                    }
                     Hop::Steered { peer, bytes } => {
                         if let Some(moved) = driver.process(Input::Datagram { peer, bytes: &bytes }).await {
                             driver.pass_on(moved, peer, bytes).await;
@@ -583,20 +592,18 @@ async fn shard_main(
                 };
                 let peer = Peer { addr: from, transport: Transport::Udp };
                 if let Some(wrong) = steer.as_ref().and_then(|s| s.wrong_shard(&buf[..n])) {
-                    let mut bytes = std::mem::replace(&mut buf, vec![0u8; MAX_DATAGRAM]);
-                    bytes.truncate(n);
-                    driver.hop(wrong, Hop::Steered { peer, bytes }).await;
+                    driver.hop(wrong, Hop::Steered { peer, bytes: buf[..n].to_vec() }).await;
                     continue;
                 }
-                // Only a datagram that moves to another shard gives up the buffer.
+                // A datagram that moves to another shard goes as a copy at its size.
                 if let Some(moved) = driver.process(Input::Datagram { peer, bytes: &buf[..n] }).await
                     && !driver.sent_on_own_link(moved, peer, &buf[..n])
                 {
-                    let mut bytes = std::mem::replace(&mut buf, vec![0u8; MAX_DATAGRAM]);
-                    bytes.truncate(n);
-                    driver.pass_on(moved, peer, bytes).await;
+                    driver.pass_on(moved, peer, buf[..n].to_vec()).await;
                 }
                 // The socket is awake: take what else is queued, a batch per system call.
+                // What moves to other shards goes at the end of each batch, a send per shard.
+                let mut moving: Vec<Vec<(Peer, Vec<u8>)>> = vec![Vec::new(); driver.shards];
                 loop {
                     let n = batch.receive(udp.as_raw_fd());
                     if n > 0 {
@@ -617,9 +624,13 @@ async fn shard_main(
                         if let Some(moved) = driver.process(Input::Datagram { peer, bytes }).await
                             && !driver.sent_on_own_link(moved, peer, bytes)
                         {
-                            driver.pass_on(moved, peer, batch.take(i)).await;
+                            match moved {
+                                Moved::Shard(shard) => moving[shard].push((peer, batch.take(i))),
+                                moved => driver.pass_on(moved, peer, batch.take(i)).await,
+                            }
                         }
                     }
+                    driver.pass_on_batches(&mut moving).await;
                     if n < batch::BATCH {
                         break;
                     }
@@ -729,6 +740,22 @@ impl Driver {
             Moved::Node { node, shard } => {
                 self.hop(shard, Hop::ToNode { node, peer, bytes, via_shard: self.index }).await
             }
+        }
+    }
+
+    /// Sends the messages one receive batch moves to each other shard: a lone one as it is,
+    /// several as one [`Hop::RoutedBatch`].
+    async fn pass_on_batches(&self, moving: &mut [Vec<(Peer, Vec<u8>)>]) {
+        for (shard, messages) in moving.iter_mut().enumerate() {
+            let hop = match messages.len() {
+                0 => continue,
+                1 => match messages.pop() {
+                    Some((peer, bytes)) => Hop::Routed { peer, bytes, via_shard: self.index },
+                    None => continue,
+                },
+                _ => Hop::RoutedBatch { messages: std::mem::take(messages), via_shard: self.index },
+            };
+            self.hop(shard, hop).await;
         }
     }
 
