@@ -144,7 +144,8 @@ pub(crate) struct ServerSection {
     pub(crate) role: String,
     /// "udp", "tcp" or "both".
     pub(crate) transport: String,
-    /// Most live calls per shard (beyond: 503 with Retry-After).
+    /// Most calls at once per shard (beyond: 503 with Retry-After). Ended calls whose
+    /// transactions wait out their timers do not count; records in all are bounded at 4x.
     pub(crate) max_calls_per_shard: usize,
     /// Retry-After seconds on 503.
     pub(crate) retry_after_s: u32,
