@@ -102,6 +102,50 @@ impl<'a> Via<'a> {
         complete(value, via_parm)
     }
 
+    /// A Via of `protocol/version/transport host[:port]`, no parameters yet.
+    fn sent_by(
+        protocol_name: &'a str,
+        protocol_version: &'a str,
+        transport: &'a str,
+        host: &'a str,
+        port: Option<u16>,
+    ) -> Via<'a> {
+        Via {
+            protocol_name,
+            protocol_version,
+            transport: Transport::from_token(transport),
+            host,
+            port,
+            branch: None,
+            received: None,
+            rport: None,
+            maddr: None,
+            ttl: None,
+            params: Params::default(),
+        }
+    }
+
+    /// Picks out one via-param this struct names (the first occurrence wins; `rport` and
+    /// `ttl` must be numbers in range). The raw list is kept in `params` by the caller.
+    fn take_param(&mut self, name: &'a str, value: Option<&'a str>) -> Result<(), GrammarError<'a>> {
+        if name.eq_ignore_ascii_case("branch") {
+            self.branch = self.branch.or(value);
+        } else if name.eq_ignore_ascii_case("received") {
+            self.received = self.received.or(value);
+        } else if name.eq_ignore_ascii_case("maddr") {
+            self.maddr = self.maddr.or(value);
+        } else if name.eq_ignore_ascii_case("rport") {
+            self.rport = Some(match value {
+                None => None,
+                Some(v) => Some(v.parse::<u16>().map_err(|_| GrammarError::new(v, ErrorKind::ExpectedPort))?),
+            });
+        } else if name.eq_ignore_ascii_case("ttl") {
+            let v = value.ok_or(GrammarError::new(name, ErrorKind::ExpectedNumber))?;
+            self.ttl = Some(v.parse::<u8>().map_err(|_| GrammarError::new(v, ErrorKind::ExpectedNumber))?);
+        }
+        Ok(())
+    }
+
     /// Whether the branch starts with the RFC 3261 magic cookie (and has more after it),
     /// so §17.2.3 matching applies rather than the RFC 2543 fallback.
     pub fn has_rfc3261_branch(&self) -> bool {
@@ -148,38 +192,8 @@ fn via_parm_grammar(input: &str) -> PResult<'_, Via<'_>> {
         }
         Err(_) => (i, None),
     };
-    let mut via = Via {
-        protocol_name,
-        protocol_version,
-        transport: Transport::from_token(transport),
-        host,
-        port,
-        branch: None,
-        received: None,
-        rport: None,
-        maddr: None,
-        ttl: None,
-        params: Params::default(),
-    };
-    let (rest, raw) = header_params(i, |name, value| {
-        // The first occurrence of a parameter wins.
-        if name.eq_ignore_ascii_case("branch") {
-            via.branch = via.branch.or(value);
-        } else if name.eq_ignore_ascii_case("received") {
-            via.received = via.received.or(value);
-        } else if name.eq_ignore_ascii_case("maddr") {
-            via.maddr = via.maddr.or(value);
-        } else if name.eq_ignore_ascii_case("rport") {
-            via.rport = Some(match value {
-                None => None,
-                Some(v) => Some(v.parse::<u16>().map_err(|_| GrammarError::new(v, ErrorKind::ExpectedPort))?),
-            });
-        } else if name.eq_ignore_ascii_case("ttl") {
-            let v = value.ok_or(GrammarError::new(name, ErrorKind::ExpectedNumber))?;
-            via.ttl = Some(v.parse::<u8>().map_err(|_| GrammarError::new(v, ErrorKind::ExpectedNumber))?);
-        }
-        Ok(())
-    })?;
+    let mut via = Via::sent_by(protocol_name, protocol_version, transport, host, port);
+    let (rest, raw) = header_params(i, |name, value| via.take_param(name, value))?;
     via.params = Params::semicolon(raw);
     Ok((rest, via))
 }
@@ -219,19 +233,13 @@ fn via_parm_plain(input: &str) -> Option<(&str, Via<'_>)> {
     } else {
         None
     };
-    let mut via = Via {
-        protocol_name: &input[..name_end],
-        protocol_version: &input[version_at..version_end],
-        transport: Transport::from_token(&input[transport_at..transport_end]),
-        host: &input[host_at..host_end],
+    let mut via = Via::sent_by(
+        &input[..name_end],
+        &input[version_at..version_end],
+        &input[transport_at..transport_end],
+        &input[host_at..host_end],
         port,
-        branch: None,
-        received: None,
-        rport: None,
-        maddr: None,
-        ttl: None,
-        params: Params::default(),
-    };
+    );
     let params_at = at;
     let mut count = 0;
     while bytes.get(at) == Some(&b';') {
@@ -257,20 +265,7 @@ fn via_parm_plain(input: &str) -> Option<(&str, Via<'_>)> {
             at = name_end;
             None
         };
-        if name.eq_ignore_ascii_case("branch") {
-            via.branch = via.branch.or(value);
-        } else if name.eq_ignore_ascii_case("received") {
-            via.received = via.received.or(value);
-        } else if name.eq_ignore_ascii_case("maddr") {
-            via.maddr = via.maddr.or(value);
-        } else if name.eq_ignore_ascii_case("rport") {
-            via.rport = Some(match value {
-                None => None,
-                Some(v) => Some(v.parse::<u16>().ok()?),
-            });
-        } else if name.eq_ignore_ascii_case("ttl") {
-            via.ttl = Some(value?.parse::<u8>().ok()?);
-        }
+        via.take_param(name, value).ok()?;
     }
     // The long way reads LWS after the last parameter as the start of another separator.
     if bytes.get(at).is_some_and(|&c| is_lws(c)) {

@@ -579,6 +579,7 @@ async fn shard_main(
             let Some(udp) = driver.udp.as_ref() else { return };
             let mut buf = vec![0u8; MAX_DATAGRAM];
             let mut batch = batch::Batch::new(MAX_DATAGRAM);
+            let mut moving: Vec<Vec<(Peer, Vec<u8>)>> = vec![Vec::new(); driver.shards];
             // Never raced against a timer: dropping a receive whose io_uring completion is
             // already posted loses that datagram. The task is dropped when the shard stops.
             while !done.get() {
@@ -603,7 +604,6 @@ async fn shard_main(
                 }
                 // The socket is awake: take what else is queued, a batch per system call.
                 // What moves to other shards goes at the end of each batch, a send per shard.
-                let mut moving: Vec<Vec<(Peer, Vec<u8>)>> = vec![Vec::new(); driver.shards];
                 loop {
                     let n = batch.receive(udp.as_raw_fd());
                     if n > 0 {
