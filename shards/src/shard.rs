@@ -261,9 +261,10 @@ pub struct ShardConfig {
     pub local: SocketAddr,
     /// The initial stripe map.
     pub stripes: StripeMap,
-    /// Most live call records (beyond: 503 with Retry-After).
+    /// Most calls at once (beyond: 503 with Retry-After); ended calls lingering for their
+    /// transactions' timers do not count, records in all stop at 4x ([`crate::table`]).
     pub max_calls: usize,
-    /// Most armed timers.
+    /// Most armed timers ([`timers_for`] of `max_calls`).
     pub max_timers: usize,
     /// T1, T2, T4.
     pub timers: TimerConfig,
@@ -1773,8 +1774,10 @@ impl<T: TransactionUser> Shard<T> {
         for op in fx.timer_ops.drain(..) {
             match op {
                 TimerOp::Arm(id, timer, deadline) => {
-                    let handle =
-                        self.wheel.arm(deadline, (id, timer)).expect("invariant: max_timers sized for max_calls");
+                    let handle = self
+                        .wheel
+                        .arm(deadline, (id, timer))
+                        .expect("invariant: new transactions keep TIMER_HEADROOM free");
                     if let Some(old) = self.armed.insert((id, timer), handle) {
                         self.wheel.cancel(old);
                     }
