@@ -518,6 +518,17 @@ impl ClientFsm {
             ClientFsm::NonInvite(_) => true,
         }
     }
+
+    /// Whether a final response has arrived, for either kind (unlike [`Self::has_final`], which
+    /// answers "nothing left to CANCEL" and so is true for every non-INVITE).
+    fn final_received(&self) -> bool {
+        match self {
+            ClientFsm::Invite(_) => self.has_final(),
+            ClientFsm::NonInvite(fsm) => {
+                matches!(fsm.state, ClientNonInviteState::Completed | ClientNonInviteState::Terminated)
+            }
+        }
+    }
 }
 
 /// The record of one call (all state of a Call-ID lives in its stripe).
@@ -549,9 +560,7 @@ impl CallRecord {
             && self.dialog != Some(DialogState::Confirmed)
             && self.bindings.is_empty()
     }
-}
 
-impl CallRecord {
     /// Whether the call is over and only finished transactions are left, waiting out their
     /// timers (J, K, L, H) to absorb retransmissions: every request answered with a final
     /// response, every relayed one has its final response, no dialog going on, no binding.
@@ -560,12 +569,7 @@ impl CallRecord {
         matches!(self.dialog, None | Some(DialogState::Terminated))
             && self.bindings.is_empty()
             && self.transactions.iter().all(|t| t.answered)
-            && self.clients.iter().all(|c| match &c.fsm {
-                ClientFsm::Invite(_) => c.fsm.has_final(),
-                ClientFsm::NonInvite(fsm) => {
-                    matches!(fsm.state, ClientNonInviteState::Completed | ClientNonInviteState::Terminated)
-                }
-            })
+            && self.clients.iter().all(|c| c.fsm.final_received())
     }
 }
 
@@ -1289,19 +1293,24 @@ impl<T: TransactionUser> Shard<T> {
         let invite_id = invite.id;
         let pending = record.clients.iter().find(|c| c.server == invite_id && !c.cancel && !c.fsm.has_final());
         if let Some(client) = pending {
-            let (peer, branch, request) = (client.peer, client.branch.clone(), client.request.clone());
-            let mut slots = std::mem::take(&mut self.spare_slots);
-            let cancel = written(&mut self.write_buf, request.len() + 64, |out| {
-                sipshard_parser::parse(&request, &mut slots)
-                    .ok()
-                    .and_then(|sent| sipshard_parser::write_cancel(&sent, out).ok())
-            });
-            self.spare_slots = slots;
-            if let Some(out) = cancel {
+            let (peer, branch) = (client.peer, client.branch.clone());
+            if let Some(out) = self.cancel_of(&client.request) {
                 self.start_client(now_ms, record, invite_id, branch, true, peer, out, fx);
             }
         }
         FinalResponse::new(200, "OK").into()
+    }
+
+    /// The CANCEL of a relayed INVITE (§9.1), built from the request as it was sent.
+    fn cancel_of(&mut self, invite: &[u8]) -> Option<Vec<u8>> {
+        let mut slots = std::mem::take(&mut self.spare_slots);
+        let cancel = written(&mut self.write_buf, invite.len() + 64, |out| {
+            sipshard_parser::parse(invite, &mut slots)
+                .ok()
+                .and_then(|sent| sipshard_parser::write_cancel(&sent, out).ok())
+        });
+        self.spare_slots = slots;
+        cancel
     }
 
     /// Answers server transaction `id` with the TU's final response.
@@ -1934,17 +1943,9 @@ impl<T: TransactionUser> Shard<T> {
                     .iter()
                     .position(|c| !c.cancel && !c.fsm.has_final() && matches!(c.fsm, ClientFsm::Invite(_)));
                 let Some(i) = pending else { return };
-                let (peer, branch, request, server) = {
-                    let c = &record.clients[i];
-                    (c.peer, c.branch.clone(), c.request.clone(), c.server)
-                };
-                let mut slots = std::mem::take(&mut self.spare_slots);
-                let cancel = written(&mut self.write_buf, request.len() + 64, |out| {
-                    sipshard_parser::parse(&request, &mut slots)
-                        .ok()
-                        .and_then(|sent| sipshard_parser::write_cancel(&sent, out).ok())
-                });
-                self.spare_slots = slots;
+                let c = &record.clients[i];
+                let (peer, branch, server) = (c.peer, c.branch.clone(), c.server);
+                let cancel = self.cancel_of(&c.request);
                 self.answer_from_client(now_ms, record, i, server, call_id, 408, fx);
                 if let Some(out) = cancel {
                     self.start_client(now_ms, record, server, branch, true, peer, out, fx);
