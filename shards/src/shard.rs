@@ -748,7 +748,7 @@ impl<T: TransactionUser> Shard<T> {
             .records()
             .map(|record| {
                 record.transactions.iter().filter(|t| !t.answered).count()
-                    + record.clients.iter().filter(|c| !c.fsm.has_final()).count()
+                    + record.clients.iter().filter(|c| !c.fsm.final_received()).count()
             })
             .sum()
     }

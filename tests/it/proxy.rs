@@ -588,10 +588,12 @@ To: {b_from}\r\nCall-ID: {b_call_id}\r\nCSeq: 7 BYE\r\nMax-Forwards: 70\r\nConte
         let mut dests: Vec<SocketAddr> = byes.iter().filter(|(_, m)| m.starts_with("BYE ")).map(|(a, _)| *a).collect();
         dests.sort();
         assert_eq!(dests, vec![to(CALLER), to(CALLEE)], "{byes:?}");
+        assert_eq!(rig.shard.unanswered_transactions(), 2, "a draining server waits for its own BYEs' 200s");
         for (_, bye) in byes.iter().filter(|(_, m)| m.starts_with("BYE ")) {
             let from = if bye.contains("b2b~") { CALLEE } else { CALLER };
             assert!(rig.send(from, answer(bye, 200, "OK", "x").as_bytes()).is_empty(), "our own BYE's 200 stops here");
         }
+        assert_eq!(rig.shard.unanswered_transactions(), 0);
         rig.settle();
         assert_eq!(rig.shard.calls(), 0);
     }
