@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sipshard_shards::NodeId;
 use sipshard_shards::proxy::{ProxyConfig, RouteMatch, RouteTarget, StaticRoute};
 use sipshard_shards::registrar::RegistrarConfig;
+use sipshard_shards::shard::ShardPorts;
 use sipshard_shards::transaction::TimerConfig;
 
 /// The whole file.
@@ -161,6 +162,11 @@ pub(crate) struct ServerSection {
     /// Spinning spares the wake-up (and glommio's process-wide memory barrier on every
     /// sleep) under load, at the price of CPU time when traffic is light: tuning.md.
     pub(crate) spin_before_park_us: u64,
+    /// First of the shards' own UDP ports (0: none). Shard k also listens on this port + k and
+    /// names it in the Via and Record-Route it writes toward UDP peers, so answers and in-dialog
+    /// requests reach the shard that owns the call without a hop between shards (tuning.md).
+    /// Peers must accept responses from another port than the one they sent to.
+    pub(crate) shard_ports: u16,
     /// Largest request handled; larger ones get 513 Message Too Large.
     pub(crate) max_message_bytes: usize,
     /// Seconds an INVITE may ring before it is CANCELled and answered 408 (Timer C: over 180).
@@ -191,6 +197,7 @@ impl Default for ServerSection {
             io_memory_kib: 512,
             drain_s: 32,
             spin_before_park_us: 0,
+            shard_ports: 0,
             udp_buffer_kib: 4096,
             max_message_bytes: sipshard_shards::shard::DEFAULT_MAX_MESSAGE_BYTES,
             no_answer_s: sipshard_shards::shard::DEFAULT_NO_ANSWER.as_secs(),
@@ -311,6 +318,8 @@ pub(crate) struct Settings {
     pub(crate) udp_buffer: usize,
     /// How long an idle shard spins before it sleeps (`None`: not at all).
     pub(crate) spin_before_park: Option<Duration>,
+    /// The shards' own UDP ports, if configured.
+    pub(crate) shard_ports: Option<ShardPorts>,
     /// Test steering: every datagram first reaches a shard that does not own it.
     pub(crate) steer_to_wrong_shard: bool,
     /// TCP limits.
@@ -475,6 +484,22 @@ impl Config {
         if server.spin_before_park_us > 100_000 {
             error("server.spin_before_park_us", "at most 100000 (0.1 s): a longer spin only burns CPU".into());
         }
+        let shard_ports = (server.shard_ports > 0)
+            .then_some(ShardPorts { first: server.shard_ports, count: u16::try_from(cores.len()).unwrap_or(u16::MAX) });
+        if let Some(ports) = shard_ports {
+            let last = u32::from(ports.first) + u32::from(ports.count).saturating_sub(1);
+            if last > u32::from(u16::MAX) {
+                error("server.shard_ports", format!("{} shards from port {} run past 65535", ports.count, ports.first));
+            } else if listen.is_some_and(|l| ports.contains(l.port())) {
+                error("server.shard_ports", format!("ports {}-{last} include server.listen's port", ports.first));
+            }
+            if !transports.udp {
+                error(
+                    "server.shard_ports",
+                    "the shards' own ports are UDP: set server.transport to udp or both".into(),
+                );
+            }
+        }
         if server.tcp_max_connections == 0 || server.tcp_queue == 0 || server.tcp_idle_s == 0 {
             error("server.tcp_*", "tcp_max_connections, tcp_queue and tcp_idle_s must be at least 1".into());
         }
@@ -568,6 +593,7 @@ impl Config {
             udp_buffer: server.udp_buffer_kib * 1024,
             spin_before_park: (server.spin_before_park_us > 0)
                 .then(|| Duration::from_micros(server.spin_before_park_us)),
+            shard_ports,
             steer_to_wrong_shard: server.steer_to_wrong_shard,
             tcp: TcpLimits {
                 max_connections: server.tcp_max_connections,
@@ -742,6 +768,23 @@ t2_ms = 100
         assert_eq!(keys, ["server.udp_buffer_kib", "server.spin_before_park_us"]);
         let defaults = Config::parse("").expect("parses").settings(&[0]).expect("valid");
         assert_eq!((defaults.udp_buffer, defaults.spin_before_park), (4 << 20, None));
+    }
+
+    #[test]
+    fn shard_ports_cover_every_shard_and_clash_with_nothing() {
+        let text = "[server]\nlisten = \"127.0.0.1:5060\"\nshards = 2\nshard_ports = 5070\n";
+        let settings = Config::parse(text).expect("parses").settings(&[0, 1]).expect("valid");
+        assert_eq!(settings.shard_ports, Some(ShardPorts { first: 5070, count: 2 }));
+        assert_eq!(Config::parse("").expect("parses").settings(&[0]).expect("valid").shard_ports, None);
+        for bad in [
+            "[server]\nlisten = \"127.0.0.1:5060\"\nshards = 2\nshard_ports = 5059\n",
+            "[server]\nshards = 2\nshard_ports = 65535\n",
+            "[server]\ntransport = \"tcp\"\nshard_ports = 5070\n",
+        ] {
+            let errors = Config::parse(bad).expect("parses").settings(&[0, 1]).expect_err("invalid");
+            let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+            assert_eq!(keys, ["server.shard_ports"], "{bad}: {errors:?}");
+        }
     }
 
     #[test]

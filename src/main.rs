@@ -78,6 +78,9 @@ struct RunArgs {
     /// Transport (server.transport): udp, tcp or both.
     #[arg(long)]
     transport: Option<String>,
+    /// First of the shards' own UDP ports, shard k on this + k (server.shard_ports; 0: none).
+    #[arg(long)]
+    shard_ports: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -199,6 +202,9 @@ fn run(args: RunArgs) -> ExitCode {
         }
         if let Some(transport) = args.transport {
             config.server.transport = transport;
+        }
+        if let Some(first) = args.shard_ports {
+            config.server.shard_ports = first;
         }
         config.settings(&online_cores())
     });

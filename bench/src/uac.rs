@@ -646,6 +646,11 @@ impl Generator {
             (Phase::Inviting, 200..=299) => {
                 let _ = self.measures.setup.record(micros);
                 call.dialog = dialog_of(message);
+                if self.share.config.transport == TransportKind::Udp {
+                    // §8.1.2: the dialog's requests go to its first Route (a proxy that
+                    // record-routed), as a UA sends them; the target stays the way in.
+                    call.to = first_hop(&call.dialog).or(call.to);
+                }
                 let to = call.to;
                 let ack = self.in_dialog(seq, "ACK", 'a');
                 self.outbox.push((ack, to));
@@ -772,6 +777,14 @@ Call-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:{user}@{local}{contact_tra
     }
 }
 
+/// Where a dialog's requests go (§8.1.2): its first Route's address, when that is an IP literal.
+fn first_hop(dialog: &Dialog) -> Option<SocketAddr> {
+    let route = dialog.routes.first()?.trim_start_matches('<').trim_end_matches('>');
+    let uri = sipshard_parser::Uri::parse(route).ok()?;
+    let ip: std::net::IpAddr = uri.host.trim_matches(['[', ']']).parse().ok()?;
+    Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
+}
+
 /// The dialog a 2xx to the INVITE sets up.
 fn dialog_of(message: &Message<'_>) -> Dialog {
     let mut routes: Vec<String> =
@@ -793,6 +806,18 @@ fn dialog_of(message: &Message<'_>) -> Dialog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dialogs_requests_go_to_its_first_route_when_that_is_an_address() {
+        let dialog =
+            |routes: &[&str]| Dialog { routes: routes.iter().map(|r| r.to_string()).collect(), ..Dialog::default() };
+        let hop = first_hop(&dialog(&["<sip:127.0.0.1:15071;lr>", "<sip:10.0.0.9;lr>"]));
+        assert_eq!(hop, Some("127.0.0.1:15071".parse().expect("addr")));
+        assert_eq!(first_hop(&dialog(&["<sip:10.0.0.9;lr>"])), Some("10.0.0.9:5060".parse().expect("addr")));
+        assert_eq!(first_hop(&dialog(&["<sip:[::1]:5070;lr>"])), Some("[::1]:5070".parse().expect("addr")));
+        assert_eq!(first_hop(&dialog(&["<sip:proxy.example.com;lr>"])), None, "no DNS: the target stays");
+        assert_eq!(first_hop(&dialog(&[])), None);
+    }
 
     #[test]
     fn a_ramp_adds_its_step_each_period_up_to_the_cap() {

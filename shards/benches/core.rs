@@ -40,6 +40,7 @@ fn shard(now: Instant, replicate: bool) -> Shard<Answer> {
         node: NodeId(0),
         shard: ShardId(0),
         local: "127.0.0.1:5060".parse().expect("addr"),
+        shard_ports: None,
         stripes: StripeMap::balanced(1, 1024, &[NodeId(0)], 1, 1),
         max_calls: 2 * BATCH,
         max_timers: 8 * BATCH,

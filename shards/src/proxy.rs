@@ -170,7 +170,7 @@ impl Proxy {
         let mut routes = request.routes();
         let mut pop_route = false;
         let mut next = routes.next().and_then(Result::ok);
-        if next.is_some_and(|route| self.names_us(&route.uri, ctx.local)) {
+        if next.is_some_and(|route| self.names_us(&route.uri, ctx)) {
             pop_route = true;
             next = routes.next().and_then(Result::ok);
         }
@@ -181,7 +181,7 @@ impl Proxy {
             Some(Ok(uri)) => uri,
             _ => return Err(Hop::NotFound),
         };
-        let local = self.names_us(&uri, ctx.local);
+        let local = self.names_us(&uri, ctx);
         if !local {
             if let Ok(peer) = peer_of(&uri) {
                 return Ok(relay(peer, pop_route, None));
@@ -201,8 +201,9 @@ impl Proxy {
     }
 
     /// Whether `uri` names this server or another node of its cluster.
-    fn names_us(&self, uri: &Uri<'_>, local: SocketAddr) -> bool {
-        is_local(uri, local) || self.config.aliases.iter().any(|&alias| is_local(uri, alias))
+    fn names_us(&self, uri: &Uri<'_>, ctx: &RequestContext) -> bool {
+        let named = |local| is_local_address(uri.host, uri.port, local, ctx.shard_ports);
+        named(ctx.local) || self.config.aliases.iter().any(|&alias| named(alias))
     }
 
     fn route_by_rules(&self, uri: &Uri<'_>) -> Option<Peer> {
@@ -221,11 +222,6 @@ enum Hop {
     Us,
     /// No rule matches.
     NotFound,
-}
-
-/// Whether `uri` names this server (its IP and port).
-fn is_local(uri: &Uri<'_>, local: SocketAddr) -> bool {
-    is_local_address(uri.host, uri.port, local)
 }
 
 impl TransactionUser for Proxy {
@@ -250,7 +246,11 @@ impl TransactionUser for Proxy {
             let unsupported = FinalResponse::new(420, "Bad Extension").with_header("Unsupported", required.join(", "));
             return self.reject(unsupported);
         }
-        if request.vias().filter_map(Result::ok).any(|via| is_local_address(via.host, via.port, ctx.local)) {
+        if request
+            .vias()
+            .filter_map(Result::ok)
+            .any(|via| is_local_address(via.host, via.port, ctx.local, ctx.shard_ports))
+        {
             // sipshard never routes to itself, so a request that already carries our Via is a loop (§16.3 step 4).
             return self.reject(FinalResponse::new(482, "Loop Detected"));
         }

@@ -231,6 +231,8 @@ pub struct RequestContext {
     pub peer: Peer,
     /// This server's SIP address (its Via sent-by and Record-Route).
     pub local: SocketAddr,
+    /// The shards' own UDP ports, which also name this server.
+    pub shard_ports: Option<ShardPorts>,
     /// The call's dialog as this shard tracks it (`None`: no dialog, or the call is new here).
     pub dialog: Option<DialogState>,
 }
@@ -259,6 +261,8 @@ pub struct ShardConfig {
     pub shard: ShardId,
     /// This server's SIP address: the sent-by of its Via and the host of its Record-Route.
     pub local: SocketAddr,
+    /// The shards' own UDP ports at `local`'s IP, when configured ([`ShardPorts`]).
+    pub shard_ports: Option<ShardPorts>,
     /// The initial stripe map.
     pub stripes: StripeMap,
     /// Most calls at once (beyond: 503 with Retry-After); ended calls lingering for their
@@ -297,6 +301,7 @@ impl ShardConfig {
             node: NodeId(0),
             shard: ShardId(0),
             local: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            shard_ports: None,
             stripes: StripeMap::balanced(1, 64, &[NodeId(0)], 1, 1),
             max_calls,
             max_timers: timers_for(max_calls),
@@ -318,6 +323,30 @@ pub const DEFAULT_NO_ANSWER: Duration = Duration::from_secs(181);
 
 /// Default of [`ShardConfig::max_call_duration`].
 pub const DEFAULT_MAX_CALL_DURATION: Duration = Duration::from_secs(4 * 3600);
+
+/// The shards' own UDP ports (`server.shard_ports`): shard k also listens on `first + k` at the
+/// node's address and names that port in the Via and Record-Route (and a B2BUA's Contact) it
+/// writes toward UDP peers, so responses and in-dialog requests come back to the shard that owns
+/// the call instead of to whichever shard the kernel picks for the shared port.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ShardPorts {
+    /// Shard 0's port.
+    pub first: u16,
+    /// How many shards (ports) there are.
+    pub count: u16,
+}
+
+impl ShardPorts {
+    /// Shard `shard`'s own port, if it has one.
+    pub fn port_of(&self, shard: ShardId) -> Option<u16> {
+        (shard.0 < self.count).then(|| self.first.checked_add(shard.0)).flatten()
+    }
+
+    /// Whether `port` is one of the shards' own ports.
+    pub fn contains(&self, port: u16) -> bool {
+        port >= self.first && u32::from(port) < u32::from(self.first) + u32::from(self.count)
+    }
+}
 
 /// Default of [`ShardConfig::max_message_bytes`]: generous for SDP, far below a UDP datagram's maximum.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024;
@@ -642,10 +671,14 @@ pub struct Shard<T> {
     write_buf: Vec<u8>,
     /// The key of the call whose timer fires, copied out of the timer index.
     key_buf: Vec<u8>,
-    /// `SIP/2.0/UDP host:port;branch=` and the TCP twin, written once.
+    /// `SIP/2.0/UDP host:port;branch=` and the TCP twin, written once (UDP names the shard's
+    /// own port when it has one).
     via_prefix: [String; 2],
-    /// `<sip:host:port;lr>`.
-    record_route: String,
+    /// `<sip:host:port;lr>` for a request relayed from UDP to UDP (the shard's own port when it
+    /// has one), and for any other (the shared port: TCP peers connect there).
+    record_route: [String; 2],
+    /// `sip:host:port` toward UDP peers (the shard's own port when it has one).
+    udp_contact: String,
     epoch: Instant,
     next_txn: u64,
     rng: u64,
@@ -677,6 +710,11 @@ impl<T: TransactionUser> Shard<T> {
         let mut table = CallTable::new(config.max_calls);
         table.set_feed(config.replicate);
         let local = config.local;
+        let own = config.shard_ports.and_then(|p| p.port_of(config.shard)).map_or(local, |port| {
+            let mut own = local;
+            own.set_port(port);
+            own
+        });
         Shard {
             stripes: config.stripes.clone(),
             table,
@@ -685,8 +723,9 @@ impl<T: TransactionUser> Shard<T> {
             scratch: Effects::default(),
             write_buf: Vec::new(),
             key_buf: Vec::new(),
-            via_prefix: [format!("SIP/2.0/UDP {local};branch="), format!("SIP/2.0/TCP {local};branch=")],
-            record_route: format!("<sip:{local};lr>"),
+            via_prefix: [format!("SIP/2.0/UDP {own};branch="), format!("SIP/2.0/TCP {local};branch=")],
+            record_route: [format!("<sip:{own};lr>"), format!("<sip:{local};lr>")],
+            udp_contact: format!("sip:{own}"),
             wheel: TimerWheel::new(config.max_timers, start_ms),
             armed: hashbrown::HashMap::new(),
             txn_calls: hashbrown::HashMap::new(),
@@ -1084,10 +1123,10 @@ impl<T: TransactionUser> Shard<T> {
             return None;
         }
         let mut slots = std::mem::take(&mut self.slots);
-        let local = self.config.local;
+        let (local, shard_ports) = (self.config.local, self.config.shard_ports);
         let aor = sipshard_parser::parse(bytes, &mut slots).ok().and_then(|msg| {
             let uri = msg.request_uri()?.ok()?;
-            let ours = uri.user.is_none() && is_local_address(uri.host, uri.port, local);
+            let ours = uri.user.is_none() && is_local_address(uri.host, uri.port, local, shard_ports);
             if ours { registrar::register_aor(&msg) } else { None }
         });
         self.slots = slots;
@@ -1111,6 +1150,7 @@ impl<T: TransactionUser> Shard<T> {
             now_ms,
             peer,
             local: self.config.local,
+            shard_ports: self.config.shard_ports,
             dialog,
         }
     }
@@ -1259,7 +1299,7 @@ impl<T: TransactionUser> Shard<T> {
                 if is_invite && relay.record_route && record.dialog.is_none() {
                     record.dialog = Some(DialogState::Early);
                 }
-                self.relay_request(now_ms, &mut record, id, call_id, msg, &relay, &mut fx);
+                self.relay_request(now_ms, &mut record, id, call_id, (peer.transport, msg), &relay, &mut fx);
                 if is_invite {
                     // §16.8: the proxy's Timer C bounds how long the INVITE may ring.
                     let deadline = now_ms + self.config.no_answer.as_millis() as u64;
@@ -1417,12 +1457,12 @@ impl<T: TransactionUser> Shard<T> {
         record: &mut CallRecord,
         server: u64,
         call_id: &[u8],
-        msg: &Message<'_>,
+        (from, msg): (Transport, &Message<'_>),
         relay: &Relay,
         fx: &mut Effects,
     ) {
         let branch = self.branch();
-        match self.write_relayed(msg, relay, &branch) {
+        match self.write_relayed(from, msg, relay, &branch) {
             Some(out) => self.start_client(now_ms, record, server, branch.into(), false, relay.to, out, fx),
             None => {
                 // Max-Forwards the role let through but the writer refused, or no room: a 500 is honest.
@@ -1441,8 +1481,9 @@ impl<T: TransactionUser> Shard<T> {
         branch
     }
 
-    /// The relayed form of `msg`: our Via on top, Max-Forwards decremented, the role's edits.
-    fn write_relayed(&mut self, msg: &Message<'_>, relay: &Relay, branch: &str) -> Option<Vec<u8>> {
+    /// The relayed form of `msg` (which came over `from`): our Via on top, Max-Forwards
+    /// decremented, the role's edits.
+    fn write_relayed(&mut self, from: Transport, msg: &Message<'_>, relay: &Relay, branch: &str) -> Option<Vec<u8>> {
         let prefix = &self.via_prefix[usize::from(relay.to.transport == Transport::Tcp)];
         let mut via = String::with_capacity(prefix.len() + branch.len());
         via.push_str(prefix);
@@ -1450,7 +1491,9 @@ impl<T: TransactionUser> Shard<T> {
         let mut editor = Editor::new(msg);
         editor.push_via(via.as_bytes()).ok()?.decrement_max_forwards().ok()?;
         if relay.record_route {
-            editor.push_record_route(self.record_route.as_bytes()).ok()?;
+            // Both sides send in-dialog requests to it: the shard's own port only if both use UDP.
+            let udp_both_ways = from == Transport::Udp && relay.to.transport == Transport::Udp;
+            editor.push_record_route(self.record_route[usize::from(!udp_both_ways)].as_bytes()).ok()?;
         }
         if relay.pop_route {
             editor.pop_route().ok()?;
@@ -1738,7 +1781,7 @@ impl<T: TransactionUser> Shard<T> {
 
     /// Whether `host:port` is this server's address.
     fn is_local(&self, host: &str, port: Option<u16>) -> bool {
-        is_local_address(host, port, self.config.local)
+        is_local_address(host, port, self.config.local, self.config.shard_ports)
     }
 
     /// The ACK of a 2xx: relayed end to end where the role says (§16.6 with no transaction).
@@ -1746,7 +1789,7 @@ impl<T: TransactionUser> Shard<T> {
         let ctx = self.context(now_ms, peer, dialog);
         let Some(relay) = self.tu.on_ack(&ctx, msg) else { return };
         let branch = self.branch();
-        if let Some(out) = self.write_relayed(msg, &relay, &branch) {
+        if let Some(out) = self.write_relayed(peer.transport, msg, &relay, &branch) {
             self.stats.acks_relayed += 1;
             self.stats.requests_sent += 1;
             self.outputs.push_back(Output::Transmit { peer: relay.to, bytes: out });
@@ -2019,7 +2062,7 @@ impl<T: TransactionUser> Shard<T> {
     /// Our Contact URI toward a peer.
     fn contact_for(&self, peer: Peer) -> String {
         match peer.transport {
-            Transport::Udp => format!("sip:{}", self.config.local),
+            Transport::Udp => self.udp_contact.clone(),
             Transport::Tcp => format!("sip:{};transport=tcp", self.config.local),
         }
     }
@@ -2294,10 +2337,18 @@ fn copy_of(stripe: StripeId, key: &[u8], record: &CallRecord, version: u64) -> C
     Change { stripe, key: key.into(), version, hints, bytes: codec::encode(stripe, version, record) }
 }
 
-/// Whether a URI's or Via's `host` and `port` (5060 when absent) name `local`: an IP literal,
-/// IPv6 with or without brackets. The one rule for "addressed to this server".
-pub(crate) fn is_local_address(host: &str, port: Option<u16>, local: SocketAddr) -> bool {
-    port.unwrap_or(5060) == local.port() && host.trim_matches(['[', ']']).parse() == Ok(local.ip())
+/// Whether a URI's or Via's `host` and `port` (5060 when absent) name `local` or one of the
+/// shards' own ports at its IP: an IP literal, IPv6 with or without brackets. The one rule for
+/// "addressed to this server".
+pub(crate) fn is_local_address(
+    host: &str,
+    port: Option<u16>,
+    local: SocketAddr,
+    shard_ports: Option<ShardPorts>,
+) -> bool {
+    let port = port.unwrap_or(5060);
+    (port == local.port() || shard_ports.is_some_and(|p| p.contains(port)))
+        && host.trim_matches(['[', ']']).parse() == Ok(local.ip())
 }
 
 /// Which leg of a B2BUA call a message belongs to: the B leg has its own Call-ID.

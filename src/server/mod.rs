@@ -335,8 +335,18 @@ fn executor_error(e: glommio::GlommioError<()>, settings: &Settings, index: usiz
     anyhow::anyhow!("shard {index} could not start its executor: {text}. {hint}")
 }
 
+/// Which of a shard's UDP sockets a receive loop reads.
+#[derive(Copy, Clone, Debug)]
+enum Own {
+    /// The SIP port every shard shares (SO_REUSEPORT).
+    Shared,
+    /// The shard's own port (`server.shard_ports`).
+    Shard,
+}
+
 /// Test steering (`server.steer_to_wrong_shard`): picks, for a datagram, a shard that
 /// does not own its stripe, with the same pure routing functions the shards use.
+#[derive(Clone)]
 struct Steer {
     me: usize,
     shards: usize,
@@ -363,6 +373,9 @@ struct Driver {
     shard: RefCell<Shard<Proxy>>,
     /// The UDP socket (`None` when the server runs TCP only).
     udp: Option<UdpSocket>,
+    /// This shard's own UDP port (`server.shard_ports`): requests go out from it, so that
+    /// their answers come back to it.
+    own_udp: Option<UdpSocket>,
     mesh: Senders<Hop>,
     /// TCP connections this shard holds, by peer address: the writer task's queue.
     tcp: RefCell<std::collections::HashMap<SocketAddr, tcp::Connection>>,
@@ -410,12 +423,13 @@ struct NodeShared {
     status: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-/// The shard's UDP socket: SO_REUSEPORT on the SIP address, with `buffer` bytes of receive and
-/// send buffer asked for (bursts beyond the kernel's default 208 KiB are dropped otherwise).
-fn bind_udp(listen: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+/// A UDP socket on `listen`, shared by the shards (SO_REUSEPORT) when `shared`, with `buffer`
+/// bytes of receive and send buffer asked for (bursts beyond the kernel's default 208 KiB are
+/// dropped otherwise).
+fn bind_udp(listen: SocketAddr, buffer: usize, shared: bool) -> std::io::Result<UdpSocket> {
     let socket =
         socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(shared)?;
     if buffer > 0 {
         socket.set_recv_buffer_size(buffer)?;
         socket.set_send_buffer_size(buffer)?;
@@ -438,7 +452,7 @@ async fn shard_main(
     let NodeShared { stripes, stop, epoch, pending, status } = node;
     let udp =
         match settings.transports.udp {
-            true => Some(bind_udp(settings.listen, settings.udp_buffer).map_err(|e| {
+            true => Some(bind_udp(settings.listen, settings.udp_buffer, true).map_err(|e| {
                 anyhow::anyhow!("binding UDP {}: {e} (is another process on that port?)", settings.listen)
             })?),
             false => None,
@@ -455,6 +469,16 @@ async fn shard_main(
     // they were spawned in: messages for shard k go to mesh peer k.
     let index = senders.peer_id();
     tracing::debug!(shard = index, spawned, core, "shard joined the mesh");
+    let own_udp = match settings.shard_ports.and_then(|p| p.port_of(ShardId(index as u16))) {
+        Some(port) => {
+            let addr = SocketAddr::new(settings.listen.ip(), port);
+            let socket = bind_udp(addr, settings.udp_buffer, false).map_err(|e| {
+                anyhow::anyhow!("binding shard {index}'s own UDP port {addr} (server.shard_ports): {e}")
+            })?;
+            Some(socket)
+        }
+        None => None,
+    };
     let stripes_home = stripes.clone();
     let seed = 0x5eed_0000 ^ index as u64 ^ (std::process::id() as u64) << 20;
     let node_id = settings.cluster.as_ref().map_or(NodeId(0), |c| c.node);
@@ -462,6 +486,7 @@ async fn shard_main(
         node: node_id,
         shard: ShardId(index as u16),
         local: settings.listen,
+        shard_ports: settings.shard_ports,
         stripes,
         max_calls: settings.max_calls_per_shard,
         max_timers: sipshard_shards::shard::timers_for(settings.max_calls_per_shard),
@@ -486,6 +511,7 @@ async fn shard_main(
         shards: settings.cores.len(),
         shard: RefCell::new(shard),
         udp,
+        own_udp,
         mesh: senders,
         tcp: RefCell::default(),
         tcp_routes: RefCell::default(),
@@ -573,73 +599,11 @@ async fn shard_main(
         shards: settings.cores.len(),
         map: driver.shard.borrow().stripe_map().clone(),
     });
-    let receive = {
-        let (driver, done) = (Rc::clone(&driver), Rc::clone(&done));
-        glommio::spawn_local(async move {
-            let Some(udp) = driver.udp.as_ref() else { return };
-            let mut buf = vec![0u8; MAX_DATAGRAM];
-            let mut batch = batch::Batch::new(MAX_DATAGRAM);
-            let mut moving: Vec<Vec<(Peer, Vec<u8>)>> = vec![Vec::new(); driver.shards];
-            // Never raced against a timer: dropping a receive whose io_uring completion is
-            // already posted loses that datagram. The task is dropped when the shard stops.
-            while !done.get() {
-                let received = udp.recv_from(&mut buf).await;
-                let (n, from) = match received {
-                    Ok(got) => got,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "UDP receive failed");
-                        continue;
-                    }
-                };
-                let peer = Peer { addr: from, transport: Transport::Udp };
-                if let Some(wrong) = steer.as_ref().and_then(|s| s.wrong_shard(&buf[..n])) {
-                    driver.hop(wrong, Hop::Steered { peer, bytes: buf[..n].to_vec() }).await;
-                    continue;
-                }
-                // A datagram that moves to another shard goes as a copy at its size.
-                if let Some(moved) = driver.process(Input::Datagram { peer, bytes: &buf[..n] }).await
-                    && !driver.sent_on_own_link(moved, peer, &buf[..n])
-                {
-                    driver.pass_on(moved, peer, buf[..n].to_vec()).await;
-                }
-                // The socket is awake: take what else is queued, a batch per system call.
-                // What moves to other shards goes at the end of each batch, a send per shard.
-                loop {
-                    let n = batch.receive(udp.as_raw_fd());
-                    if n > 0 {
-                        bump(&driver.counters.udp_batches);
-                        let c = &driver.counters.udp_batched_datagrams;
-                        c.set(c.get() + n as u64);
-                    }
-                    for i in 0..n {
-                        let Some((bytes, from)) = batch.datagram(i) else {
-                            bump(&driver.counters.udp_truncated);
-                            continue;
-                        };
-                        let peer = Peer { addr: from, transport: Transport::Udp };
-                        if let Some(wrong) = steer.as_ref().and_then(|s| s.wrong_shard(bytes)) {
-                            driver.hop(wrong, Hop::Steered { peer, bytes: batch.take(i) }).await;
-                            continue;
-                        }
-                        if let Some(moved) = driver.process(Input::Datagram { peer, bytes }).await
-                            && !driver.sent_on_own_link(moved, peer, bytes)
-                        {
-                            match moved {
-                                Moved::Shard(shard) => moving[shard].push((peer, batch.take(i))),
-                                moved => driver.pass_on(moved, peer, batch.take(i)).await,
-                            }
-                        }
-                    }
-                    driver.pass_on_batches(&mut moving).await;
-                    if n < batch::BATCH {
-                        break;
-                    }
-                }
-            }
-        })
-    };
+    let receive = glommio::spawn_local(Rc::clone(&driver).receive_udp(Own::Shared, steer.clone(), Rc::clone(&done)));
+    let receive_own = glommio::spawn_local(Rc::clone(&driver).receive_udp(Own::Shard, steer, Rc::clone(&done)));
     timers.await;
     drop(receive);
+    drop(receive_own);
     let shard = driver.shard.borrow();
     let c = &driver.counters;
     Ok(ShardReport {
@@ -664,6 +628,76 @@ async fn shard_main(
 }
 
 impl Driver {
+    /// Reads datagrams from one of the shard's UDP sockets until the shard stops: the first
+    /// through io_uring, then what else is queued in `recvmmsg` batches.
+    async fn receive_udp(self: Rc<Self>, which: Own, steer: Option<Steer>, done: Rc<Cell<bool>>) {
+        let driver = &self;
+        let socket = match which {
+            Own::Shared => driver.udp.as_ref(),
+            Own::Shard => driver.own_udp.as_ref(),
+        };
+        let Some(udp) = socket else { return };
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut batch = batch::Batch::new(MAX_DATAGRAM);
+        let mut moving: Vec<Vec<(Peer, Vec<u8>)>> = vec![Vec::new(); driver.shards];
+        // Never raced against a timer: dropping a receive whose io_uring completion is
+        // already posted loses that datagram. The task is dropped when the shard stops.
+        while !done.get() {
+            let received = udp.recv_from(&mut buf).await;
+            let (n, from) = match received {
+                Ok(got) => got,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive failed");
+                    continue;
+                }
+            };
+            let peer = Peer { addr: from, transport: Transport::Udp };
+            if let Some(wrong) = steer.as_ref().and_then(|s| s.wrong_shard(&buf[..n])) {
+                driver.hop(wrong, Hop::Steered { peer, bytes: buf[..n].to_vec() }).await;
+                continue;
+            }
+            // A datagram that moves to another shard goes as a copy at its size.
+            if let Some(moved) = driver.process(Input::Datagram { peer, bytes: &buf[..n] }).await
+                && !driver.sent_on_own_link(moved, peer, &buf[..n])
+            {
+                driver.pass_on(moved, peer, buf[..n].to_vec()).await;
+            }
+            // The socket is awake: take what else is queued, a batch per system call.
+            // What moves to other shards goes at the end of each batch, a send per shard.
+            loop {
+                let n = batch.receive(udp.as_raw_fd());
+                if n > 0 {
+                    bump(&driver.counters.udp_batches);
+                    let c = &driver.counters.udp_batched_datagrams;
+                    c.set(c.get() + n as u64);
+                }
+                for i in 0..n {
+                    let Some((bytes, from)) = batch.datagram(i) else {
+                        bump(&driver.counters.udp_truncated);
+                        continue;
+                    };
+                    let peer = Peer { addr: from, transport: Transport::Udp };
+                    if let Some(wrong) = steer.as_ref().and_then(|s| s.wrong_shard(bytes)) {
+                        driver.hop(wrong, Hop::Steered { peer, bytes: batch.take(i) }).await;
+                        continue;
+                    }
+                    if let Some(moved) = driver.process(Input::Datagram { peer, bytes }).await
+                        && !driver.sent_on_own_link(moved, peer, bytes)
+                    {
+                        match moved {
+                            Moved::Shard(shard) => moving[shard].push((peer, batch.take(i))),
+                            moved => driver.pass_on(moved, peer, batch.take(i)).await,
+                        }
+                    }
+                }
+                driver.pass_on_batches(&mut moving).await;
+                if n < batch::BATCH {
+                    break;
+                }
+            }
+        }
+    }
+
     /// `handle`, then every output taken at once (no borrow across an await), then the sends.
     /// Changes go to the backups first; in sync mode the messages wait for their acks.
     /// Returns where a received message must move to, if another shard or node owns it.
@@ -795,7 +829,10 @@ impl Driver {
     }
 
     async fn send_udp(&self, peer: Peer, bytes: &[u8]) -> std::io::Result<()> {
-        let Some(udp) = self.udp.as_ref() else {
+        // Requests leave from the shard's own port, where their Via sends the answers; responses
+        // from the shared port the requests they answer were (mostly) sent to.
+        let own = self.own_udp.as_ref().filter(|_| !bytes.starts_with(b"SIP/2.0 "));
+        let Some(udp) = own.or(self.udp.as_ref()) else {
             bump(&self.counters.unsupported_transport);
             return Ok(());
         };

@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use sipshard_shards::ShardId;
 use sipshard_shards::proxy::{Proxy, ProxyConfig, RouteMatch, RouteTarget, StaticRoute};
-use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, Transport};
+use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, ShardPorts, Transport};
 
 const CALLER: &str = "127.0.0.1:5061";
 const CALLEE: &str = "127.0.0.1:5090";
@@ -174,6 +175,39 @@ fn a_call_is_relayed_end_to_end_with_record_route() {
     assert_eq!(stats.acks_relayed, 1);
     assert_eq!(stats.client_transactions_created, 2);
     assert_eq!(stats.client_transactions_ended, 2);
+}
+
+/// With the shards' own ports (`server.shard_ports`), a UDP relay names the shard's port in its
+/// Via and Record-Route; a Route naming any shard's port is this server's (consumed, not
+/// followed); a caller over TCP gets the shared port, where TCP is listened on.
+#[test]
+fn with_shard_ports_the_relay_names_the_shards_own_port() {
+    let mut rig = Rig::new();
+    let ports = ShardPorts { first: 6000, count: 2 };
+    let config = ShardConfig { shard_ports: Some(ports), ..ShardConfig::standalone(64) };
+    rig.shard = Shard::new(config, Proxy::new(proxy_config()), rig.start);
+    let out = rig.send(CALLER, invite("own-port", "inv9", "").as_bytes());
+    let relayed = &out[1].1;
+    assert!(relayed.contains("\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK"), "{relayed}");
+    assert!(relayed.contains("Record-Route: <sip:127.0.0.1:6000;lr>\r\n"), "{relayed}");
+    let _ = rig.send(CALLEE, answer(relayed, 200, "OK", "callee-tag").as_bytes());
+    // An ACK routed through shard 1's port (the record-route of a call shard 1 relayed).
+    let ack = in_dialog("ACK", "own-port", "ack9", 1, false)
+        .replace("Max-Forwards", "Route: <sip:127.0.0.1:6001;lr>\r\nMax-Forwards");
+    let out = rig.send(CALLER, ack.as_bytes());
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, to(CALLEE), "the Route names us: it is consumed, the ACK goes on");
+    assert!(!out[0].1.contains("Route:"), "{}", out[0].1);
+    // A port past the last shard's is not ours.
+    assert!(!ports.contains(6002) && ports.port_of(ShardId(2)).is_none());
+
+    let tcp = Peer { addr: to(CALLER), transport: Transport::Tcp };
+    let over_tcp = invite("own-port-tcp", "inv10", "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    rig.shard.handle(rig.now, Input::Datagram { peer: tcp, bytes: over_tcp.as_bytes() });
+    let out = rig.drain();
+    let relayed = &out.iter().find(|(_, m)| m.starts_with("INVITE ")).expect("relayed").1;
+    assert!(relayed.contains("\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch="), "to the UDP callee: {relayed}");
+    assert!(relayed.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\n"), "the TCP caller's way back: {relayed}");
 }
 
 #[test]

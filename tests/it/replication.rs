@@ -13,7 +13,7 @@ use std::time::Duration;
 use sipshard_shards::replication::frame::{CHALLENGE_BYTES, Frame, PROOF_BYTES, decode, encode};
 use sipshard_shards::{NodeId, ShardId};
 
-use crate::support::{Running, free_port, wait_until_bound, wait_until_healthy};
+use crate::support::{Running, free_port, free_port_pair, wait_until_bound, wait_until_healthy};
 
 /// Runs the drill; returns (stdout, established, ended_ok, lost).
 fn drill(args: &[&str]) -> (String, u64, u64, u64) {
@@ -249,16 +249,6 @@ fn a_replication_port_refuses_garbage_strangers_and_a_wrong_secret_and_the_node_
         assert!(log.contains(why), "the log names {why:?}: {log}");
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Two consecutive loopback ports free for TCP (a 2-shard node's replication ports).
-fn free_port_pair() -> u16 {
-    loop {
-        let port = free_port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
 }
 
 /// A UA connected over TCP to node 1 only: node 1 forwards the messages of the calls node 2

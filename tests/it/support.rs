@@ -35,6 +35,20 @@ pub(crate) fn free_port() -> u16 {
     }
 }
 
+/// Two consecutive loopback ports free right now for both UDP and TCP (a 2-shard node's
+/// replication ports, or its shards' own UDP ports).
+pub(crate) fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        if port < u16::MAX
+            && UdpSocket::bind(("127.0.0.1", port + 1)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
 /// A child process killed when dropped (a failed assertion leaves nothing running).
 pub(crate) struct Running(pub(crate) Child);
 

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Running, free_port, wait_until_healthy};
+use crate::support::{Running, free_port, free_port_pair, wait_until_healthy};
 
 /// A sipshard process (proxy) on a free port; `route` is its default route, if any.
 fn start(route: Option<SocketAddr>) -> (Running, SocketAddr) {
@@ -370,4 +370,58 @@ From: <sip:probe@{local}>;tag=t\r\nTo: <sip:{server}>\r\nCall-ID: tcp-health\r\n
     };
     assert_eq!(total("tcp_accepted"), 1, "{report}");
     assert_eq!(total("tcp_framing_errors"), 1, "{report}");
+}
+
+/// With `server.shard_ports`, each shard relays from its own port and names it in its Via and
+/// Record-Route: the callee's answers and the caller's ACKs and BYEs (sipbench follows the
+/// Route, §8.1.2) reach the shard that owns the call, so only the INVITEs that the kernel gave
+/// to the other shard move between shards (half the messages move without it).
+#[test]
+fn with_shard_ports_only_initial_invites_move_between_shards() {
+    use sipshard_bench::uac::{self, UacConfig};
+    use sipshard_bench::uas::{Uas, UasConfig};
+
+    let mut callee_config = UasConfig::new("127.0.0.1:0".parse().expect("addr"));
+    callee_config.progress = false;
+    let callee = Uas::start(&callee_config).expect("the callee starts");
+    let server: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let first = free_port_pair();
+    let log_path = std::env::temp_dir().join(format!("sipshard-it-shard-ports-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut sipshard = Running(
+        Command::new(env!("CARGO_BIN_EXE_sipshard"))
+            .args(["run", "--listen", &server.to_string(), "--shards", "2", "--role", "proxy"])
+            .args(["--route", &format!("sip:{}", callee.local), "--shard-ports", &first.to_string()])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("sipshard starts"),
+    );
+    wait_until_healthy(server);
+    let mut caller = UacConfig::new(server);
+    caller.calls = 300;
+    caller.rate = 300.0;
+    caller.progress = false;
+    let report = uac::run(&caller).expect("the caller runs");
+    let callee_stats = callee.stop().expect("the callee stops");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(sipshard.0.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    sipshard.0.wait().expect("sipshard stops");
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    let _ = std::fs::remove_file(&log_path);
+    let sum = |key: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.starts_with("shard "))
+            .flat_map(|l| l.split(' '))
+            .filter_map(|kv| kv.strip_prefix(key))
+            .map(|n| n.parse::<u64>().expect("a count"))
+            .sum()
+    };
+    assert_eq!((report.counts.ok, report.counts.failed, report.counts.timed_out), (300, 0, 0), "{log}");
+    assert_eq!(callee_stats.byes.load(std::sync::atomic::Ordering::Relaxed), 300);
+    let (handled, moved) = (sum("local="), sum("forwarded_to_shard="));
+    assert!(handled >= 6 * 300, "six messages per call: {log}");
+    // At most the INVITEs (and their retransmissions) move; without the shards' own ports
+    // about half of all six messages of every call would.
+    assert!(moved <= 300 + report.counts.retransmissions, "{moved} of {handled} moved: {log}");
 }

@@ -286,6 +286,7 @@ impl<T: TransactionUser + 'static> Cluster<T> {
                     node,
                     shard: ShardId(s),
                     local: Self::address_of(node),
+                    shard_ports: None,
                     stripes: self.map.clone(),
                     max_calls: 100_000,
                     max_timers: 400_000,
