@@ -187,6 +187,8 @@ fn drill(args: &FailoverArgs) -> Result<bool> {
     let long = args.rejoin || args.pause_ms.is_some() || args.partition_ms.is_some();
     caller.hold = setup + Duration::from_secs(if long { 10 } else { 4 });
     caller.bye_target = Some(sip[1]);
+    // One floating address: ACKs go to node 1 too, whichever node's Contact or Record-Route.
+    caller.stay_on_target = true;
     caller.progress = false;
     let load = std::thread::spawn(move || uac::run(&caller));
     if let (Some(cut), Some(relay)) = (args.partition_ms, &relay) {

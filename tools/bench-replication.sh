@@ -149,7 +149,9 @@ for mode in $modes; do
     for rate in $rates; do
         before=$(cpu_ticks "${node_pids[@]}")
         bytes_before=$(change_bytes)
-        spread=()
+        # Through the entry node, every request goes to node 1 (one floating address), not to
+        # the owner named by a B2BUA's Contact; spread, each call's requests go to its owner.
+        spread=(--stay-on-target)
         case "$mode" in *-spread) spread=(--spread "$sip1,$sip2") ;; esac
         timeout $((seconds + hold_ms / 1000 + 45)) "$sipbench" uac "$sip1" "${spread[@]}" --rate "$rate" \
             --calls $((rate * seconds)) --duration "$seconds" --hold-ms "$hold_ms" --threads 1 \

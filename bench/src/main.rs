@@ -74,6 +74,10 @@ struct UacArgs {
     /// The cluster's stripe count (for --spread).
     #[arg(long, default_value_t = 1024)]
     stripes: u32,
+    /// Send a dialog's ACK and BYE to TARGET (or --spread's pick) as SIPp does, instead of to
+    /// its first Route or the callee's Contact (§8.1.2), as if every address were one floating IP.
+    #[arg(long)]
+    stay_on_target: bool,
     /// Local address to bind (port 0: any; with several threads, consecutive ports from it).
     #[arg(long, default_value = "127.0.0.1:0")]
     local: SocketAddr,
@@ -146,6 +150,7 @@ impl UacArgs {
             bye_target: self.bye_target,
             spread: self.spread.clone(),
             stripes: self.stripes,
+            stay_on_target: self.stay_on_target,
             local: self.local,
             transport: self.transport,
             scenario: self.scenario,

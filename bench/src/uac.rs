@@ -66,6 +66,9 @@ pub struct UacConfig {
     pub spread: Vec<SocketAddr>,
     /// The cluster's stripe count, for `spread`.
     pub stripes: u32,
+    /// A dialog's ACK and BYE go where its INVITE went (as SIPp's do), not to its first Route
+    /// or the callee's Contact (§8.1.2; UDP only: TCP keeps its one connection anyway).
+    pub stay_on_target: bool,
     /// Local address to bind (port 0: any; with several threads, consecutive ports from it).
     pub local: SocketAddr,
     /// UDP or TCP.
@@ -115,6 +118,7 @@ impl UacConfig {
             bye_target: None,
             spread: Vec::new(),
             stripes: 1024,
+            stay_on_target: false,
             local: SocketAddr::from(([127, 0, 0, 1], 0)),
             transport: TransportKind::Udp,
             scenario: Scenario::Call,
@@ -646,9 +650,9 @@ impl Generator {
             (Phase::Inviting, 200..=299) => {
                 let _ = self.measures.setup.record(micros);
                 call.dialog = dialog_of(message);
-                if self.share.config.transport == TransportKind::Udp {
+                if self.share.config.transport == TransportKind::Udp && !self.share.config.stay_on_target {
                     // §8.1.2: the dialog's requests go to its first Route (a proxy that
-                    // record-routed), as a UA sends them; the target stays the way in.
+                    // record-routed) or else the callee's Contact, as a UA sends them.
                     call.to = first_hop(&call.dialog).or(call.to);
                 }
                 let to = call.to;
@@ -777,10 +781,11 @@ Call-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:{user}@{local}{contact_tra
     }
 }
 
-/// Where a dialog's requests go (§8.1.2): its first Route's address, when that is an IP literal.
+/// Where a dialog's requests go (§8.1.2): its first Route's address, or with no route set the
+/// remote target's (the peer's Contact), when that is an IP literal.
 fn first_hop(dialog: &Dialog) -> Option<SocketAddr> {
-    let route = dialog.routes.first()?.trim_start_matches('<').trim_end_matches('>');
-    let uri = sipshard_parser::Uri::parse(route).ok()?;
+    let next = dialog.routes.first().map_or(dialog.remote_target.as_str(), |route| route.as_str());
+    let uri = sipshard_parser::Uri::parse(next.trim_start_matches('<').trim_end_matches('>')).ok()?;
     let ip: std::net::IpAddr = uri.host.trim_matches(['[', ']']).parse().ok()?;
     Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
 }
@@ -808,7 +813,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_dialogs_requests_go_to_its_first_route_when_that_is_an_address() {
+    fn a_dialogs_requests_go_to_its_first_route_or_contact_when_that_is_an_address() {
         let dialog =
             |routes: &[&str]| Dialog { routes: routes.iter().map(|r| r.to_string()).collect(), ..Dialog::default() };
         let hop = first_hop(&dialog(&["<sip:127.0.0.1:15071;lr>", "<sip:10.0.0.9;lr>"]));
@@ -817,6 +822,8 @@ mod tests {
         assert_eq!(first_hop(&dialog(&["<sip:[::1]:5070;lr>"])), Some("[::1]:5070".parse().expect("addr")));
         assert_eq!(first_hop(&dialog(&["<sip:proxy.example.com;lr>"])), None, "no DNS: the target stays");
         assert_eq!(first_hop(&dialog(&[])), None);
+        let direct = Dialog { remote_target: "sip:service@127.0.0.1:5090".into(), ..dialog(&[]) };
+        assert_eq!(first_hop(&direct), Some("127.0.0.1:5090".parse().expect("addr")), "no route set: the Contact");
     }
 
     #[test]
