@@ -14,6 +14,10 @@
 #
 #   tools/bench-vs-kamailio.sh [--seconds S] [--rates "R1 R2 .."] [--hold-ms H]
 #                              [--servers "sipshard kamailio b2bua"] [--shards N|auto]
+#                              [--shard-ports P]
+#
+# sipshard runs with its shards' own UDP ports from P (default 15071; 0: none,
+# every message through the shared port), tuning.md "The shards' own ports".
 #
 # Bounded: each step is S seconds of calls plus the hold and at most 40 s of
 # drain; a server's ladder stops after two steps in a row it does not sustain.
@@ -27,6 +31,7 @@ rates="1000 2000 3000 4000 6000 8000 10000 12000 15000 20000"
 hold_ms=1000
 servers="sipshard kamailio b2bua"
 shards=auto
+shard_ports=15071
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds=$2; shift 2 ;;
@@ -34,6 +39,7 @@ while [ $# -gt 0 ]; do
         --hold-ms) hold_ms=$2; shift 2 ;;
         --servers) servers=$2; shift 2 ;;
         --shards) shards=$2; shift 2 ;;
+        --shard-ports) shard_ports=$2; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -91,7 +97,7 @@ start_server() {
             local role=proxy
             [ "$1" = b2bua ] && role=b2bua
             RUST_LOG=warn "$sipshard" run --listen "127.0.0.1:$server_port" --route "sip:127.0.0.1:$uas_port" \
-                --role "$role" --shards "$shards" >"$work/server.log" 2>&1 &
+                --role "$role" --shards "$shards" --shard-ports "$shard_ports" >"$work/server.log" 2>&1 &
             ;;
         kamailio)
             kamailio -DD -E -m 1024 -M 32 -x tlsf -f tools/kamailio/kamailio.cfg \
@@ -122,7 +128,7 @@ pids+=($!)
 sleep 0.3
 
 hz=$(getconf CLK_TCK)
-echo "# sipbench -> server -> sipbench uas, loopback UDP, ${seconds} s per step, hold ${hold_ms} ms"
+echo "# sipbench -> server -> sipbench uas, loopback UDP, ${seconds} s per step, hold ${hold_ms} ms, sipshard shard ports from ${shard_ports}"
 echo "# $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), $(kamailio -v 2>/dev/null | head -1 | awk '{print $1, $2}')"
 printf "%-9s %7s %9s %7s %8s %8s %8s %8s %9s %s\n" server offered calls/s failed p50_ms p99_ms p999_ms cpu_s cpu_us/call sustained
 results="$work/results"
