@@ -23,6 +23,7 @@
 # builds if needed; stops every process it started by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/lib.sh
 
 seconds=10
 rates="1000 2000 3000 4000 5000 6000 8000"
@@ -101,14 +102,6 @@ change_bytes() {
     echo "$total"
 }
 
-cpu_ticks() {
-    local total=0 pid
-    for pid in "$@"; do
-        if [ -r "/proc/$pid/stat" ]; then total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat") )); fi
-    done
-    echo "$total"
-}
-
 start_mode() {
     node_pids=()
     local nodes=1
@@ -139,7 +132,6 @@ stop_mode() {
 pids+=($!)
 sleep 0.3
 
-hz=$(getconf CLK_TCK)
 echo "# sipbench -> node 1 -> sipbench uas, loopback UDP, $role, ${seconds} s per step, hold ${hold_ms} ms"
 echo "# $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r); cluster nodes on $half core(s) each"
 printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s %8s\n" mode offered calls/s failed p50_ms p99_ms p999_ms cpu_s sustained B/call
@@ -161,25 +153,11 @@ for mode in $modes; do
         after=$(cpu_ticks "${node_pids[@]}")
         sleep 1.2 # the status files are rewritten every second
         bytes=$(( $(change_bytes) - bytes_before ))
-        line=$(python3 - "$work/step.json" "$mode" "$rate" "$seconds" "$(( after - before ))" "$hz" "$bytes" <<'EOF'
-import json, sys
-path, mode, rate, seconds, ticks, hz, nbytes = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
-try:
-    s = json.load(open(path))
-except Exception:
-    print(f"{mode} {rate:.0f} 0 all 0 0 0 0 no 0 0"); sys.exit()
-bad = s["calls_failed"] + s["calls_timed_out"]
-setup = s["setup_ms"]
-sustained = (s["calls_attempted"] >= 0.95 * rate * seconds and bad <= 0.001 * s["calls_attempted"]
-             and setup["p99"] < 50.0)
-print(f"{mode} {rate:.0f} {s['calls_ok'] / seconds:.0f} {bad} {setup['p50']:.3f} {setup['p99']:.3f} "
-      f"{setup['p999']:.3f} {ticks / hz:.2f} {'yes' if sustained else 'no'} {nbytes / max(s['calls_ok'], 1):.0f} {s['calls_ok']}")
-EOF
-        )
+        line=$(step_row "$work/step.json" "$mode" "$rate" "$seconds" "$(( after - before ))" "$bytes")
         rm -f "$work/step.json"
         echo "$line" >>"$results"
-        echo "$line" | awk '{printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s %8s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
-        if [ "$(echo "$line" | awk '{print $9}')" = yes ]; then misses=0; else misses=$((misses + 1)); fi
+        echo "$line" | awk '{printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s %8s\n", $1, $2, $3, $4, $5, $6, $7, $8, $10, $11}'
+        if [ "$(row_sustained "$line")" = yes ]; then misses=0; else misses=$((misses + 1)); fi
         [ "$misses" -ge 2 ] && break
         sleep 1
     done
@@ -191,12 +169,12 @@ best, p99 = {}, {}
 bytes_per_call = {}
 for line in open(sys.argv[1]):
     f = line.split()
-    mode, offered, sustained = f[0], float(f[1]), f[8]
+    mode, offered, sustained = f[0], float(f[1]), f[9]
     best.setdefault(mode, 0.0)
     p99.setdefault(mode, {})[offered] = float(f[5])
     if sustained == "yes":
         best[mode] = max(best[mode], offered)
-        bytes_per_call[mode] = float(f[9])
+        bytes_per_call[mode] = float(f[10])
 print("highest sustained (calls/s): " + ", ".join(f"{m} {r:.0f}" for m, r in best.items()))
 single = best.get("single", 0.0)
 for mode in ("cluster-async", "cluster-sync", "cluster-async-spread", "cluster-sync-spread"):

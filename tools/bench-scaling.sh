@@ -25,6 +25,7 @@
 # every process it started by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/lib.sh
 
 shard_counts="1 2 4 8"
 per_shard="4000 8000 12000 16000 24000 32000"
@@ -83,10 +84,6 @@ trap cleanup EXIT
 server_port=15270
 uas_port=15290
 
-cpu_ticks() {
-    if [ -r "/proc/$1/stat" ]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi
-}
-
 start_server() { # shards
     printf '[server]\nlisten = "127.0.0.1:%s"\nrole = "%s"\nshards = %s\nspin_before_park_us = %s\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
         "$server_port" "$role" "$1" "$spin_us" "$uas_port" >"$work/server.toml"
@@ -115,12 +112,11 @@ taskset -c "$uas_cpus" "$sipbench" uas --listen "127.0.0.1:$uas_port" --threads 
 pids+=($!)
 sleep 0.3
 
-hz=$(getconf CLK_TCK)
 echo "# sipbench uac ($uac_threads threads, cpus $uac_cpus) -> sipshard $role (spin_before_park_us $spin_us) -> sipbench uas ($uas_threads threads, cpus $uas_cpus)"
 # The binaries' commit: a COMMIT file beside binaries copied from elsewhere, else the checkout's.
 commit=$(cat "$bin/COMMIT" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "# loopback UDP, ${seconds} s per step, hold ${hold_ms} ms; $commit, $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
-printf "%-6s %8s %9s %7s %8s %8s %8s %8s %s\n" shards offered calls/s failed p50_ms p99_ms p999_ms cpu_s sustained
+printf "%-6s %8s %9s %7s %8s %8s %8s %8s %11s %s\n" shards offered calls/s failed p50_ms p99_ms p999_ms cpu_s cpu_us/call sustained
 results="$work/results"
 : >"$results"
 for n in $shard_counts; do
@@ -133,25 +129,11 @@ for n in $shard_counts; do
             --rate "$rate" --calls $((rate * seconds)) --duration "$seconds" --hold-ms "$hold_ms" \
             --threads "$uac_threads" --max-failed-ratio 1 --quiet --json "$work/step.json" >/dev/null 2>&1 || true
         after=$(cpu_ticks "$server_pid")
-        line=$(python3 - "$work/step.json" "$n" "$rate" "$seconds" "$(( after - before ))" "$hz" <<'EOF'
-import json, sys
-path, n, rate, seconds, ticks, hz = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-try:
-    s = json.load(open(path))
-except Exception:
-    print(f"{n} {rate:.0f} 0 all 0 0 0 0 no"); sys.exit()
-bad = s["calls_failed"] + s["calls_timed_out"]
-setup = s["setup_ms"]
-sustained = (s["calls_attempted"] >= 0.95 * rate * seconds and bad <= 0.001 * s["calls_attempted"]
-             and setup["p99"] < 50.0)
-print(f"{n} {rate:.0f} {s['calls_ok'] / seconds:.0f} {bad} {setup['p50']:.3f} {setup['p99']:.3f} "
-      f"{setup['p999']:.3f} {ticks / hz:.2f} {'yes' if sustained else 'no'}")
-EOF
-        )
+        line=$(step_row "$work/step.json" "$n" "$rate" "$seconds" "$(( after - before ))")
         rm -f "$work/step.json"
         echo "$line" >>"$results"
-        echo "$line" | awk '{printf "%-6s %8s %9s %7s %8s %8s %8s %8s %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}'
-        if [ "${line##* }" = yes ]; then misses=0; else misses=$((misses + 1)); fi
+        echo "$line" | awk '{printf "%-6s %8s %9s %7s %8s %8s %8s %8s %11s %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
+        if [ "$(row_sustained "$line")" = yes ]; then misses=0; else misses=$((misses + 1)); fi
         [ "$misses" -ge 2 ] && break
         sleep 1
     done
@@ -161,7 +143,7 @@ python3 - "$results" <<'EOF'
 import sys
 best = {}
 for line in open(sys.argv[1]):
-    n, offered, *_, sustained = line.split()
+    n, offered, *_, sustained, _ = line.split()
     best.setdefault(int(n), 0.0)
     if sustained == "yes":
         best[int(n)] = max(best[int(n)], float(offered))

@@ -25,6 +25,7 @@
 # sip-tester from Debian if missing, stops every process it started by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/lib.sh
 
 seconds=10
 rates="1000 2000 3000 4000 6000 8000 10000 12000 15000 20000"
@@ -67,16 +68,6 @@ trap cleanup EXIT
 server_port=15070
 uas_port=15090
 
-# CPU ticks (user + system) of PID and its child processes.
-cpu_ticks() {
-    local total=0 pid
-    for pid in "$1" $(pgrep -P "$1" || true); do
-        if [ -r "/proc/$pid/stat" ]; then
-            total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat") ))
-        fi
-    done
-    echo "$total"
-}
 
 wait_for_options() {
     # The server answers an OPTIONS (its health check, or relayed to the callee) within 10 s.
@@ -127,7 +118,6 @@ stop_server() {
 pids+=($!)
 sleep 0.3
 
-hz=$(getconf CLK_TCK)
 echo "# sipbench -> server -> sipbench uas, loopback UDP, ${seconds} s per step, hold ${hold_ms} ms, sipshard shard ports from ${shard_ports}"
 echo "# $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), $(kamailio -v 2>/dev/null | head -1 | awk '{print $1, $2}')"
 printf "%-9s %7s %9s %7s %8s %8s %8s %8s %9s %s\n" server offered calls/s failed p50_ms p99_ms p999_ms cpu_s cpu_us/call sustained
@@ -142,27 +132,11 @@ for server in $servers; do
             --calls $((rate * seconds)) --duration "$seconds" --hold-ms "$hold_ms" --threads 1 \
             --max-failed-ratio 1 --quiet --json "$work/step.json" >/dev/null 2>&1 || true
         after=$(cpu_ticks "$server_pid")
-        line=$(python3 - "$work/step.json" "$server" "$rate" "$seconds" "$(( after - before ))" "$hz" <<'EOF'
-import json, sys
-path, server, rate, seconds, ticks, hz = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-try:
-    s = json.load(open(path))
-except Exception:
-    print(f"{server} {rate:.0f} 0 all 0 0 0 0 0 no"); sys.exit()
-bad = s["calls_failed"] + s["calls_timed_out"]
-setup = s["setup_ms"]
-cpu = ticks / hz
-per_call = cpu / max(s["calls_ok"], 1) * 1e6
-sustained = (s["calls_attempted"] >= 0.95 * rate * seconds and bad <= 0.001 * s["calls_attempted"]
-             and setup["p99"] < 50.0)
-print(f"{server} {rate:.0f} {s['calls_ok'] / seconds:.0f} {bad} {setup['p50']:.3f} {setup['p99']:.3f} "
-      f"{setup['p999']:.3f} {cpu:.2f} {per_call:.0f} {'yes' if sustained else 'no'}")
-EOF
-        )
+        line=$(step_row "$work/step.json" "$server" "$rate" "$seconds" "$(( after - before ))")
         rm -f "$work/step.json"
         echo "$line" >>"$results"
         echo "$line" | awk '{printf "%-9s %7s %9s %7s %8s %8s %8s %8s %9s %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
-        if [ "${line##* }" = yes ]; then misses=0; else misses=$((misses + 1)); fi
+        if [ "$(row_sustained "$line")" = yes ]; then misses=0; else misses=$((misses + 1)); fi
         [ "$misses" -ge 2 ] && break
         sleep 1
     done
@@ -172,7 +146,7 @@ python3 - "$results" <<'EOF'
 import sys
 best, cpu = {}, {}
 for line in open(sys.argv[1]):
-    server, offered, achieved, bad, p50, p99, p999, cpu_s, per_call, sustained = line.split()
+    server, offered, achieved, bad, p50, p99, p999, cpu_s, per_call, sustained, _ = line.split()
     best.setdefault(server, 0.0)
     if sustained == "yes":
         best[server] = max(best[server], float(offered))
