@@ -14,13 +14,20 @@
 #
 #   tools/bench-vs-kamailio.sh [--seconds S] [--rates "R1 R2 .."] [--hold-ms H]
 #                              [--servers "sipshard kamailio b2bua"] [--shards N|auto]
-#                              [--shard-ports P]
+#                              [--shard-ports P] [--rounds N]
 #
+# Every step runs on a freshly started server, rates in the outer loop and servers in
+# the inner one; --rounds repeats the whole ladder, and a rate counts as sustained when
+# it was in more than half of the rounds (medians of p99 and CPU per call).
+#
+# Server kamailio1 is Kamailio with one worker (children = 1) instead of one per
+# core, sipshard1 the proxy with one shard; the ratios use the better of the
+# Kamailio runs.
 # sipshard runs with its shards' own UDP ports from P (default 15071; 0: none,
 # every message through the shared port), tuning.md "The shards' own ports".
 #
 # Bounded: each step is S seconds of calls plus the hold and at most 40 s of
-# drain; a server's ladder stops after two steps in a row it does not sustain.
+# drain; in a round, a server stops after two rates in a row it does not sustain.
 # Idempotent: builds sipshard and sipbench if needed, installs kamailio and
 # sip-tester from Debian if missing, stops every process it started by PID.
 set -euo pipefail
@@ -33,6 +40,7 @@ hold_ms=1000
 servers="sipshard kamailio b2bua"
 shards=auto
 shard_ports=15071
+rounds=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds=$2; shift 2 ;;
@@ -41,6 +49,7 @@ while [ $# -gt 0 ]; do
         --servers) servers=$2; shift 2 ;;
         --shards) shards=$2; shift 2 ;;
         --shard-ports) shard_ports=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -84,16 +93,19 @@ wait_for_options() {
 
 start_server() {
     case "$1" in
-        sipshard | b2bua)
-            local role=proxy
+        sipshard | sipshard1 | b2bua)
+            local role=proxy count=$shards
             [ "$1" = b2bua ] && role=b2bua
+            [ "$1" = sipshard1 ] && count=1
             RUST_LOG=warn "$sipshard" run --listen "127.0.0.1:$server_port" --route "sip:127.0.0.1:$uas_port" \
-                --role "$role" --shards "$shards" --shard-ports "$shard_ports" >"$work/server.log" 2>&1 &
+                --role "$role" --shards "$count" --shard-ports "$shard_ports" >"$work/server.log" 2>&1 &
             ;;
-        kamailio)
+        kamailio | kamailio1)
+            local children=$cores
+            [ "$1" = kamailio1 ] && children=1
             kamailio -DD -E -m 1024 -M 32 -x tlsf -f tools/kamailio/kamailio.cfg \
                 -A "LISTEN=udp:127.0.0.1:$server_port" -A "CALLEE=\"sip:127.0.0.1:$uas_port\"" \
-                -A "CHILDREN=$cores" >"$work/server.log" 2>&1 &
+                -A "CHILDREN=$children" >"$work/server.log" 2>&1 &
             ;;
     esac
     server_pid=$!
@@ -106,7 +118,7 @@ stop_server() {
     # wait for its last transactions, server.drain_s).
     local children
     children=$(pgrep -P "$server_pid" || true)
-    if [ "$1" = kamailio ]; then kill "$server_pid" 2>/dev/null || true; else kill -9 "$server_pid" 2>/dev/null || true; fi
+    if [ "${1#kamailio}" != "$1" ]; then kill "$server_pid" 2>/dev/null || true; else kill -9 "$server_pid" 2>/dev/null || true; fi
     wait "$server_pid" 2>/dev/null || true
     sleep 1
     for pid in $children; do kill -9 "$pid" 2>/dev/null || true; done
@@ -123,43 +135,54 @@ echo "# $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $cores x $(gr
 printf "%-9s %7s %9s %7s %8s %8s %8s %8s %9s %s\n" server offered calls/s failed p50_ms p99_ms p999_ms cpu_s cpu_us/call sustained
 results="$work/results"
 : >"$results"
-for server in $servers; do
-    start_server "$server"
-    misses=0
+# Rates outer, servers inner, a fresh server for every step: a noisy minute of this shared box
+# then hits every server at that rate, not one server's whole ladder.
+declare -A misses
+for round in $(seq 1 "$rounds"); do
+    for server in $servers; do misses[$server]=0; done
     for rate in $rates; do
-        before=$(cpu_ticks "$server_pid")
-        timeout $((seconds + hold_ms / 1000 + 45)) "$sipbench" uac "127.0.0.1:$server_port" --rate "$rate" \
-            --calls $((rate * seconds)) --duration "$seconds" --hold-ms "$hold_ms" --threads 1 \
-            --max-failed-ratio 1 --quiet --json "$work/step.json" >/dev/null 2>&1 || true
-        after=$(cpu_ticks "$server_pid")
-        line=$(step_row "$work/step.json" "$server" "$rate" "$seconds" "$(( after - before ))")
-        rm -f "$work/step.json"
-        echo "$line" >>"$results"
-        echo "$line" | awk '{printf "%-9s %7s %9s %7s %8s %8s %8s %8s %9s %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
-        if [ "$(row_sustained "$line")" = yes ]; then misses=0; else misses=$((misses + 1)); fi
-        [ "$misses" -ge 2 ] && break
-        sleep 1
+        for server in $servers; do
+            [ "${misses[$server]}" -ge 2 ] && continue
+            start_server "$server"
+            before=$(cpu_ticks "$server_pid")
+            timeout $((seconds + hold_ms / 1000 + 45)) "$sipbench" uac "127.0.0.1:$server_port" --rate "$rate" \
+                --calls $((rate * seconds)) --duration "$seconds" --hold-ms "$hold_ms" --threads 1 \
+                --max-failed-ratio 1 --quiet --json "$work/step.json" >/dev/null 2>&1 || true
+            after=$(cpu_ticks "$server_pid")
+            stop_server "$server"
+            line=$(step_row "$work/step.json" "$server" "$rate" "$seconds" "$(( after - before ))")
+            rm -f "$work/step.json"
+            echo "$line" >>"$results"
+            echo "$line" | awk '{printf "%-9s %7s %9s %7s %8s %8s %8s %8s %9s %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
+            if [ "$(row_sustained "$line")" = yes ]; then misses[$server]=0; else misses[$server]=$(( misses[$server] + 1 )); fi
+        done
     done
-    stop_server "$server"
 done
-python3 - "$results" <<'EOF'
-import sys
-best, cpu = {}, {}
+python3 - "$results" "$rounds" <<'EOF'
+import statistics, sys
+rows = {}
 for line in open(sys.argv[1]):
-    server, offered, achieved, bad, p50, p99, p999, cpu_s, per_call, sustained, _ = line.split()
-    best.setdefault(server, 0.0)
-    if sustained == "yes":
-        best[server] = max(best[server], float(offered))
-        cpu.setdefault(server, {})[float(offered)] = float(per_call)
-print("highest sustained (calls/s): " + ", ".join(f"{s} {r:.0f}" for s, r in best.items()))
-k = best.get("kamailio", 0.0)
-if k:
-    for s in ("sipshard", "b2bua"):
+    server, offered, _, _, _, p99, _, _, per_call, sustained, _ = line.split()
+    rows.setdefault(server, {}).setdefault(float(offered), []).append((sustained == "yes", float(p99), float(per_call)))
+rounds = int(sys.argv[2])
+# A rate is sustained when it was in more than half of the rounds; p99 and CPU are medians.
+held = {s: {r: statistics.median(x[1] for x in v) for r, v in rates.items() if 2 * sum(x[0] for x in v) > rounds}
+        for s, rates in rows.items()}
+cpu = {s: {r: statistics.median(x[2] for x in v) for r, v in rates.items()} for s, rates in rows.items()}
+best = {s: max(r, default=0.0) for s, r in held.items()}
+print(f"highest sustained (calls/s, in more than half of {rounds} round(s)): "
+      + ", ".join(f"{s} {r:.0f}" for s, r in best.items()))
+kamailios = [name for name in ("kamailio", "kamailio1") if best.get(name)]
+if kamailios:
+    kname = max(kamailios, key=lambda name: best[name])
+    for s in ("sipshard", "sipshard1", "b2bua"):
         if s in best:
-            print(f"{s} / kamailio: {best[s] / k:.2f}x")
-    common = sorted(set(cpu.get("kamailio", {})) & set(cpu.get("sipshard", {})))
-    if common:
-        r = common[-1]
-        print(f"CPU per call at {r:.0f} calls/s: sipshard {cpu['sipshard'][r]:.0f} us, kamailio {cpu['kamailio'][r]:.0f} us "
-              f"({cpu['sipshard'][r] / cpu['kamailio'][r]:.2f}x)")
+            print(f"{s} / {kname}: {best[s] / best[kname]:.2f}x")
+        common = sorted(set(held.get(s, {})) & set(held[kname]))
+        if common:
+            print(f"{s} median p99 where both sustain: " + ", ".join(
+                f"{r:.0f}: {held[s][r]:.2f} vs {held[kname][r]:.2f} ms" for r in common))
+            r = common[-1]
+            print(f"{s} CPU per call at {r:.0f} calls/s: {cpu[s][r]:.0f} us vs {kname} {cpu[kname][r]:.0f} us "
+                  f"({cpu[s][r] / cpu[kname][r]:.2f}x)")
 EOF
