@@ -11,12 +11,14 @@
 #
 #   tools/bench-scaling.sh [--shards "1 2 4 8"] [--per-shard "4000 8000 .."]
 #                          [--seconds S] [--hold-ms H] [--role proxy|b2bua]
-#                          [--load-cores K] [--spin-us U] [--bin DIR]
+#                          [--load-cores K] [--spin-us U] [--shard-ports P] [--bin DIR]
 #
 # --per-shard lists rates per shard: N shards are offered N times each.
 # --load-cores: cores for the generators (default: half the box); uac and uas
 # get half of them each, one thread per core. --spin-us: the shards'
-# server.spin_before_park_us (default 0, sipshard's default). --bin: where sipshard and
+# server.spin_before_park_us (default 0, sipshard's default). --shard-ports: the
+# shards' own UDP ports from P (server.shard_ports; default 0, none: half of the
+# messages cross shards). --bin: where sipshard and
 # sipbench are (default: build them in target/release), with the commit they
 # were built from in DIR/COMMIT if they were copied from another box.
 #
@@ -35,6 +37,7 @@ role=proxy
 cores=$(nproc)
 load_cores=$(( cores / 2 > 0 ? cores / 2 : 1 ))
 spin_us=0
+shard_ports=0
 bin=
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -45,6 +48,7 @@ while [ $# -gt 0 ]; do
         --role) role=$2; shift 2 ;;
         --load-cores) load_cores=$2; shift 2 ;;
         --spin-us) spin_us=$2; shift 2 ;;
+        --shard-ports) shard_ports=$2; shift 2 ;;
         --bin) bin=$2; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -85,8 +89,8 @@ server_port=15270
 uas_port=15290
 
 start_server() { # shards
-    printf '[server]\nlisten = "127.0.0.1:%s"\nrole = "%s"\nshards = %s\nspin_before_park_us = %s\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
-        "$server_port" "$role" "$1" "$spin_us" "$uas_port" >"$work/server.toml"
+    printf '[server]\nlisten = "127.0.0.1:%s"\nrole = "%s"\nshards = %s\nspin_before_park_us = %s\nshard_ports = %s\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
+        "$server_port" "$role" "$1" "$spin_us" "$shard_ports" "$uas_port" >"$work/server.toml"
     RUST_LOG=warn "$sipshard" run --config "$work/server.toml" >"$work/server.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 1 50); do
