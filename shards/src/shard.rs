@@ -1075,13 +1075,34 @@ impl<T: TransactionUser> Shard<T> {
             self.stats.dropped_malformed += 1;
             return;
         };
-        // A REGISTER for this registrar lives in its AoR's record: route it by the AoR.
-        let aor = self.registration_aor(bytes);
-        let key = aor.as_deref().map_or(call_id, str::as_bytes);
-        let stripe = StripeId::of_call_id(key, self.stripes.stripe_count());
-        // A B2BUA's B leg: the record is under the A leg's Call-ID (same stripe by construction).
-        let a_key = if call_id.starts_with(b"b2b~") { self.b_index.get(call_id).cloned() } else { None };
-        let key = a_key.as_deref().unwrap_or(key);
+        // Borrow the slots out of self while the message lives (taking an empty box allocates nothing).
+        let mut slots = std::mem::take(&mut self.slots);
+        if self.config.registrar.is_some() && bytes.starts_with(b"REGISTER ") {
+            // A REGISTER for this registrar lives in its AoR's record: it is routed by the AoR,
+            // so it is parsed before routing (once: the same parse is then handled).
+            let parsed = sipshard_parser::parse(bytes, &mut slots);
+            let aor = parsed.as_ref().ok().and_then(|msg| self.registration_aor(msg));
+            let key = aor.as_deref().map_or(call_id, str::as_bytes);
+            let stripe = StripeId::of_call_id(key, self.stripes.stripe_count());
+            if self.stays_here(stripe, may_forward) {
+                self.dispatch(now_ms, stripe, key, peer, parsed, aor.is_some());
+            }
+        } else {
+            let stripe = StripeId::of_call_id(call_id, self.stripes.stripe_count());
+            // A B2BUA's B leg: the record is under the A leg's Call-ID (same stripe by construction).
+            let a_key = if call_id.starts_with(b"b2b~") { self.b_index.get(call_id).cloned() } else { None };
+            let key = a_key.as_deref().unwrap_or(call_id);
+            if self.stays_here(stripe, may_forward) {
+                let parsed = sipshard_parser::parse(bytes, &mut slots);
+                self.dispatch(now_ms, stripe, key, peer, parsed, false);
+            }
+        }
+        self.slots = slots;
+    }
+
+    /// Whether this shard handles a message of `stripe`; if another shard or node owns it, the
+    /// forward is queued (unless a peer routed it here: `may_forward` false) and the answer is no.
+    fn stays_here(&mut self, stripe: StripeId, may_forward: bool) -> bool {
         match self.stripes.route(stripe, self.config.node, self.config.shard) {
             Route::Local => {}
             // A message routed here by a peer with an older map is processed anyway: the
@@ -1090,19 +1111,31 @@ impl<T: TransactionUser> Shard<T> {
             Route::Shard(shard) => {
                 self.stats.forwarded_to_shard += 1;
                 self.outputs.push_back(Output::Forward { shard });
-                return;
+                return false;
             }
             Route::Node(node) => {
                 self.stats.forwarded_to_node += 1;
                 let shard = self.stripes.placement(stripe).shard();
                 self.outputs.push_back(Output::ForwardToNode { node, shard });
-                return;
+                return false;
             }
         }
         self.stats.local += 1;
-        // Borrow the slots out of self while the message lives (taking an empty box allocates nothing).
-        let mut slots = std::mem::take(&mut self.slots);
-        match sipshard_parser::parse(bytes, &mut slots) {
+        true
+    }
+
+    /// A parsed message this shard handles: a response to its transaction, a request to one.
+    #[allow(clippy::too_many_arguments)] // The pieces of one message; a struct would only rename them.
+    fn dispatch(
+        &mut self,
+        now_ms: u64,
+        stripe: StripeId,
+        key: &[u8],
+        peer: Peer,
+        parsed: Result<Message<'_>, sipshard_parser::ParseError>,
+        registering: bool,
+    ) {
+        match parsed {
             Err(_) => self.stats.dropped_malformed += 1,
             Ok(msg) if !msg.is_request() => self.on_response(now_ms, stripe, key, &msg),
             Ok(msg) if msg.len() > self.config.max_message_bytes => {
@@ -1110,27 +1143,18 @@ impl<T: TransactionUser> Shard<T> {
                 self.respond_stateless(&msg, peer, 513, "Message Too Large");
             }
             Ok(msg) => match server_key(&msg) {
-                Ok(txn_key) => self.on_request(now_ms, stripe, key, peer, &msg, txn_key, aor.is_some()),
+                Ok(txn_key) => self.on_request(now_ms, stripe, key, peer, &msg, txn_key, registering),
                 Err(_) => self.stats.dropped_malformed += 1,
             },
         }
-        self.slots = slots;
     }
 
-    /// The AoR key of a REGISTER addressed to this server when it is a registrar.
-    fn registration_aor(&mut self, bytes: &[u8]) -> Option<String> {
-        if self.config.registrar.is_none() || !bytes.starts_with(b"REGISTER ") {
-            return None;
-        }
-        let mut slots = std::mem::take(&mut self.slots);
-        let (local, shard_ports) = (self.config.local, self.config.shard_ports);
-        let aor = sipshard_parser::parse(bytes, &mut slots).ok().and_then(|msg| {
-            let uri = msg.request_uri()?.ok()?;
-            let ours = uri.user.is_none() && is_local_address(uri.host, uri.port, local, shard_ports);
-            if ours { registrar::register_aor(&msg) } else { None }
-        });
-        self.slots = slots;
-        aor
+    /// The AoR key of a REGISTER addressed to this server (a registrar).
+    fn registration_aor(&self, msg: &Message<'_>) -> Option<String> {
+        let uri = msg.request_uri()?.ok()?;
+        let ours =
+            uri.user.is_none() && is_local_address(uri.host, uri.port, self.config.local, self.config.shard_ports);
+        if ours { registrar::register_aor(msg) } else { None }
     }
 
     /// A To tag from the per-shard generator, as 16 hex digits in a stack buffer.
