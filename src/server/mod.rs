@@ -335,13 +335,13 @@ fn executor_error(e: glommio::GlommioError<()>, settings: &Settings, index: usiz
     anyhow::anyhow!("shard {index} could not start its executor: {text}. {hint}")
 }
 
-/// Which of a shard's UDP sockets a receive loop reads.
+/// Which of a shard's UDP ports a receive loop reads.
 #[derive(Copy, Clone, Debug)]
-enum Own {
+enum UdpPort {
     /// The SIP port every shard shares (SO_REUSEPORT).
     Shared,
     /// The shard's own port (`server.shard_ports`).
-    Shard,
+    Own,
 }
 
 /// Test steering (`server.steer_to_wrong_shard`): picks, for a datagram, a shard that
@@ -599,8 +599,9 @@ async fn shard_main(
         shards: settings.cores.len(),
         map: driver.shard.borrow().stripe_map().clone(),
     });
-    let receive = glommio::spawn_local(Rc::clone(&driver).receive_udp(Own::Shared, steer.clone(), Rc::clone(&done)));
-    let receive_own = glommio::spawn_local(Rc::clone(&driver).receive_udp(Own::Shard, steer, Rc::clone(&done)));
+    let receive =
+        glommio::spawn_local(Rc::clone(&driver).receive_udp(UdpPort::Shared, steer.clone(), Rc::clone(&done)));
+    let receive_own = glommio::spawn_local(Rc::clone(&driver).receive_udp(UdpPort::Own, steer, Rc::clone(&done)));
     timers.await;
     drop(receive);
     drop(receive_own);
@@ -630,11 +631,11 @@ async fn shard_main(
 impl Driver {
     /// Reads datagrams from one of the shard's UDP sockets until the shard stops: the first
     /// through io_uring, then what else is queued in `recvmmsg` batches.
-    async fn receive_udp(self: Rc<Self>, which: Own, steer: Option<Steer>, done: Rc<Cell<bool>>) {
+    async fn receive_udp(self: Rc<Self>, which: UdpPort, steer: Option<Steer>, done: Rc<Cell<bool>>) {
         let driver = &self;
         let socket = match which {
-            Own::Shared => driver.udp.as_ref(),
-            Own::Shard => driver.own_udp.as_ref(),
+            UdpPort::Shared => driver.udp.as_ref(),
+            UdpPort::Own => driver.own_udp.as_ref(),
         };
         let Some(udp) = socket else { return };
         let mut buf = vec![0u8; MAX_DATAGRAM];
