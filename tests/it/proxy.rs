@@ -522,6 +522,47 @@ Contact: <sip:alice@127.0.0.1:5095;transport=udp>\r\nExpires: 600\r\nContent-Len
     assert_eq!(rig.shard.tu().location().len(), 0);
 }
 
+/// A REGISTER is routed by its AoR, not its Call-ID: on a shard that does not own the AoR's
+/// stripe it is forwarded whoever owns the Call-ID's, and handled where the AoR lives.
+#[test]
+fn a_register_goes_to_the_shard_of_its_aor() {
+    use sipshard_shards::registrar::RegistrarConfig;
+    use sipshard_shards::{NodeId, StripeId, StripeMap};
+    let map = StripeMap::balanced(1, 64, &[NodeId(0)], 2, 1);
+    let shard_of = |key: &str| map.owner(StripeId::of_call_id(key.as_bytes(), 64)).shard;
+    // An AoR shard 1 owns, under a Call-ID shard 0 owns.
+    let user = (0..).map(|n| format!("user{n}")).find(|u| shard_of(&format!("{u}@127.0.0.1")) == ShardId(1));
+    let user = user.expect("some AoR on shard 1");
+    let call_id = (0..).map(|n| format!("reg-{n}")).find(|c| shard_of(c) == ShardId(0)).expect("a Call-ID on shard 0");
+    let register = format!(
+        "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5095;branch=z9hG4bKaor1\r\n\
+From: <sip:{user}@127.0.0.1:5060>;tag=r\r\nTo: <sip:{user}@127.0.0.1:5060>\r\nCall-ID: {call_id}\r\n\
+CSeq: 1 REGISTER\r\nContact: <sip:{user}@127.0.0.1:5095>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    let start = Instant::now();
+    for (shard, forwarded) in [(ShardId(0), true), (ShardId(1), false)] {
+        let config = ShardConfig {
+            shard,
+            stripes: map.clone(),
+            registrar: Some(RegistrarConfig::default()),
+            ..ShardConfig::standalone(64)
+        };
+        let mut shard = Shard::new(config, Proxy::new(ProxyConfig::default()), start);
+        shard.handle(start, Input::Datagram { peer: udp("127.0.0.1:5095"), bytes: register.as_bytes() });
+        let outputs: Vec<Output> = std::iter::from_fn(|| shard.poll_output()).collect();
+        if forwarded {
+            assert!(matches!(outputs[..], [Output::Forward { shard: ShardId(1) }]), "{outputs:?}");
+            assert_eq!((shard.stats().forwarded_to_shard, shard.stats().local), (1, 0));
+        } else {
+            let ok = outputs
+                .iter()
+                .any(|o| matches!(o, Output::Transmit { bytes, .. } if bytes.starts_with(b"SIP/2.0 200 OK\r\n")));
+            assert!(ok, "{outputs:?}");
+            assert_eq!(shard.tu().location().len(), 1);
+        }
+    }
+}
+
 pub(crate) mod b2bua {
     use super::*;
 
