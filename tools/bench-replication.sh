@@ -153,11 +153,9 @@ for mode in $modes; do
         after=$(cpu_ticks "${node_pids[@]}")
         sleep 1.2 # the status files are rewritten every second
         bytes=$(( $(change_bytes) - bytes_before ))
-        line=$(step_row "$work/step.json" "$mode" "$rate" "$seconds" "$(( after - before ))" "$bytes")
-        rm -f "$work/step.json"
-        echo "$line" >>"$results"
+        line=$(record_step "$results" "$work/step.json" "$mode" "$rate" "$seconds" "$(( after - before ))" "$bytes")
         echo "$line" | awk '{printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s %8s\n", $1, $2, $3, $4, $5, $6, $7, $8, $10, $11}'
-        if [ "$(row_sustained "$line")" = yes ]; then misses=0; else misses=$((misses + 1)); fi
+        misses=$(next_misses "$line" "$misses")
         [ "$misses" -ge 2 ] && break
         sleep 1
     done

@@ -133,11 +133,9 @@ for n in $shard_counts; do
             --rate "$rate" --calls $((rate * seconds)) --duration "$seconds" --hold-ms "$hold_ms" \
             --threads "$uac_threads" --max-failed-ratio 1 --quiet --json "$work/step.json" >/dev/null 2>&1 || true
         after=$(cpu_ticks "$server_pid")
-        line=$(step_row "$work/step.json" "$n" "$rate" "$seconds" "$(( after - before ))")
-        rm -f "$work/step.json"
-        echo "$line" >>"$results"
+        line=$(record_step "$results" "$work/step.json" "$n" "$rate" "$seconds" "$(( after - before ))")
         echo "$line" | awk '{printf "%-6s %8s %9s %7s %8s %8s %8s %8s %11s %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
-        if [ "$(row_sustained "$line")" = yes ]; then misses=0; else misses=$((misses + 1)); fi
+        misses=$(next_misses "$line" "$misses")
         [ "$misses" -ge 2 ] && break
         sleep 1
     done

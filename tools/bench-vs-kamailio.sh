@@ -21,8 +21,9 @@
 # it was in more than half of the rounds (medians of p99 and CPU per call).
 #
 # Server kamailio1 is Kamailio with one worker (children = 1) instead of one per
-# core, sipshard1 the proxy with one shard; the ratios use the better of the
-# Kamailio runs.
+# core, sipshard1 the proxy with one shard, sipshard-shared the proxy without its
+# shards' own ports (every message through the shared port); the ratios use the
+# better of the Kamailio runs.
 # sipshard runs with its shards' own UDP ports from P (default 15071; 0: none,
 # every message through the shared port), tuning.md "The shards' own ports".
 #
@@ -93,12 +94,13 @@ wait_for_options() {
 
 start_server() {
     case "$1" in
-        sipshard | sipshard1 | b2bua)
-            local role=proxy count=$shards
+        sipshard | sipshard1 | sipshard-shared | b2bua)
+            local role=proxy count=$shards ports=$shard_ports
             [ "$1" = b2bua ] && role=b2bua
             [ "$1" = sipshard1 ] && count=1
+            [ "$1" = sipshard-shared ] && ports=0
             RUST_LOG=warn "$sipshard" run --listen "127.0.0.1:$server_port" --route "sip:127.0.0.1:$uas_port" \
-                --role "$role" --shards "$count" --shard-ports "$shard_ports" >"$work/server.log" 2>&1 &
+                --role "$role" --shards "$count" --shard-ports "$ports" >"$work/server.log" 2>&1 &
             ;;
         kamailio | kamailio1)
             local children=$cores
@@ -150,11 +152,9 @@ for round in $(seq 1 "$rounds"); do
                 --max-failed-ratio 1 --quiet --json "$work/step.json" >/dev/null 2>&1 || true
             after=$(cpu_ticks "$server_pid")
             stop_server "$server"
-            line=$(step_row "$work/step.json" "$server" "$rate" "$seconds" "$(( after - before ))")
-            rm -f "$work/step.json"
-            echo "$line" >>"$results"
+            line=$(record_step "$results" "$work/step.json" "$server" "$rate" "$seconds" "$(( after - before ))")
             echo "$line" | awk '{printf "%-9s %7s %9s %7s %8s %8s %8s %8s %9s %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
-            if [ "$(row_sustained "$line")" = yes ]; then misses[$server]=0; else misses[$server]=$(( misses[$server] + 1 )); fi
+            misses[$server]=$(next_misses "$line" "${misses[$server]}")
         done
     done
 done

@@ -39,3 +39,19 @@ PY
 row_sustained() {
     echo "$1" | awk '{print $10}'
 }
+
+# Turns a step's sipbench summary into its row (step_row's arguments after RESULTS), appends the
+# row to RESULTS, removes the summary and prints the row.
+record_step() {
+    local results=$1 line
+    shift
+    line=$(step_row "$@")
+    rm -f "$1"
+    echo "$line" >>"$results"
+    echo "$line"
+}
+
+# Steps missed in a row after the step of ROW: 0 when it was sustained, else MISSES + 1.
+next_misses() {
+    if [ "$(row_sustained "$1")" = yes ]; then echo 0; else echo $(( $2 + 1 )); fi
+}
