@@ -90,6 +90,9 @@ fn exercise(data: &[u8]) -> bool {
     let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
     let Ok(msg) = parse(data, &mut slots) else { return false };
     assert!(msg.len() <= data.len());
+    // The shard routes a parsed message by its parsed Call-ID, the steering and sipbench by the
+    // scan: the two must give the same octets (the stripe hash is a wire contract).
+    assert_eq!(msg.header(HeaderName::CallId), peek_call_id(data), "parsed and scanned Call-ID differ");
     let _ = msg.request_uri();
     let _ = (msg.call_id(), msg.cseq(), msg.from(), msg.to(), msg.max_forwards(), msg.content_length());
     let _ = (msg.expires(), msg.content_type(), msg.event(), msg.subscription_state());

@@ -104,9 +104,9 @@ fn main() {
             },
             fsm: ServerFsm::NonInvite(ServerNonInvite::new(false)),
             peer: peer(5060),
-            response: vec![b'x'; 330],
+            response: vec![b'x'; 330].into(),
             answered: true,
-            request: Vec::new(),
+            request: Default::default(),
             timers: {
                 let mut timers = TxnTimers::default();
                 timers.set(TxnTimer::J, 32_000);

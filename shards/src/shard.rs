@@ -4,12 +4,13 @@
 //! test `Cluster`): `shard.handle(now, input)`, then `shard.poll_output()`
 //! until `None`, then sleep until `shard.poll_timeout()`.
 //!
-//! What `handle` does with a datagram: find its Call-ID with the parser's
-//! fast scan (a REGISTER for this registrar: its AoR; a B2BUA's B leg: the A
-//! stripe its Call-ID carries), compute the stripe, and if another shard or
-//! node owns the stripe, say so ([`Output::Forward`], [`Output::ForwardToNode`]:
-//! the driver moves the buffer it still holds). The owner parses the message,
-//! checks the call's record out of the table, and then:
+//! What `handle` does with a datagram: parse it, take its Call-ID (a REGISTER
+//! for this registrar: its AoR; a B2BUA's B leg: the A stripe its Call-ID
+//! carries), compute the stripe, and if another shard or node owns the stripe,
+//! say so ([`Output::Forward`], [`Output::ForwardToNode`]: the driver moves the
+//! buffer it still holds). The owner handles the parse it made (nearly every
+//! message stays where it lands when shards have their own ports), checks the
+//! call's record out of the table, and then:
 //!
 //! - a request matches a server transaction (§17.2.3) or makes one, and the
 //!   transaction user (the role) answers it ([`Decision::Respond`]), relays it
@@ -44,6 +45,28 @@ use crate::transaction::{
     Action, Actions, ClientEvent, ClientInvite, ClientInviteState, ClientNonInvite, ClientNonInviteState,
     ResponseClass, ServerEvent, ServerInvite, ServerInviteState, ServerNonInvite, TimerConfig, TxnTimer,
 };
+
+/// A message as written once and then shared: a transaction keeps it for retransmission
+/// and the output that sends it holds the same bytes (no copy per send).
+pub type SharedBytes = std::sync::Arc<[u8]>;
+
+/// Serde for [`SharedBytes`]: the encoding `serde_bytes` gives a `Vec<u8>`, so a record's
+/// wire form does not depend on how the shard holds the bytes.
+mod shared_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::SharedBytes;
+
+    pub(super) fn serialize<S: Serializer>(bytes: &SharedBytes, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SharedBytes, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
+        // An empty one allocates nothing (most kept responses and requests are empty).
+        Ok(if bytes.is_empty() { SharedBytes::default() } else { bytes.into_vec().into() })
+    }
+}
 
 /// How a peer reached us.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -127,7 +150,7 @@ pub enum Output {
         /// Destination.
         peer: Peer,
         /// The message.
-        bytes: Vec<u8>,
+        bytes: SharedBytes,
     },
     /// Move the input just handled, unchanged, to another shard of this node.
     Forward {
@@ -427,13 +450,13 @@ pub struct ServerTxn {
     /// Where responses go.
     pub peer: Peer,
     /// The latest response, for retransmission.
-    #[serde(with = "serde_bytes")]
-    pub response: Vec<u8>,
+    #[serde(with = "shared_bytes")]
+    pub response: SharedBytes,
     /// Whether a final response was sent (a late client timeout must not add a second one).
     pub answered: bool,
     /// The request, kept only on a B2BUA call: its responses are rebuilt from it.
-    #[serde(with = "serde_bytes")]
-    pub request: Vec<u8>,
+    #[serde(with = "shared_bytes")]
+    pub request: SharedBytes,
     /// Armed timers and their deadlines (ms on the shard's clock).
     pub timers: TxnTimers,
 }
@@ -454,8 +477,8 @@ pub struct ClientTxn {
     /// The next hop.
     pub peer: Peer,
     /// The request as sent, for retransmission and to build its CANCEL or ACK.
-    #[serde(with = "serde_bytes")]
-    pub request: Vec<u8>,
+    #[serde(with = "shared_bytes")]
+    pub request: SharedBytes,
     /// Armed timers and their deadlines (ms on the shard's clock).
     pub timers: TxnTimers,
 }
@@ -639,7 +662,7 @@ const RELAY_ROOM: usize = 512;
 /// out after the check-in (DESIGN.md §3 step 6).
 #[derive(Default)]
 struct Effects {
-    sends: Vec<(Peer, Vec<u8>)>,
+    sends: Vec<(Peer, SharedBytes)>,
     timer_ops: Vec<TimerOp>,
     hints: Hints,
     responses: u64,
@@ -1071,21 +1094,34 @@ impl<T: TransactionUser> Shard<T> {
     }
 
     fn receive(&mut self, now_ms: u64, peer: Peer, bytes: &[u8], may_forward: bool) {
-        let Some(call_id) = peek_call_id(bytes) else {
+        // Borrow the slots out of self while the message lives (taking an empty box allocates nothing).
+        let mut slots = std::mem::take(&mut self.slots);
+        // Parsed before routing, and the parse is the one handled: with shard ports nearly every
+        // message stays here, so a separate Call-ID scan first would be paid twice for nothing.
+        // A message that does not parse is dropped here rather than moved to fail at its owner.
+        match sipshard_parser::parse(bytes, &mut slots) {
+            Ok(msg) => self.route_parsed(now_ms, peer, msg, may_forward),
+            Err(_) => self.stats.dropped_malformed += 1,
+        }
+        self.slots = slots;
+    }
+
+    /// Routes a parsed message by its Call-ID (a registrar's REGISTER by its AoR) and handles
+    /// it here when this shard owns it.
+    fn route_parsed(&mut self, now_ms: u64, peer: Peer, msg: Message<'_>, may_forward: bool) {
+        // The octets peek_call_id finds (the stripe hash is a wire contract with the steering
+        // and other nodes); the parser's tests hold the two to the same answer.
+        let Some(call_id) = msg.header(HeaderName::CallId) else {
             self.stats.dropped_malformed += 1;
             return;
         };
-        // Borrow the slots out of self while the message lives (taking an empty box allocates nothing).
-        let mut slots = std::mem::take(&mut self.slots);
-        if self.config.registrar.is_some() && bytes.starts_with(b"REGISTER ") {
-            // A REGISTER for this registrar lives in its AoR's record: it is routed by the AoR,
-            // so it is parsed before routing (once: the same parse is then handled).
-            let parsed = sipshard_parser::parse(bytes, &mut slots);
-            let aor = parsed.as_ref().ok().and_then(|msg| self.registration_aor(msg));
+        if self.config.registrar.is_some() && msg.method() == Some(Method::Register) {
+            // A REGISTER for this registrar lives in its AoR's record: it is routed by the AoR.
+            let aor = self.registration_aor(&msg);
             let key = aor.as_deref().map_or(call_id, str::as_bytes);
             let stripe = StripeId::of_call_id(key, self.stripes.stripe_count());
             if self.stays_here(stripe, may_forward) {
-                self.dispatch(now_ms, stripe, key, peer, parsed, aor.is_some());
+                self.dispatch(now_ms, stripe, key, peer, msg, aor.is_some());
             }
         } else {
             let stripe = StripeId::of_call_id(call_id, self.stripes.stripe_count());
@@ -1093,11 +1129,9 @@ impl<T: TransactionUser> Shard<T> {
             let a_key = if call_id.starts_with(b"b2b~") { self.b_index.get(call_id).cloned() } else { None };
             let key = a_key.as_deref().unwrap_or(call_id);
             if self.stays_here(stripe, may_forward) {
-                let parsed = sipshard_parser::parse(bytes, &mut slots);
-                self.dispatch(now_ms, stripe, key, peer, parsed, false);
+                self.dispatch(now_ms, stripe, key, peer, msg, false);
             }
         }
-        self.slots = slots;
     }
 
     /// Whether this shard handles a message of `stripe`; if another shard or node owns it, the
@@ -1126,26 +1160,17 @@ impl<T: TransactionUser> Shard<T> {
 
     /// A parsed message this shard handles: a response to its transaction, a request to one.
     #[allow(clippy::too_many_arguments)] // The pieces of one message; a struct would only rename them.
-    fn dispatch(
-        &mut self,
-        now_ms: u64,
-        stripe: StripeId,
-        key: &[u8],
-        peer: Peer,
-        parsed: Result<Message<'_>, sipshard_parser::ParseError>,
-        registering: bool,
-    ) {
-        match parsed {
-            Err(_) => self.stats.dropped_malformed += 1,
-            Ok(msg) if !msg.is_request() => self.on_response(now_ms, stripe, key, &msg),
-            Ok(msg) if msg.len() > self.config.max_message_bytes => {
-                self.stats.refused_too_large += 1;
-                self.respond_stateless(&msg, peer, 513, "Message Too Large");
-            }
-            Ok(msg) => match server_key(&msg) {
+    fn dispatch(&mut self, now_ms: u64, stripe: StripeId, key: &[u8], peer: Peer, msg: Message<'_>, registering: bool) {
+        if !msg.is_request() {
+            self.on_response(now_ms, stripe, key, &msg);
+        } else if msg.len() > self.config.max_message_bytes {
+            self.stats.refused_too_large += 1;
+            self.respond_stateless(&msg, peer, 513, "Message Too Large");
+        } else {
+            match server_key(&msg) {
                 Ok(txn_key) => self.on_request(now_ms, stripe, key, peer, &msg, txn_key, registering),
                 Err(_) => self.stats.dropped_malformed += 1,
-            },
+            }
         }
     }
 
@@ -1286,9 +1311,9 @@ impl<T: TransactionUser> Shard<T> {
             key,
             fsm,
             peer,
-            response: Vec::new(),
+            response: SharedBytes::default(),
             answered: false,
-            request: Vec::new(),
+            request: SharedBytes::default(),
             timers: TxnTimers::default(),
         });
         self.txn_calls.insert(id, (stripe, call_id.into()));
@@ -1366,7 +1391,7 @@ impl<T: TransactionUser> Shard<T> {
     }
 
     /// The CANCEL of a relayed INVITE (§9.1), built from the request as it was sent.
-    fn cancel_of(&mut self, invite: &[u8]) -> Option<Vec<u8>> {
+    fn cancel_of(&mut self, invite: &[u8]) -> Option<SharedBytes> {
         let mut slots = std::mem::take(&mut self.spare_slots);
         let cancel = written(&mut self.write_buf, invite.len() + 64, |out| {
             sipshard_parser::parse(invite, &mut slots)
@@ -1451,7 +1476,7 @@ impl<T: TransactionUser> Shard<T> {
         record: &mut CallRecord,
         id: u64,
         call_id: &[u8],
-        response: Vec<u8>,
+        response: SharedBytes,
         code: u16,
         fx: &mut Effects,
     ) {
@@ -1507,7 +1532,13 @@ impl<T: TransactionUser> Shard<T> {
 
     /// The relayed form of `msg` (which came over `from`): our Via on top, Max-Forwards
     /// decremented, the role's edits.
-    fn write_relayed(&mut self, from: Transport, msg: &Message<'_>, relay: &Relay, branch: &str) -> Option<Vec<u8>> {
+    fn write_relayed(
+        &mut self,
+        from: Transport,
+        msg: &Message<'_>,
+        relay: &Relay,
+        branch: &str,
+    ) -> Option<SharedBytes> {
         let prefix = &self.via_prefix[usize::from(relay.to.transport == Transport::Tcp)];
         let mut via = String::with_capacity(prefix.len() + branch.len());
         via.push_str(prefix);
@@ -1538,7 +1569,7 @@ impl<T: TransactionUser> Shard<T> {
         branch: Box<str>,
         cancel: bool,
         peer: Peer,
-        request: Vec<u8>,
+        request: SharedBytes,
         fx: &mut Effects,
     ) {
         let id = self.new_txn_id();
@@ -1601,7 +1632,7 @@ impl<T: TransactionUser> Shard<T> {
             // RFC 6026: in Accepted the transaction only sends a 2xx the TU hands it again, and
             // absorbs retransmitted INVITEs: the kept copy of the 2xx is dead weight in every
             // later change of the record (a B2BUA rebuilds its 2xx from the kept request).
-            txn.response = Vec::new();
+            txn.response = SharedBytes::default();
         }
     }
 
@@ -1666,7 +1697,7 @@ impl<T: TransactionUser> Shard<T> {
         {
             // A 2xx came: no retransmission, CANCEL or ACK is built from the request any more
             // (the ACK of a 2xx goes end to end, or from the B2BUA's dialog).
-            record.clients[i].request = Vec::new();
+            record.clients[i].request = SharedBytes::default();
         }
     }
 
@@ -1712,10 +1743,7 @@ impl<T: TransactionUser> Shard<T> {
             });
         self.spare_slots = slots;
         match written {
-            Some(n) => {
-                out.truncate(n);
-                self.server_respond(now_ms, record, server, call_id, out, code, fx);
-            }
+            Some(n) => self.server_respond(now_ms, record, server, call_id, SharedBytes::from(&out[..n]), code, fx),
             None => self.drop_server_txn(record, server, fx),
         }
     }
@@ -2054,7 +2082,7 @@ impl<T: TransactionUser> Shard<T> {
         cseq: u32,
         content_type: Option<&[u8]>,
         body: &[u8],
-    ) -> (Peer, String, Vec<u8>) {
+    ) -> (Peer, String, SharedBytes) {
         let bridge = record.bridge.as_ref().expect("invariant: a bridged record");
         let peer = bridge.leg(side).peer;
         let leg_call_id: String = match side {
@@ -2073,13 +2101,13 @@ impl<T: TransactionUser> Shard<T> {
             content_type,
             body,
         };
-        (peer, branch, write_leg_request(bridge.leg(side), &request))
+        (peer, branch, write_leg_request(bridge.leg(side), &request).into())
     }
 
     /// Keeps a B2BUA server transaction's request, to build its responses from.
     fn keep_request(&mut self, record: &mut CallRecord, id: u64, msg: &Message<'_>) {
         if let Some(txn) = record.transactions.iter_mut().find(|t| t.id == id) {
-            txn.request = msg.as_bytes().to_vec();
+            txn.request = msg.as_bytes().into();
         }
     }
 
@@ -2168,7 +2196,7 @@ impl<T: TransactionUser> Shard<T> {
         self.b_index.insert(b_call_id.as_bytes().into(), call_id.into());
         record.bridge = Some(Box::new(B2buaCall { a_leg, b_leg, b_call_id: b_call_id.into(), ack_cseq: [0, 1] }));
         record.dialog = Some(DialogState::Early);
-        self.start_client(now_ms, record, server, branch.into(), false, relay.to, invite, fx);
+        self.start_client(now_ms, record, server, branch.into(), false, relay.to, invite.into(), fx);
     }
 
     /// B2BUA, a request inside the call from `side`: rebuilt on the other leg.
@@ -2303,10 +2331,7 @@ impl<T: TransactionUser> Shard<T> {
             let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
             let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers: &[], body: b"" };
             let mut out = vec![0u8; request.len() + 256];
-            write_response(&req, &spec, &mut out).ok().map(|n| {
-                out.truncate(n);
-                out
-            })
+            write_response(&req, &spec, &mut out).ok().map(|n| SharedBytes::from(&out[..n]))
         });
         self.spare_slots = slots;
         match written {
@@ -2327,9 +2352,8 @@ impl<T: TransactionUser> Shard<T> {
         let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers, body: b"" };
         let mut out = vec![0u8; msg.len() + 256];
         if let Ok(n) = write_response(msg, &spec, &mut out) {
-            out.truncate(n);
             self.stats.responses_sent += 1;
-            self.outputs.push_back(Output::Transmit { peer, bytes: out });
+            self.outputs.push_back(Output::Transmit { peer, bytes: SharedBytes::from(&out[..n]) });
         }
     }
 }
@@ -2347,12 +2371,12 @@ const MAX_PARKED_PER_KEY: usize = 4;
 /// Writes a message of at most `need` bytes with `write` into `buf` (the shard's reused write
 /// buffer, grown to fit) and returns an exact-size copy: no zeroed buffer per message, and
 /// what a record keeps holds no slack.
-fn written(buf: &mut Vec<u8>, need: usize, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<Vec<u8>> {
+fn written(buf: &mut Vec<u8>, need: usize, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<SharedBytes> {
     if buf.len() < need {
         buf.resize(need, 0);
     }
     let n = write(&mut buf[..need])?;
-    Some(buf[..n].to_vec())
+    Some(SharedBytes::from(&buf[..n]))
 }
 
 /// A stored record as a change (for a snapshot or a lookup), lingering if it is.

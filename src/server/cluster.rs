@@ -45,7 +45,7 @@ use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use sipshard_shards::replication::frame::{Frame, decode};
 use sipshard_shards::replication::{LinkConfig, LinkEvent, LinkStats, ReplicaLink, Side};
-use sipshard_shards::shard::{Input, Peer, Transport};
+use sipshard_shards::shard::{Input, Peer, SharedBytes, Transport};
 use sipshard_shards::table::Change;
 use sipshard_shards::{NodeId, StripeId, StripeMap};
 
@@ -156,7 +156,7 @@ type Wait = (usize, u64, u64);
 struct Held {
     /// Changes still to be acknowledged.
     waits: Vec<Wait>,
-    sends: Vec<(Peer, Vec<u8>)>,
+    sends: Vec<(Peer, SharedBytes)>,
 }
 
 /// A link's state for the report.
@@ -306,7 +306,7 @@ impl Replication {
     }
 
     /// Keeps `sends` until `waits` are acknowledged.
-    pub(super) fn hold(&self, waits: Vec<Wait>, sends: Vec<(Peer, Vec<u8>)>) {
+    pub(super) fn hold(&self, waits: Vec<Wait>, sends: Vec<(Peer, SharedBytes)>) {
         self.held_messages.set(self.held_messages.get() + sends.len() as u64);
         let mut held = self.held.borrow_mut();
         held.push(Held { waits, sends });
@@ -315,7 +315,7 @@ impl Replication {
 
     /// Takes the held messages whose changes every waited-for backup has (or that wait for a
     /// dead one, or for a change numbered before its peer restarted: that peer gets a snapshot).
-    fn releasable(&self) -> Vec<(Peer, Vec<u8>)> {
+    fn releasable(&self) -> Vec<(Peer, SharedBytes)> {
         let links = self.links.borrow();
         let mut held = self.held.borrow_mut();
         let mut out = Vec::new();
@@ -606,7 +606,7 @@ impl Driver {
                 }
                 LinkEvent::Send { to, message } => {
                     let peer = Peer { addr: to, transport: Transport::Tcp };
-                    if self.tcp_send(peer, message).await.is_err() {
+                    if self.tcp_send(peer, message.into()).await.is_err() {
                         tracing::debug!(node = node.0, to = %to, "message for a UA connection this node lacks, dropped");
                     }
                 }

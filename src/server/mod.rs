@@ -29,7 +29,7 @@ use glommio::net::UdpSocket;
 use glommio::{LocalExecutorBuilder, Placement};
 use sipshard_shards::proxy::{Proxy, ProxyStats};
 use sipshard_shards::registrar::LocationUpdate;
-use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, ShardStats, Transport};
+use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, ShardStats, SharedBytes, Transport};
 use sipshard_shards::{DEFAULT_STRIPES, NodeId, ShardId, StripeMap};
 
 use crate::config::{Settings, TcpLimits};
@@ -60,7 +60,7 @@ enum Hop {
     /// Test steering: handle as if received from the socket (it may move on again).
     Steered { peer: Peer, bytes: Vec<u8> },
     /// Write on the TCP connection to `peer`, which this shard holds.
-    Send { peer: Peer, bytes: Vec<u8> },
+    Send { peer: Peer, bytes: SharedBytes },
     /// An AoR's bindings changed on its owner: update this shard's location cache.
     Location(LocationUpdate),
     /// Send to `node`, which owns the message's stripe, on this shard's replica link.
@@ -813,7 +813,7 @@ impl Driver {
     }
 
     /// Sends a message; a failed UDP send goes back to its transaction.
-    async fn transmit(self: &Rc<Self>, peer: Peer, bytes: Vec<u8>) {
+    async fn transmit(self: &Rc<Self>, peer: Peer, bytes: SharedBytes) {
         match peer.transport {
             Transport::Tcp => {
                 if let Err(bytes) = self.tcp_send(peer, bytes).await {

@@ -17,7 +17,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use sipshard_parser::{Frame, frame};
-use sipshard_shards::shard::{Input, Peer, Transport};
+use sipshard_shards::shard::{Input, Peer, SharedBytes, Transport};
 
 use super::{Driver, Hop, bump};
 
@@ -25,7 +25,7 @@ use super::{Driver, Hop, bump};
 /// and the queue its writer task drains.
 pub(super) struct Connection {
     id: u64,
-    queue: Rc<LocalSender<Vec<u8>>>,
+    queue: Rc<LocalSender<SharedBytes>>,
 }
 
 /// Bytes read from a socket at once.
@@ -58,7 +58,7 @@ impl Driver {
 
     /// Queues `bytes` on the connection to `peer`: one this shard holds, one another shard
     /// holds, or a new one. Gives the bytes back when they cannot even be queued.
-    pub(super) async fn tcp_send(self: &Rc<Self>, peer: Peer, bytes: Vec<u8>) -> Result<(), Vec<u8>> {
+    pub(super) async fn tcp_send(self: &Rc<Self>, peer: Peer, bytes: SharedBytes) -> Result<(), SharedBytes> {
         let queue = self.tcp.borrow().get(&peer.addr).map(|c| Rc::clone(&c.queue));
         if let Some(queue) = queue {
             return queue.try_send(bytes).map_err(|e| {
@@ -66,7 +66,7 @@ impl Driver {
                 match e {
                     glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(bytes))
                     | glommio::GlommioError::Closed(glommio::ResourceType::Channel(bytes)) => bytes,
-                    _ => Vec::new(),
+                    _ => SharedBytes::default(),
                 }
             });
         }
@@ -86,12 +86,12 @@ impl Driver {
             return Err(bytes);
         }
         let queue = self.start_connection(peer.addr, None);
-        queue.try_send(bytes).map_err(|_| Vec::new())
+        queue.try_send(bytes).map_err(|_| SharedBytes::default())
     }
 
     /// Registers a connection to `addr` and starts its tasks; without a stream it connects first.
-    fn start_connection(self: &Rc<Self>, addr: SocketAddr, stream: Option<TcpStream>) -> Rc<LocalSender<Vec<u8>>> {
-        let (queue, pending) = local_channel::new_bounded::<Vec<u8>>(self.tcp_limits.queue);
+    fn start_connection(self: &Rc<Self>, addr: SocketAddr, stream: Option<TcpStream>) -> Rc<LocalSender<SharedBytes>> {
+        let (queue, pending) = local_channel::new_bounded::<SharedBytes>(self.tcp_limits.queue);
         let queue = Rc::new(queue);
         let id = self.next_connection.get();
         self.next_connection.set(id + 1);
@@ -155,7 +155,7 @@ impl Driver {
                     Ok(Frame::KeepAlive { len, ping }) => {
                         buf.drain(..len);
                         if ping {
-                            let _ = self.tcp_send(peer, b"\r\n".to_vec()).await;
+                            let _ = self.tcp_send(peer, SharedBytes::from(&b"\r\n"[..])).await;
                         }
                     }
                     Ok(Frame::Message { len }) => {

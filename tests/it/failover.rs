@@ -60,7 +60,7 @@ fn drain(shard: &mut Shard<Proxy>, mut backup: Option<&mut Shard<Proxy>>, now: I
     let mut out = Vec::new();
     while let Some(output) = shard.poll_output() {
         match output {
-            Output::Transmit { peer, bytes } => out.push((peer.addr, String::from_utf8(bytes).expect("utf8"))),
+            Output::Transmit { peer, bytes } => out.push((peer.addr, String::from_utf8(bytes.to_vec()).expect("utf8"))),
             Output::Replicate(change) => {
                 if let Some(backup) = backup.as_deref_mut() {
                     backup.handle(now, Input::Replica(&change));
@@ -292,7 +292,7 @@ fn send_keeping_changes(
     let (mut sent, mut changes) = (Vec::new(), Vec::new());
     while let Some(output) = shard.poll_output() {
         match output {
-            Output::Transmit { bytes, .. } => sent.push(String::from_utf8(bytes).expect("utf8")),
+            Output::Transmit { bytes, .. } => sent.push(String::from_utf8(bytes.to_vec()).expect("utf8")),
             Output::Replicate(change) => changes.push(change),
             _ => {}
         }

@@ -64,7 +64,9 @@ impl Rig {
         let mut out = Vec::new();
         while let Some(output) = self.shard.poll_output() {
             match output {
-                Output::Transmit { peer, bytes } => out.push((peer.addr, String::from_utf8(bytes).expect("utf8"))),
+                Output::Transmit { peer, bytes } => {
+                    out.push((peer.addr, String::from_utf8(bytes.to_vec()).expect("utf8")))
+                }
                 // One shard: its own location cache is updated already.
                 Output::Location(_) => {}
                 other => panic!("unexpected output {other:?}"),

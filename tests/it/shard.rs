@@ -56,7 +56,7 @@ fn a_call_at_its_transaction_limit_gets_503_and_stays_unchanged() {
         let mut last_response = Vec::new();
         while let Some(output) = shard.poll_output() {
             match output {
-                Output::Transmit { bytes, .. } => last_response = bytes,
+                Output::Transmit { bytes, .. } => last_response = bytes.to_vec(),
                 Output::Replicate(_) => changes += 1,
                 other => panic!("unexpected {other:?}"),
             }

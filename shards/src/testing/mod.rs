@@ -694,7 +694,7 @@ impl<T: TransactionUser + 'static> Cluster<T> {
         while let Some(output) = self.nodes[node.0 as usize][shard.0 as usize].poll_output() {
             match output {
                 Output::Transmit { peer, bytes } => {
-                    self.send_lossy(Packet { dest: Dest::Ua(peer.addr), peer, bytes });
+                    self.send_lossy(Packet { dest: Dest::Ua(peer.addr), peer, bytes: bytes.to_vec() });
                 }
                 Output::Forward { shard: to } => {
                     let input = input.expect("invariant: only an input is forwarded");
