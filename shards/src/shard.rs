@@ -38,7 +38,7 @@ use crate::dialog::{B2buaCall, CallTimer, Dialog, DialogState};
 use crate::registrar::{self, Binding, LocationUpdate, RegistrarConfig};
 
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
-use crate::table::{CallTable, Change, Checkout, Hints, TableError, codec};
+use crate::table::{CallKey, CallTable, Change, Checkout, Hints, TableError, codec};
 use crate::timer::{TimerId, TimerWheel};
 use crate::transaction::matching::{ServerKey, server_key, server_key_of_response};
 use crate::transaction::{
@@ -678,9 +678,9 @@ pub struct Shard<T> {
     /// Timers armed in the wheel, by (transaction id, timer).
     armed: hashbrown::HashMap<(u64, WheelTimer), TimerId>,
     /// Which call each live transaction belongs to.
-    txn_calls: hashbrown::HashMap<u64, (StripeId, Box<[u8]>)>,
+    txn_calls: hashbrown::HashMap<u64, (StripeId, CallKey)>,
     /// Which call each call-timer id belongs to.
-    timer_calls: hashbrown::HashMap<u64, (StripeId, Box<[u8]>)>,
+    timer_calls: hashbrown::HashMap<u64, (StripeId, CallKey)>,
     /// B2BUA calls: the A leg's Call-ID (the record key) of each B leg's Call-ID.
     b_index: hashbrown::HashMap<Box<[u8]>, Box<[u8]>>,
     outputs: std::collections::VecDeque<Output>,
@@ -692,8 +692,6 @@ pub struct Shard<T> {
     scratch: Effects,
     /// Where messages are written before an exact-size copy is taken ([`written`]).
     write_buf: Vec<u8>,
-    /// The key of the call whose timer fires, copied out of the timer index.
-    key_buf: Vec<u8>,
     /// `SIP/2.0/UDP host:port;branch=` and the TCP twin, written once (UDP names the shard's
     /// own port when it has one).
     via_prefix: [String; 2],
@@ -745,7 +743,6 @@ impl<T: TransactionUser> Shard<T> {
             spare_slots: vec![HeaderSlot::EMPTY; Message::SLOTS].into_boxed_slice(),
             scratch: Effects::default(),
             write_buf: Vec::new(),
-            key_buf: Vec::new(),
             via_prefix: [format!("SIP/2.0/UDP {own};branch="), format!("SIP/2.0/TCP {local};branch=")],
             record_route: [format!("<sip:{own};lr>"), format!("<sip:{local};lr>")],
             udp_contact: format!("sip:{own}"),
@@ -1227,7 +1224,7 @@ impl<T: TransactionUser> Shard<T> {
     ) {
         let method = msg.method();
         let is_ack = method == Some(Method::Ack);
-        let (mut record, fresh) = match self.table.get_and_lock(stripe, call_id, !is_ack) {
+        let (mut record, stored_key, fresh) = match self.table.get_and_lock(stripe, call_id, !is_ack) {
             Ok(Checkout { record: None, .. }) if self.draining => {
                 // Shutting down: no new call (§21.5.4 with Retry-After); existing calls go on.
                 self.table.unlock(stripe, call_id, None).expect("invariant: checked out above");
@@ -1246,7 +1243,7 @@ impl<T: TransactionUser> Shard<T> {
                 self.table.unlock(stripe, call_id, None).expect("invariant: checked out above");
                 return;
             }
-            Ok(checkout) => (checkout.record.unwrap_or_default(), checkout.version == 0),
+            Ok(checkout) => (checkout.record.unwrap_or_default(), checkout.key, checkout.version == 0),
             // An ACK for a call we hold nothing of: the ACK of a 2xx (§17.1.1.3), relayed if the role says so.
             Err(TableError::NotFound) => return self.relay_ack(now_ms, peer, None, msg),
             Err(TableError::Full) => {
@@ -1316,7 +1313,7 @@ impl<T: TransactionUser> Shard<T> {
             request: SharedBytes::default(),
             timers: TxnTimers::default(),
         });
-        self.txn_calls.insert(id, (stripe, call_id.into()));
+        self.txn_calls.insert(id, (stripe, stored_key));
         self.stats.transactions_created += 1;
         let mut location = None;
         let decision = if method == Some(Method::Cancel) {
@@ -1949,12 +1946,9 @@ impl<T: TransactionUser> Shard<T> {
             self.armed.remove(&(id, wheel_timer));
             let calls = if matches!(wheel_timer, WheelTimer::Call(_)) { &self.timer_calls } else { &self.txn_calls };
             let Some((stripe, key)) = calls.get(&id) else { continue };
-            // The call's key, copied into a reused buffer (the map entry may go while it fires).
-            let mut call_id = std::mem::take(&mut self.key_buf);
-            call_id.clear();
-            call_id.extend_from_slice(key);
-            self.fire_timer(now_ms, *stripe, &call_id, id, wheel_timer);
-            self.key_buf = call_id;
+            // The call's key, held here (the map entry may go while it fires): shared, not copied.
+            let (stripe, call_id) = (*stripe, CallKey::clone(key));
+            self.fire_timer(now_ms, stripe, &call_id, id, wheel_timer);
         }
     }
 
@@ -1994,7 +1988,10 @@ impl<T: TransactionUser> Shard<T> {
     ) {
         if record.call_timer_id == 0 {
             record.call_timer_id = self.new_txn_id();
-            self.timer_calls.insert(record.call_timer_id, (stripe, call_id.into()));
+            // The table's key, shared through the call's server transaction (a copy otherwise).
+            let shared = record.transactions.iter().find_map(|t| self.txn_calls.get(&t.id));
+            let key = shared.map_or_else(|| CallKey::from(call_id), |(_, key)| CallKey::clone(key));
+            self.timer_calls.insert(record.call_timer_id, (stripe, key));
         }
         record.call_timers.retain(|(t, _)| *t != timer);
         record.call_timers.push((timer, deadline));

@@ -20,6 +20,13 @@ use serde::de::DeserializeOwned;
 
 use crate::stripe::StripeId;
 
+/// A record's key (a Call-ID, or a registrar's AoR) as the table stores it: shared, so the
+/// shard's indexes and the change feed hold the table's copy rather than copies of their own.
+pub type CallKey = std::sync::Arc<[u8]>;
+
+/// One stripe's records.
+type StripeTable<R> = hashbrown::HashMap<CallKey, Slot<R>>;
+
 /// Flags on a check-in: what just became true of the record (a transaction boundary).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Hints(pub u8);
@@ -56,7 +63,7 @@ pub struct Change {
     /// The record's stripe.
     pub stripe: StripeId,
     /// The record's key.
-    pub key: Box<[u8]>,
+    pub key: CallKey,
     /// The version after this change.
     pub version: u64,
     /// What the role said about this change.
@@ -72,6 +79,8 @@ pub struct Checkout<R> {
     pub record: Option<R>,
     /// Its version (0 for a new key).
     pub version: u64,
+    /// The key as the table stores it (shared: cloning it copies nothing).
+    pub key: CallKey,
 }
 
 /// Why a table operation was refused.
@@ -105,7 +114,9 @@ pub const LINGERING_ROOM: usize = 4;
 /// A shard's call table.
 #[derive(Debug)]
 pub struct CallTable<R> {
-    stripes: hashbrown::HashMap<StripeId, hashbrown::HashMap<Box<[u8]>, Slot<R>>>,
+    /// Indexed by stripe number (a direct index, not a second hash per operation); grown to
+    /// the highest stripe seen.
+    stripes: Vec<StripeTable<R>>,
     live: usize,
     /// Records checked in as lingering (ended calls), of `live`.
     lingering: usize,
@@ -118,7 +129,7 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     /// A table for at most `capacity` live records, with its change feed on.
     pub fn new(capacity: usize) -> Self {
         CallTable {
-            stripes: hashbrown::HashMap::new(),
+            stripes: Vec::new(),
             live: 0,
             lingering: 0,
             capacity,
@@ -164,12 +175,12 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     /// Checks out the record under `key`; a new key gets an empty slot when `create`,
     /// and is `NotFound` otherwise (nothing is then checked out).
     pub fn get_and_lock(&mut self, stripe: StripeId, key: &[u8], create: bool) -> Result<Checkout<R>, TableError> {
-        if let Some(slot) = self.stripes.get_mut(&stripe).and_then(|s| s.get_mut(key)) {
+        if let Some((stored, slot)) = self.stripe_mut(stripe).get_key_value_mut(key) {
             if slot.checked_out {
                 return Err(TableError::Busy);
             }
             slot.checked_out = true;
-            return Ok(Checkout { record: slot.record.take(), version: slot.version });
+            return Ok(Checkout { record: slot.record.take(), version: slot.version, key: CallKey::clone(stored) });
         }
         if !create {
             return Err(TableError::NotFound);
@@ -178,17 +189,16 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
             return Err(TableError::Full);
         }
         self.live += 1;
-        self.stripes
-            .entry(stripe)
-            .or_default()
-            .insert(key.into(), Slot { version: 0, record: None, checked_out: true, lingering: false });
-        Ok(Checkout { record: None, version: 0 })
+        let key = CallKey::from(key);
+        let slot = Slot { version: 0, record: None, checked_out: true, lingering: false };
+        self.stripe_mut(stripe).insert(CallKey::clone(&key), slot);
+        Ok(Checkout { record: None, version: 0, key })
     }
 
     /// Checks a record back in: bumps its version and emits one change. Returns the new version.
     pub fn put_and_unlock(&mut self, stripe: StripeId, key: &[u8], record: R, hints: Hints) -> Result<u64, TableError> {
         let feed_enabled = self.feed_enabled;
-        let slot = self.checked_out_slot(stripe, key)?;
+        let (stored, slot) = self.checked_out_slot(stripe, key)?;
         slot.version += 1;
         let version = slot.version;
         let bytes = feed_enabled.then(|| codec::encode(stripe, version, &record));
@@ -198,7 +208,7 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
         let was_lingering = std::mem::replace(&mut slot.lingering, lingering);
         self.lingering = self.lingering + usize::from(lingering) - usize::from(was_lingering);
         if let Some(bytes) = bytes {
-            self.feed.push_back(Change { stripe, key: key.into(), version, hints, bytes });
+            self.feed.push_back(Change { stripe, key: stored, version, hints, bytes });
         }
         Ok(version)
     }
@@ -206,7 +216,7 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     /// Returns a checked-out record unchanged: no version bump, no change. A new key with
     /// nothing to store is dropped.
     pub fn unlock(&mut self, stripe: StripeId, key: &[u8], record: Option<R>) -> Result<(), TableError> {
-        let slot = self.checked_out_slot(stripe, key)?;
+        let (_, slot) = self.checked_out_slot(stripe, key)?;
         match record {
             Some(record) => {
                 slot.record = Some(record);
@@ -222,18 +232,12 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
 
     /// Removes a record (checked out or not) and emits a removal change.
     pub fn remove(&mut self, stripe: StripeId, key: &[u8], hints: Hints) -> Option<u64> {
-        let version = self.stripes.get(&stripe)?.get(key)?.version + 1;
-        self.drop_slot(stripe, key);
+        let (key, slot) = self.drop_slot(stripe, key)?;
+        let version = slot.version + 1;
         if !self.feed_enabled {
             return Some(version);
         }
-        self.feed.push_back(Change {
-            stripe,
-            key: key.into(),
-            version,
-            hints: hints | Hints::REMOVED,
-            bytes: Vec::new(),
-        });
+        self.feed.push_back(Change { stripe, key, version, hints: hints | Hints::REMOVED, bytes: Vec::new() });
         Some(version)
     }
 
@@ -255,7 +259,7 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     ) -> Result<bool, TableError> {
         let lingering = hints.contains(Hints::LINGERING);
         let room = self.has_room();
-        let table = self.stripes.entry(stripe).or_default();
+        let table = grown(&mut self.stripes, stripe);
         match table.get_mut(key) {
             Some(slot) if slot.checked_out => Err(TableError::Busy),
             Some(slot) if slot.version >= version => Ok(false),
@@ -278,14 +282,13 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
 
     /// Reads a record that is not checked out (for inspection; roles use get_and_lock).
     pub fn peek(&self, stripe: StripeId, key: &[u8]) -> Option<(&R, u64)> {
-        let slot = self.stripes.get(&stripe)?.get(key)?;
+        let slot = self.stripe(stripe)?.get(key)?;
         slot.record.as_ref().map(|r| (r, slot.version))
     }
 
     /// Every record of a stripe that is not checked out, for snapshots.
     pub fn stripe_records(&self, stripe: StripeId) -> impl Iterator<Item = (&[u8], &R, u64)> {
-        self.stripes
-            .get(&stripe)
+        self.stripe(stripe)
             .into_iter()
             .flat_map(|t| t.iter())
             .filter_map(|(k, s)| s.record.as_ref().map(|r| (&**k, r, s.version)))
@@ -293,17 +296,28 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
 
     /// The version of the record under `key`, if the table holds it.
     pub fn version(&self, stripe: StripeId, key: &[u8]) -> Option<u64> {
-        self.stripes.get(&stripe).and_then(|t| t.get(key)).filter(|s| s.record.is_some()).map(|s| s.version)
+        self.stripe(stripe).and_then(|t| t.get(key)).filter(|s| s.record.is_some()).map(|s| s.version)
     }
 
     /// Every record that is not checked out, in no particular order.
     pub fn records(&self) -> impl Iterator<Item = &R> {
-        self.stripes.values().flat_map(|t| t.values()).filter_map(|s| s.record.as_ref())
+        self.stripes.iter().flat_map(|t| t.values()).filter_map(|s| s.record.as_ref())
     }
 
-    fn checked_out_slot(&mut self, stripe: StripeId, key: &[u8]) -> Result<&mut Slot<R>, TableError> {
-        match self.stripes.get_mut(&stripe).and_then(|s| s.get_mut(key)) {
-            Some(slot) if slot.checked_out => Ok(slot),
+    /// A stripe's records, if the table has seen the stripe.
+    fn stripe(&self, stripe: StripeId) -> Option<&StripeTable<R>> {
+        self.stripes.get(stripe.0 as usize)
+    }
+
+    /// A stripe's records, the table grown to hold the stripe.
+    fn stripe_mut(&mut self, stripe: StripeId) -> &mut StripeTable<R> {
+        grown(&mut self.stripes, stripe)
+    }
+
+    /// A checked-out slot and its stored key.
+    fn checked_out_slot(&mut self, stripe: StripeId, key: &[u8]) -> Result<(CallKey, &mut Slot<R>), TableError> {
+        match self.stripes.get_mut(stripe.0 as usize).and_then(|s| s.get_key_value_mut(key)) {
+            Some((stored, slot)) if slot.checked_out => Ok((CallKey::clone(stored), slot)),
             _ => Err(TableError::NotCheckedOut),
         }
     }
@@ -311,23 +325,31 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     /// Drops a record without a change on the feed (a replica whose owner removed it); a
     /// checked-out record stays. Returns whether one was dropped.
     pub fn forget(&mut self, stripe: StripeId, key: &[u8]) -> bool {
-        let present = self.stripes.get(&stripe).and_then(|t| t.get(key)).is_some_and(|slot| !slot.checked_out);
+        let present = self.stripe(stripe).and_then(|t| t.get(key)).is_some_and(|slot| !slot.checked_out);
         if present {
             self.drop_slot(stripe, key);
         }
         present
     }
 
-    fn drop_slot(&mut self, stripe: StripeId, key: &[u8]) {
+    /// Takes a slot out of the table (its key too, for the removal's change).
+    fn drop_slot(&mut self, stripe: StripeId, key: &[u8]) -> Option<(CallKey, Slot<R>)> {
         // Empty stripe maps stay: there are at most as many as stripes, and a busy stripe
         // would otherwise reallocate its map for every call.
-        if let Some(table) = self.stripes.get_mut(&stripe) {
-            if let Some(slot) = table.remove(key) {
-                self.live -= 1;
-                self.lingering -= usize::from(slot.lingering);
-            }
-        }
+        let (key, slot) = self.stripes.get_mut(stripe.0 as usize)?.remove_entry(key)?;
+        self.live -= 1;
+        self.lingering -= usize::from(slot.lingering);
+        Some((key, slot))
     }
+}
+
+/// Stripe `stripe`'s records, `stripes` grown to hold it.
+fn grown<R>(stripes: &mut Vec<StripeTable<R>>, stripe: StripeId) -> &mut StripeTable<R> {
+    let i = stripe.0 as usize;
+    if i >= stripes.len() {
+        stripes.resize_with(i + 1, StripeTable::default);
+    }
+    &mut stripes[i]
 }
 
 /// The record format, on the replica wire and on disk:
@@ -438,7 +460,7 @@ mod tests {
     fn second_checkout_is_refused_until_check_in() {
         let mut table: CallTable<Call> = CallTable::new(10);
         let first = table.get_and_lock(S, b"call-1", true).unwrap();
-        assert_eq!(first, Checkout { record: None, version: 0 });
+        assert_eq!(first, Checkout { record: None, version: 0, key: b"call-1"[..].into() });
         assert_eq!(table.get_and_lock(S, b"call-1", true), Err(TableError::Busy));
         let v = table.put_and_unlock(S, b"call-1", Call { state: 1, timers: vec![] }, Hints::NONE).unwrap();
         assert_eq!(v, 1);

@@ -46,7 +46,7 @@ use glommio::net::{TcpListener, TcpStream};
 use sipshard_shards::replication::frame::{Frame, decode};
 use sipshard_shards::replication::{LinkConfig, LinkEvent, LinkStats, ReplicaLink, Side};
 use sipshard_shards::shard::{Input, Peer, SharedBytes, Transport};
-use sipshard_shards::table::Change;
+use sipshard_shards::table::{CallKey, Change};
 use sipshard_shards::{NodeId, StripeId, StripeMap};
 
 use super::{Driver, Hop};
@@ -139,7 +139,7 @@ struct LinkConnection {
 }
 
 /// A record: its stripe and key.
-type RecordId = (StripeId, Box<[u8]>);
+type RecordId = (StripeId, CallKey);
 
 /// A lookup on its way: what was asked, how many peers still owe an answer, the newest copy.
 struct PendingLookup {

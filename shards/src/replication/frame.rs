@@ -335,7 +335,7 @@ mod tests {
     fn bulk_frames_encode_as_their_owned_twins() {
         let change = crate::table::Change {
             stripe: crate::stripe::StripeId(7),
-            key: b"call-1".to_vec().into_boxed_slice(),
+            key: b"call-1"[..].into(),
             version: 3,
             hints: crate::table::Hints(1),
             bytes: vec![9; 40],

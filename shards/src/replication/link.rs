@@ -590,7 +590,7 @@ impl ReplicaLink {
                     self.stats.changes_delivered += 1;
                     let change = Change {
                         stripe: crate::stripe::StripeId(stripe),
-                        key: key.into_boxed_slice(),
+                        key: key.into(),
                         version,
                         hints: Hints(hints),
                         bytes: record,
@@ -623,7 +623,7 @@ impl ReplicaLink {
             (State::Up, Frame::LookupReply { id, found }) => {
                 let found = found.map(|(key, version, record)| Change {
                     stripe: crate::stripe::StripeId(0),
-                    key: key.into_vec().into_boxed_slice(),
+                    key: key.into_vec().into(),
                     version,
                     hints: Hints::NONE,
                     bytes: record.into_vec(),
