@@ -99,7 +99,7 @@ fn main() {
         transactions: vec![ServerTxn {
             id: i as u64,
             key: ServerKey::Rfc3261 {
-                branch_sent_by: format!("z9hG4bK{i:016x} 192.0.2.101:5060").into(),
+                branch_sent_by: format!("z9hG4bK{i:016x} 192.0.2.101:5060").as_bytes().into(),
                 method: KeyMethod::Options,
             },
             fsm: ServerFsm::NonInvite(ServerNonInvite::new(false)),

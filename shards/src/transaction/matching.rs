@@ -55,32 +55,43 @@ pub struct ClientKey {
     pub method: KeyMethod,
 }
 
+/// Bytes a key's text holds inline (a usual branch and sent-by fit; longer ones go to the heap).
+pub const INLINE_KEY_TEXT: usize = 56;
+
+/// A key's text: inline up to [`INLINE_KEY_TEXT`] bytes, so most transactions allocate
+/// nothing for their key.
+pub type KeyText = smallvec::SmallVec<[u8; INLINE_KEY_TEXT]>;
+
 /// Identifies a server transaction (§17.2.3).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ServerKey {
     /// The branch has the magic cookie.
     Rfc3261 {
         /// Top Via branch and sent-by (`host[:port]`, host lower-cased), joined by a
-        /// space (neither can contain one): one allocation per key.
-        branch_sent_by: Box<str>,
+        /// space (neither can contain one).
+        branch_sent_by: KeyText,
         /// Method, ACK folded into INVITE.
         method: KeyMethod,
     },
-    /// RFC 2543 peers: no magic cookie.
-    Rfc2543 {
-        /// Request-URI as written.
-        request_uri: Box<str>,
-        /// From tag.
-        from_tag: Box<str>,
-        /// Call-ID.
-        call_id: Box<str>,
-        /// CSeq number.
-        cseq: u32,
-        /// Method, ACK folded into INVITE.
-        method: KeyMethod,
-        /// The top Via value as written.
-        top_via: Box<str>,
-    },
+    /// RFC 2543 peers: no magic cookie (boxed: rare, and large).
+    Rfc2543(Box<Rfc2543Key>),
+}
+
+/// The fields an RFC 2543 request is matched by (§17.2.3's fallback).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Rfc2543Key {
+    /// Request-URI as written.
+    pub request_uri: Box<str>,
+    /// From tag.
+    pub from_tag: Box<str>,
+    /// Call-ID.
+    pub call_id: Box<str>,
+    /// CSeq number.
+    pub cseq: u32,
+    /// Method, ACK folded into INVITE.
+    pub method: KeyMethod,
+    /// The top Via value as written.
+    pub top_via: Box<str>,
 }
 
 /// Why a message has no transaction key.
@@ -123,18 +134,18 @@ fn rfc3261_key(via: &sipshard_parser::Via<'_>, method: KeyMethod) -> ServerKey {
     // itoa, not fmt: this runs for every request, and fmt costs more than the rest of the key.
     let mut digits = itoa::Buffer::new();
     let port = via.port.map(|port| digits.format(port));
-    // Exactly the key's length, so the conversion to a boxed str below does not reallocate.
-    let mut sent_by = String::with_capacity(branch.len() + 1 + via.host.len() + port.map_or(0, |p| 1 + p.len()));
-    sent_by.push_str(branch);
-    sent_by.push(' ');
-    let host_at = sent_by.len();
-    sent_by.push_str(via.host);
-    sent_by[host_at..].make_ascii_lowercase();
+    let len = branch.len() + 1 + via.host.len() + port.map_or(0, |p| 1 + p.len());
+    let mut text = KeyText::with_capacity(len);
+    text.extend_from_slice(branch.as_bytes());
+    text.push(b' ');
+    let host_at = text.len();
+    text.extend_from_slice(via.host.as_bytes());
+    text[host_at..].make_ascii_lowercase();
     if let Some(port) = port {
-        sent_by.push(':');
-        sent_by.push_str(port);
+        text.push(b':');
+        text.extend_from_slice(port.as_bytes());
     }
-    ServerKey::Rfc3261 { branch_sent_by: sent_by.into_boxed_str(), method }
+    ServerKey::Rfc3261 { branch_sent_by: text, method }
 }
 
 impl ServerKey {
@@ -143,7 +154,8 @@ impl ServerKey {
     pub fn cancelled_invite(&self) -> ServerKey {
         let mut key = self.clone();
         match &mut key {
-            ServerKey::Rfc3261 { method, .. } | ServerKey::Rfc2543 { method, .. } => *method = KeyMethod::Invite,
+            ServerKey::Rfc3261 { method, .. } => *method = KeyMethod::Invite,
+            ServerKey::Rfc2543(fields) => fields.method = KeyMethod::Invite,
         }
         key
     }
@@ -167,14 +179,14 @@ pub fn server_key(request: &Message<'_>) -> Result<ServerKey, KeyError> {
     let cseq = request.cseq()?.ok_or(KeyError::Missing("CSeq"))?;
     let top_via = request.header(sipshard_parser::HeaderName::Via).ok_or(KeyError::Missing("Via"))?;
     let (top_via, _) = split_first(top_via);
-    Ok(ServerKey::Rfc2543 {
+    Ok(ServerKey::Rfc2543(Box::new(Rfc2543Key {
         request_uri: line.uri.into(),
         from_tag: from.tag().unwrap_or_default().into(),
         call_id: call_id.into(),
         cseq: cseq.seq,
         method,
         top_via: String::from_utf8_lossy(top_via).into(),
-    })
+    })))
 }
 
 /// The first comma-separated value of a Via header line.
@@ -218,11 +230,11 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:bob@b.example>\r\nCall-ID: c1\r\nCSeq:
         let old = b"INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1\r\nFrom: <sip:a@a>\r\n\
 To: <sip:b@b>\r\nCall-ID: x@y\r\nCSeq: 4 INVITE\r\n\r\n";
         let key = with(old, |m| server_key(m).unwrap());
-        let ServerKey::Rfc2543 { call_id, cseq, top_via, .. } = &key else { panic!("fallback key expected") };
-        assert_eq!((&**call_id, *cseq, &**top_via), ("x@y", 4, "SIP/2.0/UDP 192.0.2.1"));
+        let ServerKey::Rfc2543(fields) = &key else { panic!("fallback key expected") };
+        assert_eq!((&*fields.call_id, fields.cseq, &*fields.top_via), ("x@y", 4, "SIP/2.0/UDP 192.0.2.1"));
         let bare_cookie = b"OPTIONS sip:b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK\r\nFrom: <sip:a@a>;tag=2\r\n\
 To: <sip:b@b>\r\nCall-ID: q\r\nCSeq: 1 OPTIONS\r\n\r\n";
-        assert!(matches!(with(bare_cookie, |m| server_key(m).unwrap()), ServerKey::Rfc2543 { .. }));
+        assert!(matches!(with(bare_cookie, |m| server_key(m).unwrap()), ServerKey::Rfc2543(_)));
     }
 
     #[test]
