@@ -484,39 +484,89 @@ pub struct ClientTxn {
 }
 
 /// A transaction's armed timers: never more than two at once (G and H), so a
-/// fixed array rather than a vector (one allocation less per transaction).
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TxnTimers([Option<(TxnTimer, u64)>; 3]);
+/// fixed array rather than a vector (one allocation less per transaction). On the
+/// shard that runs the transaction each also keeps its wheel handle, so arming and
+/// cancelling need no index of their own; the handles are not part of the record (a
+/// copy on another node arms its own) and take no part in comparisons.
+#[derive(Copy, Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TxnTimers {
+    armed: [Option<(TxnTimer, u64)>; 3],
+    #[serde(skip)]
+    handles: [Option<TimerId>; 3],
+}
+
+impl PartialEq for TxnTimers {
+    fn eq(&self, other: &Self) -> bool {
+        self.armed == other.armed
+    }
+}
+
+impl Eq for TxnTimers {}
+
+/// The shard's timer wheel: each entry names a transaction (or a call's timers) and the timer.
+type Wheel = TimerWheel<(u64, WheelTimer)>;
 
 impl TxnTimers {
-    /// Arms (or re-arms) `timer` for `deadline_ms`.
+    /// Records `timer` for `deadline_ms` (no wheel: a record being built or a dormant copy).
     pub fn set(&mut self, timer: TxnTimer, deadline_ms: u64) {
-        self.clear(timer);
-        let slot = self.0.iter_mut().find(|s| s.is_none()).expect("invariant: a transaction arms at most 3 timers");
-        *slot = Some((timer, deadline_ms));
+        self.slot_for(timer).0.replace((timer, deadline_ms));
     }
 
-    /// Forgets `timer`.
-    pub fn clear(&mut self, timer: TxnTimer) {
-        for slot in &mut self.0 {
-            if slot.is_some_and(|(t, _)| t == timer) {
-                *slot = None;
+    /// Forgets `timer`; returns its wheel handle, if it had one.
+    pub fn clear(&mut self, timer: TxnTimer) -> Option<TimerId> {
+        let i = self.armed.iter().position(|s| s.is_some_and(|(t, _)| t == timer))?;
+        self.armed[i] = None;
+        self.handles[i].take()
+    }
+
+    /// The free slot for `timer` (its old one cleared first; a live handle is cancelled).
+    fn slot_for(&mut self, timer: TxnTimer) -> (&mut Option<(TxnTimer, u64)>, &mut Option<TimerId>) {
+        let old = self.clear(timer);
+        debug_assert!(old.is_none(), "invariant: a re-armed timer's handle is cancelled by the caller");
+        let i = self.armed.iter().position(Option::is_none).expect("invariant: a transaction arms at most 3 timers");
+        let (armed, handles) = (&mut self.armed[i], &mut self.handles[i]);
+        (armed, handles)
+    }
+
+    /// Arms `timer` of transaction `id` for `deadline_ms`, in the record and in the wheel.
+    fn arm(&mut self, wheel: &mut Wheel, id: u64, timer: TxnTimer, deadline_ms: u64) {
+        if let Some(old) = self.clear(timer) {
+            wheel.cancel(old);
+        }
+        let handle = wheel
+            .arm(deadline_ms, (id, WheelTimer::Txn(timer)))
+            .expect("invariant: new transactions keep TIMER_HEADROOM free");
+        let (armed, handles) = self.slot_for(timer);
+        *armed = Some((timer, deadline_ms));
+        *handles = Some(handle);
+    }
+
+    /// Takes every timer out of the wheel; the deadlines stay (a dormant record keeps them).
+    fn disarm(&mut self, wheel: &mut Wheel) {
+        for handle in self.handles.iter_mut().filter_map(Option::take) {
+            wheel.cancel(handle);
+        }
+    }
+
+    /// Arms every stored deadline in the wheel, for transaction `id` (a record made live here).
+    fn rearm(&mut self, wheel: &mut Wheel, id: u64) {
+        self.disarm(wheel);
+        for (armed, handle) in self.armed.iter().zip(self.handles.iter_mut()) {
+            if let Some((timer, deadline)) = *armed {
+                let key = (id, WheelTimer::Txn(timer));
+                *handle = Some(wheel.arm(deadline, key).expect("invariant: the wheel is sized for every record"));
             }
         }
     }
 
-    /// Carries out an `Arm` or `Cancel` action of transaction `id`: the deadline goes into the
-    /// record now, the wheel change after the check-in.
-    fn apply(&mut self, id: u64, now_ms: u64, action: Action, fx: &mut Effects) {
+    /// Carries out an `Arm` or `Cancel` action of transaction `id` (record and wheel alike).
+    fn apply(&mut self, wheel: &mut Wheel, id: u64, now_ms: u64, action: Action) {
         match action {
-            Action::Arm(timer, after) => {
-                let deadline = now_ms + after.as_millis() as u64;
-                self.set(timer, deadline);
-                fx.timer_ops.push(TimerOp::Arm(id, WheelTimer::Txn(timer), deadline));
-            }
+            Action::Arm(timer, after) => self.arm(wheel, id, timer, now_ms + after.as_millis() as u64),
             Action::Cancel(timer) => {
-                self.clear(timer);
-                fx.timer_ops.push(TimerOp::Cancel(id, WheelTimer::Txn(timer)));
+                if let Some(handle) = self.clear(timer) {
+                    wheel.cancel(handle);
+                }
             }
             _ => {}
         }
@@ -524,7 +574,7 @@ impl TxnTimers {
 
     /// The armed timers and their deadlines.
     pub fn iter(&self) -> impl Iterator<Item = (TxnTimer, u64)> + '_ {
-        self.0.iter().flatten().copied()
+        self.armed.iter().flatten().copied()
     }
 }
 
@@ -674,8 +724,9 @@ pub struct Shard<T> {
     config: ShardConfig,
     stripes: StripeMap,
     table: CallTable<CallRecord>,
-    wheel: TimerWheel<(u64, WheelTimer)>,
-    /// Timers armed in the wheel, by (transaction id, timer).
+    wheel: Wheel,
+    /// Call timers armed in the wheel, by (call-timer id, timer) (a transaction's timers keep
+    /// their handles in the record: [`TxnTimers`]).
     armed: hashbrown::HashMap<(u64, WheelTimer), TimerId>,
     /// Which call each live transaction belongs to.
     txn_calls: hashbrown::HashMap<u64, (StripeId, CallKey)>,
@@ -973,18 +1024,14 @@ impl<T: TransactionUser> Shard<T> {
             renamed.push((txn.id, id));
             txn.id = id;
             self.txn_calls.insert(id, (stripe, key.into()));
-            for (timer, deadline) in txn.timers.iter() {
-                fx.timer_ops.push(TimerOp::Arm(id, WheelTimer::Txn(timer), deadline));
-            }
+            txn.timers.rearm(&mut self.wheel, id);
         }
         for client in &mut record.clients {
             let id = self.new_txn_id();
             client.id = id;
             client.server = renamed.iter().find(|(old, _)| *old == client.server).map_or(0, |(_, new)| *new);
             self.txn_calls.insert(id, (stripe, key.into()));
-            for (timer, deadline) in client.timers.iter() {
-                fx.timer_ops.push(TimerOp::Arm(id, WheelTimer::Txn(timer), deadline));
-            }
+            client.timers.rearm(&mut self.wheel, id);
         }
         if !record.call_timers.is_empty() {
             record.call_timer_id = self.new_txn_id();
@@ -1003,18 +1050,16 @@ impl<T: TransactionUser> Shard<T> {
     /// Makes a live record dormant, its stripe now another node's: its timers are cancelled
     /// (they stay stored in the record, for the new owner to arm) and it leaves the indexes.
     fn deactivate(&mut self, stripe: StripeId, key: &[u8]) {
-        let Some(record) = self.checkout_existing(stripe, key) else { return };
+        let Some(mut record) = self.checkout_existing(stripe, key) else { return };
         let mut fx = self.take_effects();
         for (id, timers) in record
             .transactions
-            .iter()
-            .map(|t| (t.id, &t.timers))
-            .chain(record.clients.iter().map(|c| (c.id, &c.timers)))
+            .iter_mut()
+            .map(|t| (t.id, &mut t.timers))
+            .chain(record.clients.iter_mut().map(|c| (c.id, &mut c.timers)))
         {
             self.txn_calls.remove(&id);
-            for (timer, _) in timers.iter() {
-                fx.timer_ops.push(TimerOp::Cancel(id, WheelTimer::Txn(timer)));
-            }
+            timers.disarm(&mut self.wheel);
         }
         if record.call_timer_id != 0 {
             for &(timer, _) in &record.call_timers {
@@ -1442,26 +1487,24 @@ impl<T: TransactionUser> Shard<T> {
         match written(&mut self.write_buf, msg.len() + 256 + room, |out| write_response(msg, &spec, out).ok()) {
             Some(out) => self.server_respond(now_ms, record, id, call_id, out, code, fx),
             // The request parsed but its response cannot be written: end the transaction.
-            None => self.drop_server_txn(record, id, fx),
+            None => self.drop_server_txn(record, id),
         }
     }
 
     /// Ends a server transaction that cannot be answered (its response cannot be written):
     /// counted, never left to live without a timer.
-    fn drop_server_txn(&mut self, record: &mut CallRecord, id: u64, fx: &mut Effects) {
+    fn drop_server_txn(&mut self, record: &mut CallRecord, id: u64) {
         self.stats.dropped_malformed += 1;
         if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
-            let txn = record.transactions.swap_remove(i);
-            self.forget_txn(txn.id, &txn.timers, fx);
+            let mut txn = record.transactions.swap_remove(i);
+            self.forget_txn(txn.id, &mut txn.timers);
             self.stats.transactions_ended += 1;
         }
     }
 
-    /// A transaction is over: its timers are cancelled after the check-in, its call forgotten.
-    fn forget_txn(&mut self, id: u64, timers: &TxnTimers, fx: &mut Effects) {
-        for (timer, _) in timers.iter() {
-            fx.timer_ops.push(TimerOp::Cancel(id, WheelTimer::Txn(timer)));
-        }
+    /// A transaction is over: its timers are cancelled, its call forgotten.
+    fn forget_txn(&mut self, id: u64, timers: &mut TxnTimers) {
+        timers.disarm(&mut self.wheel);
         self.txn_calls.remove(&id);
     }
 
@@ -1611,7 +1654,7 @@ impl<T: TransactionUser> Shard<T> {
                     fx.responses += 1;
                     fx.sends.push((txn.peer, txn.response.clone()));
                 }
-                Action::Arm(..) | Action::Cancel(_) => txn.timers.apply(txn.id, now_ms, action, fx),
+                Action::Arm(..) | Action::Cancel(_) => txn.timers.apply(&mut self.wheel, txn.id, now_ms, action),
                 Action::Timeout(_) | Action::TransportError => {
                     self.stats.transaction_failures += 1;
                     self.tu.on_failure(call_id);
@@ -1622,8 +1665,8 @@ impl<T: TransactionUser> Shard<T> {
             }
         }
         if ended {
-            let txn = record.transactions.swap_remove(i);
-            self.forget_txn(txn.id, &txn.timers, fx);
+            let mut txn = record.transactions.swap_remove(i);
+            self.forget_txn(txn.id, &mut txn.timers);
             self.stats.transactions_ended += 1;
         } else if matches!(txn.fsm, ServerFsm::Invite(ServerInvite { state: ServerInviteState::Accepted, .. })) {
             // RFC 6026: in Accepted the transaction only sends a 2xx the TU hands it again, and
@@ -1667,7 +1710,7 @@ impl<T: TransactionUser> Shard<T> {
                         fx.sends.push((txn.peer, out));
                     }
                 }
-                Action::Arm(..) | Action::Cancel(_) => txn.timers.apply(txn.id, now_ms, action, fx),
+                Action::Arm(..) | Action::Cancel(_) => txn.timers.apply(&mut self.wheel, txn.id, now_ms, action),
                 Action::PassToTu => {
                     if let Some(response) = response {
                         self.relay_response(now_ms, record, i, call_id, response, fx);
@@ -1687,8 +1730,8 @@ impl<T: TransactionUser> Shard<T> {
             }
         }
         if ended {
-            let txn = record.clients.swap_remove(i);
-            self.forget_txn(txn.id, &txn.timers, fx);
+            let mut txn = record.clients.swap_remove(i);
+            self.forget_txn(txn.id, &mut txn.timers);
             self.stats.client_transactions_ended += 1;
         } else if let ClientFsm::Invite(ClientInvite { state: ClientInviteState::Accepted, .. }) = record.clients[i].fsm
         {
@@ -1741,7 +1784,7 @@ impl<T: TransactionUser> Shard<T> {
         self.spare_slots = slots;
         match written {
             Some(n) => self.server_respond(now_ms, record, server, call_id, SharedBytes::from(&out[..n]), code, fx),
-            None => self.drop_server_txn(record, server, fx),
+            None => self.drop_server_txn(record, server),
         }
     }
 
@@ -1943,8 +1986,12 @@ impl<T: TransactionUser> Shard<T> {
 
     fn fire_timers(&mut self, now_ms: u64) {
         while let Some((_, (id, wheel_timer))) = self.wheel.poll_expired(now_ms) {
-            self.armed.remove(&(id, wheel_timer));
-            let calls = if matches!(wheel_timer, WheelTimer::Call(_)) { &self.timer_calls } else { &self.txn_calls };
+            // A call timer's handle is indexed here; a transaction's is in its record (cleared as it fires).
+            let is_call_timer = matches!(wheel_timer, WheelTimer::Call(_));
+            if is_call_timer {
+                self.armed.remove(&(id, wheel_timer));
+            }
+            let calls = if is_call_timer { &self.timer_calls } else { &self.txn_calls };
             let Some((stripe, key)) = calls.get(&id) else { continue };
             // The call's key, held here (the map entry may go while it fires): shared, not copied.
             let (stripe, call_id) = (*stripe, CallKey::clone(key));
@@ -2333,7 +2380,7 @@ impl<T: TransactionUser> Shard<T> {
         self.spare_slots = slots;
         match written {
             Some(Some(out)) => self.server_respond(now_ms, record, server, call_id, out, code, fx),
-            _ => self.drop_server_txn(record, server, fx),
+            _ => self.drop_server_txn(record, server),
         }
     }
 
