@@ -4,7 +4,8 @@
 //!
 //! `cargo build --release -p sipshard-shards --features testing --example profile_txns &&
 //! valgrind --tool=callgrind target/release/examples/profile_txns 2`; with a second argument
-//! `register`, 10,000 REGISTERs (10,000 AoRs) to a registrar shard instead.
+//! `register`, 10,000 REGISTERs (10,000 AoRs) to a registrar shard instead; with `invite`,
+//! 10,000 INVITEs answered 486 and ACKed (timers G, H, I), the bench's INVITE transaction.
 #![allow(clippy::disallowed_methods)] // The harness anchors the shard's clock; the shard reads none itself.
 
 use std::time::{Duration, Instant};
@@ -14,21 +15,28 @@ use sipshard_shards::shard::{Decision, FinalResponse, Input, Message, Peer, Requ
 use sipshard_shards::shard::{TransactionUser, Transport};
 use sipshard_shards::testing::request;
 
-/// Answers 200: the cost measured is the core's.
+/// Answers 200 (an INVITE 486): the cost measured is the core's.
 struct Ok200;
 
 impl TransactionUser for Ok200 {
-    fn on_request(&mut self, _: &RequestContext, _: &Message<'_>) -> Decision {
-        FinalResponse::new(200, "OK").into()
+    fn on_request(&mut self, _: &RequestContext, request: &Message<'_>) -> Decision {
+        if request.method() == Some(sipshard_parser::Method::Invite) {
+            FinalResponse::new(486, "Busy Here").into()
+        } else {
+            FinalResponse::new(200, "OK").into()
+        }
     }
 }
 
 fn main() {
     let rounds: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2);
-    let register = std::env::args().nth(2).as_deref() == Some("register");
+    let mode = std::env::args().nth(2);
+    let register = mode.as_deref() == Some("register");
+    let invite = mode.as_deref() == Some("invite");
     let peer = Peer { addr: "127.0.0.1:5062".parse().expect("addr"), transport: Transport::Udp };
     let requests: Vec<Vec<u8>> = (0..10_000)
         .map(|i| match register {
+            false if invite => request("INVITE", peer.addr, &format!("inv-{i}@bench"), 1, &format!("i{i}")),
             false => request("OPTIONS", peer.addr, &format!("opt-{i}@bench"), 1, &format!("o{i}")),
             true => format!(
                 "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {}:5062;branch=z9hG4bKr{i};rport\r\n\
@@ -40,6 +48,11 @@ Content-Length: 0\r\n\r\n",
             .into_bytes(),
         })
         .collect();
+    // The ACK of each INVITE's 486 (same branch: it matches the INVITE's transaction, §17.2.3).
+    let acks: Vec<Vec<u8>> = (0..10_000)
+        .filter(|_| invite)
+        .map(|i| request("ACK", peer.addr, &format!("inv-{i}@bench"), 1, &format!("i{i}")))
+        .collect();
     let start = Instant::now();
     let mut now = start;
     let mut config = ShardConfig::standalone(20_000);
@@ -47,10 +60,14 @@ Content-Length: 0\r\n\r\n",
     let mut shard = Shard::new(config, Ok200, start);
     let mut sent = 0u64;
     for _ in 0..rounds {
-        for bytes in &requests {
+        for (i, bytes) in requests.iter().enumerate() {
             shard.handle(now, Input::Datagram { peer, bytes });
             while shard.poll_output().is_some() {
                 sent += 1;
+            }
+            if let Some(ack) = acks.get(i) {
+                shard.handle(now, Input::Datagram { peer, bytes: ack });
+                while shard.poll_output().is_some() {}
             }
         }
         now += Duration::from_secs(40);

@@ -1142,7 +1142,7 @@ impl<T: TransactionUser> Shard<T> {
         // message stays here, so a separate Call-ID scan first would be paid twice for nothing.
         // A message that does not parse is dropped here rather than moved to fail at its owner.
         match sipshard_parser::parse(bytes, &mut slots) {
-            Ok(msg) => self.route_parsed(now_ms, peer, msg, may_forward),
+            Ok(msg) => self.route_parsed(now_ms, peer, &msg, may_forward),
             Err(_) => self.stats.dropped_malformed += 1,
         }
         self.slots = slots;
@@ -1150,7 +1150,7 @@ impl<T: TransactionUser> Shard<T> {
 
     /// Routes a parsed message by its Call-ID (a registrar's REGISTER by its AoR) and handles
     /// it here when this shard owns it.
-    fn route_parsed(&mut self, now_ms: u64, peer: Peer, msg: Message<'_>, may_forward: bool) {
+    fn route_parsed(&mut self, now_ms: u64, peer: Peer, msg: &Message<'_>, may_forward: bool) {
         // The octets peek_call_id finds (the stripe hash is a wire contract with the steering
         // and other nodes); the parser's tests hold the two to the same answer.
         let Some(call_id) = msg.header(HeaderName::CallId) else {
@@ -1159,7 +1159,7 @@ impl<T: TransactionUser> Shard<T> {
         };
         if self.config.registrar.is_some() && msg.method() == Some(Method::Register) {
             // A REGISTER for this registrar lives in its AoR's record: it is routed by the AoR.
-            let aor = self.registration_aor(&msg);
+            let aor = self.registration_aor(msg);
             let key = aor.as_deref().map_or(call_id, str::as_bytes);
             let stripe = StripeId::of_call_id(key, self.stripes.stripe_count());
             if self.stays_here(stripe, may_forward) {
@@ -1202,15 +1202,23 @@ impl<T: TransactionUser> Shard<T> {
 
     /// A parsed message this shard handles: a response to its transaction, a request to one.
     #[allow(clippy::too_many_arguments)] // The pieces of one message; a struct would only rename them.
-    fn dispatch(&mut self, now_ms: u64, stripe: StripeId, key: &[u8], peer: Peer, msg: Message<'_>, registering: bool) {
+    fn dispatch(
+        &mut self,
+        now_ms: u64,
+        stripe: StripeId,
+        key: &[u8],
+        peer: Peer,
+        msg: &Message<'_>,
+        registering: bool,
+    ) {
         if !msg.is_request() {
-            self.on_response(now_ms, stripe, key, &msg);
+            self.on_response(now_ms, stripe, key, msg);
         } else if msg.len() > self.config.max_message_bytes {
             self.stats.refused_too_large += 1;
-            self.respond_stateless(&msg, peer, 513, "Message Too Large");
+            self.respond_stateless(msg, peer, 513, "Message Too Large");
         } else {
-            match server_key(&msg) {
-                Ok(txn_key) => self.on_request(now_ms, stripe, key, peer, &msg, txn_key, registering),
+            match server_key(msg) {
+                Ok(txn_key) => self.on_request(now_ms, stripe, key, peer, msg, txn_key, registering),
                 Err(_) => self.stats.dropped_malformed += 1,
             }
         }
