@@ -15,6 +15,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
     let Ok(msg) = parse(data, &mut slots) else { return };
+    // The shard routes by the parsed Call-ID, the steering and sipbench by the scan: same octets.
+    assert_eq!(msg.header(HeaderName::CallId), peek_call_id(data), "parsed and scanned Call-ID differ");
     let _ = msg.request_uri();
     let _ = (msg.call_id(), msg.cseq(), msg.from(), msg.to(), msg.max_forwards(), msg.content_length());
     let _ = (msg.expires(), msg.content_type(), msg.event(), msg.subscription_state());

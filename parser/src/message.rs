@@ -217,7 +217,7 @@ impl<'a> FieldScanner<'a> {
 }
 
 /// Skips CRLFs before a start line (RFC 3261 §7.5).
-fn skip_leading_crlf(buf: &[u8]) -> usize {
+pub(crate) fn skip_leading_crlf(buf: &[u8]) -> usize {
     buf.iter().take_while(|&&c| c == b'\r' || c == b'\n').count()
 }
 

@@ -35,8 +35,8 @@ pub fn stripe_of(call_id: &[u8], stripe_count: u32) -> u32 {
     (hash % u64::from(stripe_count)) as u32
 }
 
-/// Finds the Call-ID value in a datagram without parsing it fully: walks the
-/// header lines (folded lines joined), matches `Call-ID` or `i`
+/// Finds the Call-ID value in a datagram without parsing it fully: skips CRLFs
+/// before the start line, walks the header lines (folded lines joined), matches `Call-ID` or `i`
 /// case-insensitively, and returns the value with LWS trimmed. Stops at the
 /// end of the headers; returns `None` when there is no Call-ID.
 pub fn peek_call_id(datagram: &[u8]) -> Option<&[u8]> {
@@ -46,7 +46,9 @@ pub fn peek_call_id(datagram: &[u8]) -> Option<&[u8]> {
 /// [`peek_call_id`] with the byte search given (the tests hold the word-at-a-time search to
 /// `memchr`'s answers).
 fn peek_call_id_with(datagram: &[u8], find_byte: impl Fn(u8, &[u8]) -> Option<usize>) -> Option<&[u8]> {
-    let mut pos = find_byte(b'\n', datagram)? + 1;
+    // CRLFs before the start line are skipped, as the parser does (RFC 3261 §7.5).
+    let begin = crate::message::skip_leading_crlf(datagram);
+    let mut pos = begin + find_byte(b'\n', &datagram[begin..])? + 1;
     for _ in 0..MAX_HEADERS {
         let line_end = pos + find_byte(b'\n', datagram.get(pos..)?)?;
         let line = &datagram[pos..line_end];
@@ -154,5 +156,16 @@ mod tests {
         assert_eq!(peek_call_id(b"BYE sip:a SIP/2.0\r\nCALL-ID :\r\n  folded\r\n\r\n"), Some(&b"folded"[..]));
         assert_eq!(peek_call_id(b"BYE sip:a SIP/2.0\r\nContact: <sip:i@x>\r\n\r\ni: body\r\n"), None);
         assert_eq!(peek_call_id(b"garbage"), None);
+    }
+
+    #[test]
+    fn peek_skips_crlfs_before_the_start_line_as_the_parser_does() {
+        // Found by the parse fuzz target once the shard routed by the parsed Call-ID: the scan
+        // took the empty first line for the start line and the real one for a header.
+        let message = b"\r\n\nCALL sip:a SIP/2.0\r\nVia: x\r\nCall-ID: c1\r\n\r\n";
+        assert_eq!(peek_call_id(message), Some(&b"c1"[..]));
+        let mut slots = [crate::HeaderSlot::EMPTY; crate::Message::SLOTS];
+        let parsed = crate::parse(message, &mut slots).expect("parses");
+        assert_eq!(parsed.header(HeaderName::CallId), Some(&b"c1"[..]));
     }
 }

@@ -1,5 +1,5 @@
 //! The shard core alone, in memory (no sockets): transactions per second on
-//! one core through the whole path (Call-ID peek, stripe routing, parse,
+//! one core through the whole path (parse, stripe routing by the Call-ID,
 //! §17.2.3 matching, record checkout and check-in with encoding, the
 //! transaction user, the response write, timers, termination), and the
 //! timer wheel's arm/cancel cost.
