@@ -106,6 +106,14 @@ struct Slot<R> {
     lingering: bool,
 }
 
+impl<R> Slot<R> {
+    /// Marks the slot lingering or not, keeping `count` (the table's lingering records) right.
+    fn set_lingering(&mut self, lingering: bool, count: &mut usize) {
+        let was = std::mem::replace(&mut self.lingering, lingering);
+        *count = *count + usize::from(lingering) - usize::from(was);
+    }
+}
+
 /// How many records a table holds in all, as a multiple of its call capacity: room for the
 /// ended calls whose transactions linger up to 32 s (at a steady rate R calls/s a shard
 /// holds about 33·R of them), bounded so memory is.
@@ -198,15 +206,13 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     /// Checks a record back in: bumps its version and emits one change. Returns the new version.
     pub fn put_and_unlock(&mut self, stripe: StripeId, key: &[u8], record: R, hints: Hints) -> Result<u64, TableError> {
         let feed_enabled = self.feed_enabled;
-        let (stored, slot) = self.checked_out_slot(stripe, key)?;
+        let (stored, slot) = checked_out(&mut self.stripes, stripe, key)?;
         slot.version += 1;
         let version = slot.version;
         let bytes = feed_enabled.then(|| codec::encode(stripe, version, &record));
         slot.record = Some(record);
         slot.checked_out = false;
-        let lingering = hints.contains(Hints::LINGERING);
-        let was_lingering = std::mem::replace(&mut slot.lingering, lingering);
-        self.lingering = self.lingering + usize::from(lingering) - usize::from(was_lingering);
+        slot.set_lingering(hints.contains(Hints::LINGERING), &mut self.lingering);
         if let Some(bytes) = bytes {
             self.feed.push_back(Change { stripe, key: stored, version, hints, bytes });
         }
@@ -216,7 +222,7 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     /// Returns a checked-out record unchanged: no version bump, no change. A new key with
     /// nothing to store is dropped.
     pub fn unlock(&mut self, stripe: StripeId, key: &[u8], record: Option<R>) -> Result<(), TableError> {
-        let (_, slot) = self.checked_out_slot(stripe, key)?;
+        let (_, slot) = checked_out(&mut self.stripes, stripe, key)?;
         match record {
             Some(record) => {
                 slot.record = Some(record);
@@ -266,8 +272,7 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
             Some(slot) => {
                 slot.version = version;
                 slot.record = Some(record);
-                let was_lingering = std::mem::replace(&mut slot.lingering, lingering);
-                self.lingering = self.lingering + usize::from(lingering) - usize::from(was_lingering);
+                slot.set_lingering(lingering, &mut self.lingering);
                 Ok(true)
             }
             None if !room => Err(TableError::Full),
@@ -314,14 +319,6 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
         grown(&mut self.stripes, stripe)
     }
 
-    /// A checked-out slot and its stored key.
-    fn checked_out_slot(&mut self, stripe: StripeId, key: &[u8]) -> Result<(CallKey, &mut Slot<R>), TableError> {
-        match self.stripes.get_mut(stripe.0 as usize).and_then(|s| s.get_key_value_mut(key)) {
-            Some((stored, slot)) if slot.checked_out => Ok((CallKey::clone(stored), slot)),
-            _ => Err(TableError::NotCheckedOut),
-        }
-    }
-
     /// Drops a record without a change on the feed (a replica whose owner removed it); a
     /// checked-out record stays. Returns whether one was dropped.
     pub fn forget(&mut self, stripe: StripeId, key: &[u8]) -> bool {
@@ -340,6 +337,19 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
         self.live -= 1;
         self.lingering -= usize::from(slot.lingering);
         Some((key, slot))
+    }
+}
+
+/// A checked-out slot of `stripes` and its stored key (a free function, so the table's
+/// counters stay borrowable beside it).
+fn checked_out<'a, R>(
+    stripes: &'a mut [StripeTable<R>],
+    stripe: StripeId,
+    key: &[u8],
+) -> Result<(CallKey, &'a mut Slot<R>), TableError> {
+    match stripes.get_mut(stripe.0 as usize).and_then(|s| s.get_key_value_mut(key)) {
+        Some((stored, slot)) if slot.checked_out => Ok((CallKey::clone(stored), slot)),
+        _ => Err(TableError::NotCheckedOut),
     }
 }
 
