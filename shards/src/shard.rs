@@ -507,7 +507,7 @@ impl Eq for TxnTimers {}
 type Wheel = TimerWheel<(u64, WheelTimer)>;
 
 impl TxnTimers {
-    /// Records `timer` for `deadline_ms` (no wheel: a record being built or a dormant copy).
+    /// Records `timer` for `deadline_ms` in a record no wheel holds (one being built, a dormant copy).
     pub fn set(&mut self, timer: TxnTimer, deadline_ms: u64) {
         self.slot_for(timer).0.replace((timer, deadline_ms));
     }
@@ -519,7 +519,7 @@ impl TxnTimers {
         self.handles[i].take()
     }
 
-    /// The free slot for `timer` (its old one cleared first; a live handle is cancelled).
+    /// The free slot for `timer` (its old one cleared first: a caller with a wheel cancels its handle).
     fn slot_for(&mut self, timer: TxnTimer) -> (&mut Option<(TxnTimer, u64)>, &mut Option<TimerId>) {
         let old = self.clear(timer);
         debug_assert!(old.is_none(), "invariant: a re-armed timer's handle is cancelled by the caller");
