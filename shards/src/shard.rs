@@ -2009,6 +2009,11 @@ impl<T: TransactionUser> Shard<T> {
 
     /// One expired timer of transaction (or call-timer id) `id` in call `call_id`.
     fn fire_timer(&mut self, now_ms: u64, stripe: StripeId, call_id: &[u8], id: u64, wheel_timer: WheelTimer) {
+        if let WheelTimer::Txn(timer) = wheel_timer
+            && self.end_lone_transaction(stripe, call_id, id, timer)
+        {
+            return;
+        }
         let Some(mut record) = self.checkout_existing(stripe, call_id) else { return };
         let mut fx = self.take_effects();
         let timer = match wheel_timer {
@@ -2029,6 +2034,41 @@ impl<T: TransactionUser> Shard<T> {
             self.apply_client(now_ms, &mut record, i, call_id, actions, None, &mut fx);
         }
         self.finish(stripe, call_id, record, fx);
+    }
+
+    /// The usual end of a call's record: the last timer (J, I or L) of the server transaction
+    /// that is all the record holds. The record is removed without a checkout, as the general
+    /// path would remove it (same change, same counters), reading only what decides that.
+    /// Returns whether it was; anything else takes the general path.
+    fn end_lone_transaction(&mut self, stripe: StripeId, call_id: &[u8], id: u64, timer: TxnTimer) -> bool {
+        let Some((record, _)) = self.table.peek(stripe, call_id) else { return false };
+        let [txn] = record.transactions.as_slice() else { return false };
+        let lone = txn.id == id
+            && record.clients.is_empty()
+            && record.bindings.is_empty()
+            && record.bridge.is_none()
+            && record.call_timers.is_empty()
+            && matches!(record.dialog, None | Some(DialogState::Terminated))
+            && txn.timers.iter().all(|(armed, _)| armed == timer);
+        if !lone {
+            return false;
+        }
+        // The transition on a copy of the state machine: it must end the transaction and do nothing else.
+        let mut fsm = txn.fsm;
+        let transition = fsm.on(ServerEvent::Timer(timer), &self.config.timers);
+        let mut actions = transition.iter();
+        if actions.next() != Some(Action::Terminated) || actions.next().is_some() {
+            return false;
+        }
+        let ended = if record.dialog == Some(DialogState::Terminated) { Hints::CALL_ENDED } else { Hints::NONE };
+        let call_timer_id = record.call_timer_id;
+        if call_timer_id != 0 {
+            self.timer_calls.remove(&call_timer_id);
+        }
+        self.txn_calls.remove(&id);
+        self.table.remove(stripe, call_id, ended);
+        self.stats.transactions_ended += 1;
+        true
     }
 
     /// Arms a call timer (the record's wheel id is made on first use).

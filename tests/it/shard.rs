@@ -69,3 +69,71 @@ fn a_call_at_its_transaction_limit_gets_503_and_stays_unchanged() {
     assert_eq!(changes, MAX_TXNS_PER_CALL, "one change per transaction created, none for the refusal");
     assert_eq!(shard.transactions(), MAX_TXNS_PER_CALL);
 }
+
+/// The usual end of a record, a lone server transaction's last timer (J for OPTIONS, I for an
+/// INVITE answered 486 and ACKed), removes it as the general path would: one removal on the
+/// change feed with the next version, no transaction, call, timer or index entry left; and
+/// until then a retransmission is still answered from the transaction.
+#[test]
+fn a_lone_transaction_ends_its_record_with_one_removal() {
+    use std::time::Duration;
+
+    use sipshard_shards::shard::{
+        Decision, FinalResponse, Input, Message, Output, Peer, RequestContext, Shard, ShardConfig, TransactionUser,
+        Transport,
+    };
+    use sipshard_shards::table::Hints;
+    use sipshard_shards::testing::request;
+
+    /// 486 to an INVITE, 200 to the rest.
+    struct Answer;
+    impl TransactionUser for Answer {
+        fn on_request(&mut self, _: &RequestContext, request: &Message<'_>) -> Decision {
+            let busy = request.method() == Some(sipshard_parser::Method::Invite);
+            if busy { FinalResponse::new(486, "Busy Here") } else { FinalResponse::new(200, "OK") }.into()
+        }
+    }
+    let start = Instant::now();
+    let mut shard = Shard::new(ShardConfig { replicate: true, ..ShardConfig::standalone(8) }, Answer, start);
+    let peer = Peer { addr: "127.0.0.1:5060".parse().unwrap(), transport: Transport::Udp };
+    let drain = |shard: &mut Shard<Answer>| {
+        let (mut sent, mut changes) = (0, Vec::new());
+        while let Some(output) = shard.poll_output() {
+            match output {
+                Output::Transmit { .. } => sent += 1,
+                Output::Replicate(change) => changes.push(change),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (sent, changes)
+    };
+    let options = request("OPTIONS", peer.addr, "lone-options@test", 1, "o1");
+    let invite = request("INVITE", peer.addr, "lone-invite@test", 1, "i1");
+    let ack = request("ACK", peer.addr, "lone-invite@test", 1, "i1");
+    for bytes in [&options, &invite] {
+        shard.handle(start, Input::Datagram { peer, bytes });
+        let (sent, changes) = drain(&mut shard);
+        assert_eq!((sent, changes.len()), (1, 1), "answered, one check-in");
+    }
+    shard.handle(start, Input::Datagram { peer, bytes: &options });
+    assert_eq!(drain(&mut shard).0, 1, "a retransmission is answered from the transaction");
+    shard.handle(start, Input::Datagram { peer, bytes: &ack });
+    let (_, acked) = drain(&mut shard);
+    assert_eq!(acked.len(), 1, "the ACK confirms the INVITE transaction (timer I armed)");
+    assert_eq!((shard.transactions(), shard.calls(), shard.armed_timers()), (2, 2, 2), "both records wait for J and I");
+
+    shard.handle(start + Duration::from_secs(40), Input::Timeout);
+    let (sent, removals) = drain(&mut shard);
+    assert_eq!(sent, 0);
+    let mut keys: Vec<&[u8]> = removals.iter().map(|c| &*c.key).collect();
+    keys.sort();
+    assert_eq!(keys, [&b"lone-invite@test"[..], b"lone-options@test"], "one removal per record");
+    for change in &removals {
+        assert!(change.bytes.is_empty() && change.hints.contains(Hints::REMOVED), "{change:?}");
+        assert!(!change.hints.contains(Hints::CALL_ENDED), "no dialog ended");
+    }
+    let versions: Vec<u64> = removals.iter().map(|c| c.version).collect();
+    assert!(versions.iter().all(|&v| v >= 2), "after the check-ins: {versions:?}");
+    assert_eq!((shard.transactions(), shard.calls(), shard.armed_timers()), (0, 0, 0));
+    assert_eq!(shard.stats().transactions_ended, 2);
+}
