@@ -1074,8 +1074,8 @@ impl<T: TransactionUser> Shard<T> {
         self.finish_quietly(stripe, key, record, fx);
     }
 
-    /// Checks a record in that only changed hands (made live or dormant here): its version
-    /// stays, and no change goes out. Versions then compare across the nodes that held the
+    /// Checks a record in that only changed hands (made live or dormant here) or did not change
+    /// (a retransmission answered from its transaction): its version stays, and no change goes out. Versions then compare across the nodes that held the
     /// record (a copy changed elsewhere after a takeover is newer than ours by its own changes).
     fn finish_quietly(&mut self, stripe: StripeId, key: &[u8], record: CallRecord, fx: Effects) {
         self.quiet = true;
@@ -1311,13 +1311,22 @@ impl<T: TransactionUser> Shard<T> {
         if let Some(i) = record.transactions.iter().position(|t| t.key == key) {
             self.stats.retransmissions_received += u64::from(!is_ack);
             let event = if is_ack { ServerEvent::Ack } else { ServerEvent::Request };
+            let before = record.transactions[i].fsm;
             let actions = record.transactions[i].fsm.on(event, &self.config.timers);
             if actions.contains(Action::PassToTu) {
                 // RFC 6026 §7.1: an ACK of a 2xx that reused the INVITE's branch goes on end to end.
                 self.relay_ack(now_ms, peer, record.dialog, msg);
             }
+            // A retransmission absorbed or answered from the transaction changes nothing: the
+            // record goes back without a new version, and no change goes to the backups.
+            let unchanged =
+                record.transactions[i].fsm == before && actions.iter().all(|action| action == Action::SendResponse);
             self.apply_server(now_ms, &mut record, i, call_id, actions, &mut fx);
-            return self.finish(stripe, call_id, record, fx);
+            return if unchanged {
+                self.finish_quietly(stripe, call_id, record, fx)
+            } else {
+                self.finish(stripe, call_id, record, fx)
+            };
         }
         if let (true, Some(side)) = (is_ack, side) {
             // A B2BUA's ACK of a 2xx: the other leg gets its own.
