@@ -1075,8 +1075,9 @@ impl<T: TransactionUser> Shard<T> {
     }
 
     /// Checks a record in that only changed hands (made live or dormant here) or did not change
-    /// (a retransmission answered from its transaction): its version stays, and no change goes out. Versions then compare across the nodes that held the
-    /// record (a copy changed elsewhere after a takeover is newer than ours by its own changes).
+    /// (a retransmission answered from its transaction): its version stays, and no change goes
+    /// out. Versions then compare across the nodes that held the record (a copy changed
+    /// elsewhere after a takeover is newer than ours by its own changes).
     fn finish_quietly(&mut self, stripe: StripeId, key: &[u8], record: CallRecord, fx: Effects) {
         self.quiet = true;
         self.finish(stripe, key, record, fx);
