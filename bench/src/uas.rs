@@ -99,13 +99,30 @@ pub struct Uas {
     threads: Vec<std::thread::JoinHandle<Result<()>>>,
 }
 
+/// Attempts at a port free for both UDP and TCP when the system picks it.
+const PICK_PORT_ATTEMPTS: usize = 50;
+
+/// The UDP socket and the TCP listener on one address. With port 0 the system picks the UDP
+/// port, which may be in use for TCP (another process's connection): then another is picked.
+fn bind_udp_and_tcp(listen: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
+    for _ in 0..PICK_PORT_ATTEMPTS {
+        let udp = udp_socket(listen, true)?;
+        let local = udp.local_addr()?;
+        match TcpListener::bind(local) {
+            Ok(listener) => return Ok((udp, listener)),
+            Err(e) if listen.port() == 0 && e.kind() == ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e).with_context(|| format!("binding TCP {local}")),
+        }
+    }
+    anyhow::bail!("no port free for both UDP and TCP at {} after {PICK_PORT_ATTEMPTS} tries", listen.ip())
+}
+
 impl Uas {
     /// Binds and starts answering in background threads.
     pub fn start(config: &UasConfig) -> Result<Uas> {
         anyhow::ensure!(config.threads >= 1, "--threads must be at least 1");
-        let first = udp_socket(config.listen, true)?;
+        let (first, listener) = bind_udp_and_tcp(config.listen)?;
         let local = first.local_addr()?;
-        let listener = TcpListener::bind(local).with_context(|| format!("binding TCP {local}"))?;
         listener.set_nonblocking(true)?;
         let stats = Arc::new(UasStats::default());
         let stop = Arc::new(AtomicBool::new(false));
