@@ -12,30 +12,15 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use sipshard_shards::shard::{
-    Decision, FinalResponse, Input, Message, Peer, RequestContext, Shard, ShardConfig, TransactionUser, Transport,
-};
-use sipshard_shards::testing::request;
+use sipshard_shards::shard::{Input, Peer, Shard, ShardConfig, Transport};
+use sipshard_shards::testing::{BusyInvites, request};
 use sipshard_shards::timer::TimerWheel;
 use sipshard_shards::transaction::TimerConfig;
 use sipshard_shards::{NodeId, ShardId, StripeMap};
 
 const BATCH: usize = 10_000;
 
-/// The cheapest transaction user: the cost measured is the core's.
-struct Answer;
-
-impl TransactionUser for Answer {
-    fn on_request(&mut self, _: &RequestContext, request: &Message<'_>) -> Decision {
-        if request.method() == Some(sipshard_parser::Method::Invite) {
-            FinalResponse::new(486, "Busy Here").into()
-        } else {
-            FinalResponse::new(200, "OK").into()
-        }
-    }
-}
-
-fn shard(now: Instant, replicate: bool) -> Shard<Answer> {
+fn shard(now: Instant, replicate: bool) -> Shard<BusyInvites> {
     let config = ShardConfig {
         node: NodeId(0),
         shard: ShardId(0),
@@ -54,7 +39,7 @@ fn shard(now: Instant, replicate: bool) -> Shard<Answer> {
         max_call_duration: sipshard_shards::shard::DEFAULT_MAX_CALL_DURATION,
         lookup_before_481: false,
     };
-    Shard::new(config, Answer, now)
+    Shard::new(config, BusyInvites, now)
 }
 
 fn peer() -> Peer {
@@ -63,7 +48,7 @@ fn peer() -> Peer {
 
 /// One batch on a warm shard: every request (and ACK) in at `now`, outputs drained,
 /// then the clock moves past every wait timer so each transaction terminates.
-fn batch(shard: &mut Shard<Answer>, now: &mut Instant, requests: &[Vec<u8>], acks: &[Vec<u8>]) -> usize {
+fn batch(shard: &mut Shard<BusyInvites>, now: &mut Instant, requests: &[Vec<u8>], acks: &[Vec<u8>]) -> usize {
     let peer = peer();
     let created = shard.stats().transactions_created;
     let mut sent = 0;

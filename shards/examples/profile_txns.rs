@@ -15,7 +15,8 @@ use sipshard_shards::shard::{Decision, FinalResponse, Input, Message, Peer, Requ
 use sipshard_shards::shard::{TransactionUser, Transport};
 use sipshard_shards::testing::request;
 
-/// Answers 200 (an INVITE 486): the cost measured is the core's.
+/// Answers 200 (an INVITE 486): the cost measured is the core's. `testing::BusyInvites` does the
+/// same; this copy stays so that `tools/ab-core.sh` can build this file at older commits.
 struct Ok200;
 
 impl TransactionUser for Ok200 {

@@ -509,7 +509,10 @@ type Wheel = TimerWheel<(u64, WheelTimer)>;
 impl TxnTimers {
     /// Records `timer` for `deadline_ms` in a record no wheel holds (one being built, a dormant copy).
     pub fn set(&mut self, timer: TxnTimer, deadline_ms: u64) {
-        self.slot_for(timer).0.replace((timer, deadline_ms));
+        let old = self.clear(timer);
+        debug_assert!(old.is_none(), "invariant: set() is for timers no wheel holds");
+        let i = self.free_slot();
+        self.armed[i] = Some((timer, deadline_ms));
     }
 
     /// Forgets `timer`; returns its wheel handle, if it had one.
@@ -519,13 +522,9 @@ impl TxnTimers {
         self.handles[i].take()
     }
 
-    /// The free slot for `timer` (its old one cleared first: a caller with a wheel cancels its handle).
-    fn slot_for(&mut self, timer: TxnTimer) -> (&mut Option<(TxnTimer, u64)>, &mut Option<TimerId>) {
-        let old = self.clear(timer);
-        debug_assert!(old.is_none(), "invariant: a re-armed timer's handle is cancelled by the caller");
-        let i = self.armed.iter().position(Option::is_none).expect("invariant: a transaction arms at most 3 timers");
-        let (armed, handles) = (&mut self.armed[i], &mut self.handles[i]);
-        (armed, handles)
+    /// A free slot (the callers clear the timer's old one first).
+    fn free_slot(&self) -> usize {
+        self.armed.iter().position(Option::is_none).expect("invariant: a transaction arms at most 3 timers")
     }
 
     /// Arms `timer` of transaction `id` for `deadline_ms`, in the record and in the wheel.
@@ -536,9 +535,9 @@ impl TxnTimers {
         let handle = wheel
             .arm(deadline_ms, (id, WheelTimer::Txn(timer)))
             .expect("invariant: new transactions keep TIMER_HEADROOM free");
-        let (armed, handles) = self.slot_for(timer);
-        *armed = Some((timer, deadline_ms));
-        *handles = Some(handle);
+        let i = self.free_slot();
+        self.armed[i] = Some((timer, deadline_ms));
+        self.handles[i] = Some(handle);
     }
 
     /// Takes every timer out of the wheel; the deadlines stay (a dormant record keeps them).
@@ -1784,24 +1783,23 @@ impl<T: TransactionUser> Shard<T> {
         let request = record.clients[i].request.clone();
         let mut slots = std::mem::take(&mut self.spare_slots);
         let mut first = vec![0u8; request.len() + 256];
-        let mut out = vec![0u8; request.len() + 256];
         let tag = self.tag();
         let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
         let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers: &[], body: b"" };
-        let written = sipshard_parser::parse(&request, &mut slots)
+        let answer = sipshard_parser::parse(&request, &mut slots)
             .ok()
             .and_then(|sent| write_response(&sent, &spec, &mut first).ok())
             .and_then(|n| {
                 let mut inner = std::mem::take(&mut self.slots);
-                let popped = sipshard_parser::parse(&first[..n], &mut inner)
-                    .ok()
-                    .and_then(|ours| Editor::new(&ours).pop_via().ok().and_then(|e| e.write(&mut out).ok()));
+                let popped = sipshard_parser::parse(&first[..n], &mut inner).ok().and_then(|ours| {
+                    written(&mut self.write_buf, n, |out| Editor::new(&ours).pop_via().ok()?.write(out).ok())
+                });
                 self.slots = inner;
                 popped
             });
         self.spare_slots = slots;
-        match written {
-            Some(n) => self.server_respond(now_ms, record, server, call_id, SharedBytes::from(&out[..n]), code, fx),
+        match answer {
+            Some(answer) => self.server_respond(now_ms, record, server, call_id, answer, code, fx),
             None => self.drop_server_txn(record, server),
         }
     }
@@ -2428,17 +2426,16 @@ impl<T: TransactionUser> Shard<T> {
         let Some(txn) = record.transactions.iter().find(|t| t.id == server) else { return };
         let request = txn.request.clone();
         let mut slots = std::mem::take(&mut self.spare_slots);
-        let written = sipshard_parser::parse(&request, &mut slots).ok().map(|req| {
+        let answer = sipshard_parser::parse(&request, &mut slots).ok().and_then(|req| {
             let tag = self.tag();
             let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
             let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers: &[], body: b"" };
-            let mut out = vec![0u8; request.len() + 256];
-            write_response(&req, &spec, &mut out).ok().map(|n| SharedBytes::from(&out[..n]))
+            written(&mut self.write_buf, request.len() + 256, |out| write_response(&req, &spec, out).ok())
         });
         self.spare_slots = slots;
-        match written {
-            Some(Some(out)) => self.server_respond(now_ms, record, server, call_id, out, code, fx),
-            _ => self.drop_server_txn(record, server),
+        match answer {
+            Some(answer) => self.server_respond(now_ms, record, server, call_id, answer, code, fx),
+            None => self.drop_server_txn(record, server),
         }
     }
 
@@ -2452,10 +2449,9 @@ impl<T: TransactionUser> Shard<T> {
         let tag = self.tag();
         let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
         let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers, body: b"" };
-        let mut out = vec![0u8; msg.len() + 256];
-        if let Ok(n) = write_response(msg, &spec, &mut out) {
+        if let Some(bytes) = written(&mut self.write_buf, msg.len() + 256, |out| write_response(msg, &spec, out).ok()) {
             self.stats.responses_sent += 1;
-            self.outputs.push_back(Output::Transmit { peer, bytes: SharedBytes::from(&out[..n]) });
+            self.outputs.push_back(Output::Transmit { peer, bytes });
         }
     }
 }

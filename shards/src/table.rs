@@ -209,12 +209,13 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
         let (stored, slot) = checked_out(&mut self.stripes, stripe, key)?;
         slot.version += 1;
         let version = slot.version;
-        let bytes = feed_enabled.then(|| codec::encode(stripe, version, &record));
+        // The change, only when the feed is on (no encode, no key reference otherwise).
+        let change = feed_enabled.then(|| (CallKey::clone(stored), codec::encode(stripe, version, &record)));
         slot.record = Some(record);
         slot.checked_out = false;
         slot.set_lingering(hints.contains(Hints::LINGERING), &mut self.lingering);
-        if let Some(bytes) = bytes {
-            self.feed.push_back(Change { stripe, key: stored, version, hints, bytes });
+        if let Some((key, bytes)) = change {
+            self.feed.push_back(Change { stripe, key, version, hints, bytes });
         }
         Ok(version)
     }
@@ -346,9 +347,9 @@ fn checked_out<'a, R>(
     stripes: &'a mut [StripeTable<R>],
     stripe: StripeId,
     key: &[u8],
-) -> Result<(CallKey, &'a mut Slot<R>), TableError> {
+) -> Result<(&'a CallKey, &'a mut Slot<R>), TableError> {
     match stripes.get_mut(stripe.0 as usize).and_then(|s| s.get_key_value_mut(key)) {
-        Some((stored, slot)) if slot.checked_out => Ok((CallKey::clone(stored), slot)),
+        Some((stored, slot)) if slot.checked_out => Ok((stored, slot)),
         _ => Err(TableError::NotCheckedOut),
     }
 }

@@ -78,25 +78,14 @@ fn a_call_at_its_transaction_limit_gets_503_and_stays_unchanged() {
 fn a_lone_transaction_ends_its_record_with_one_removal() {
     use std::time::Duration;
 
-    use sipshard_shards::shard::{
-        Decision, FinalResponse, Input, Message, Output, Peer, RequestContext, Shard, ShardConfig, TransactionUser,
-        Transport,
-    };
+    use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, Transport};
     use sipshard_shards::table::Hints;
-    use sipshard_shards::testing::request;
+    use sipshard_shards::testing::{BusyInvites, request};
 
-    /// 486 to an INVITE, 200 to the rest.
-    struct Answer;
-    impl TransactionUser for Answer {
-        fn on_request(&mut self, _: &RequestContext, request: &Message<'_>) -> Decision {
-            let busy = request.method() == Some(sipshard_parser::Method::Invite);
-            if busy { FinalResponse::new(486, "Busy Here") } else { FinalResponse::new(200, "OK") }.into()
-        }
-    }
     let start = Instant::now();
-    let mut shard = Shard::new(ShardConfig { replicate: true, ..ShardConfig::standalone(8) }, Answer, start);
+    let mut shard = Shard::new(ShardConfig { replicate: true, ..ShardConfig::standalone(8) }, BusyInvites, start);
     let peer = Peer { addr: "127.0.0.1:5060".parse().unwrap(), transport: Transport::Udp };
-    let drain = |shard: &mut Shard<Answer>| {
+    let drain = |shard: &mut Shard<BusyInvites>| {
         let (mut sent, mut changes) = (0, Vec::new());
         while let Some(output) = shard.poll_output() {
             match output {

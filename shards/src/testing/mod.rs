@@ -844,6 +844,21 @@ Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
     .into_bytes()
 }
 
+/// The cheapest transaction user: 486 Busy Here to an INVITE, 200 OK to anything else (the
+/// benches and the tests that time or count the core's own work).
+#[derive(Debug, Default)]
+pub struct BusyInvites;
+
+impl TransactionUser for BusyInvites {
+    fn on_request(&mut self, _: &RequestContext, request: &Message<'_>) -> Decision {
+        if request.method() == Some(Method::Invite) {
+            FinalResponse::new(486, "Busy Here").into()
+        } else {
+            FinalResponse::new(200, "OK").into()
+        }
+    }
+}
+
 /// A transaction user for fuzzing: answers, relays or bridges by header count, including
 /// a non-final code the shard must replace with 500.
 #[derive(Debug, Default)]
