@@ -81,6 +81,9 @@ struct RunArgs {
     /// First of the shards' own UDP ports, shard k on this + k (server.shard_ports; 0: none).
     #[arg(long)]
     shard_ports: Option<u16>,
+    /// Let the kernel run each shard on any core instead of pinning it (server.pin_shards = false).
+    #[arg(long)]
+    no_pin: bool,
 }
 
 fn main() -> ExitCode {
@@ -205,6 +208,9 @@ fn run(args: RunArgs) -> ExitCode {
         }
         if let Some(first) = args.shard_ports {
             config.server.shard_ports = first;
+        }
+        if args.no_pin {
+            config.server.pin_shards = false;
         }
         config.settings(&online_cores())
     });

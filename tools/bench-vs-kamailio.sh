@@ -22,7 +22,8 @@
 #
 # Server kamailio1 is Kamailio with one worker (children = 1) instead of one per
 # core, sipshard1 the proxy with one shard, sipshard-shared the proxy without its
-# shards' own ports (every message through the shared port); the ratios use the
+# shards' own ports (every message through the shared port), sipshard-free the proxy
+# with its shards not pinned to cores (--no-pin); the ratios use the
 # better of the Kamailio runs.
 # sipshard runs with its shards' own UDP ports from P (default 15071; 0: none,
 # every message through the shared port), tuning.md "The shards' own ports".
@@ -94,13 +95,14 @@ wait_for_options() {
 
 start_server() {
     case "$1" in
-        sipshard | sipshard1 | sipshard-shared | b2bua)
-            local role=proxy count=$shards ports=$shard_ports
+        sipshard | sipshard1 | sipshard-shared | sipshard-free | b2bua)
+            local role=proxy count=$shards ports=$shard_ports pin=()
             [ "$1" = b2bua ] && role=b2bua
             [ "$1" = sipshard1 ] && count=1
             [ "$1" = sipshard-shared ] && ports=0
+            [ "$1" = sipshard-free ] && pin=(--no-pin)
             RUST_LOG=warn "$sipshard" run --listen "127.0.0.1:$server_port" --route "sip:127.0.0.1:$uas_port" \
-                --role "$role" --shards "$count" --shard-ports "$ports" >"$work/server.log" 2>&1 &
+                --role "$role" --shards "$count" --shard-ports "$ports" "${pin[@]}" >"$work/server.log" 2>&1 &
             ;;
         kamailio | kamailio1)
             local children=$cores

@@ -1,5 +1,5 @@
 //! The runtime: the only code that does network I/O. One glommio executor per
-//! shard, pinned to its core; every shard binds the SIP address with
+//! shard, pinned to its core (unless `server.pin_shards = false`); every shard binds the SIP address with
 //! SO_REUSEPORT, so the kernel spreads datagrams over them; a datagram whose
 //! stripe belongs to another shard moves there over a bounded channel mesh
 //! (the buffer moves, its bytes are not copied).
@@ -226,9 +226,10 @@ pub(crate) fn run_until(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Re
     }
     for (index, &core) in settings.cores.iter().enumerate() {
         let (mesh, settings, node) = (mesh.clone(), settings.clone(), node.clone());
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core))
-            .name(&format!("shard-{index}"))
-            .io_memory(settings.io_memory);
+        // Unpinned, `core` still names the shard (its counters, its report line).
+        let placement = if settings.pin_shards { Placement::Fixed(core) } else { Placement::Unbound };
+        let mut builder =
+            LocalExecutorBuilder::new(placement).name(&format!("shard-{index}")).io_memory(settings.io_memory);
         if let Some(spin) = settings.spin_before_park {
             builder = builder.spin_before_park(spin);
         }
