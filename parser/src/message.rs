@@ -8,8 +8,6 @@
 //! Content-Length the body is the rest of the datagram. Stream rules: a
 //! message without Content-Length is a framing error.
 
-use memchr::memchr;
-
 use crate::error::{ErrorKind, ParseError};
 use crate::grammar::{find_byte, is_token_char, trim_lws};
 use crate::header::{Header, HeaderName, HeaderSlot};
@@ -246,7 +244,12 @@ fn sip_version(text: &[u8], offset: usize) -> Result<Version, ParseError> {
         return Err(err);
     }
     let rest = &text[4..];
-    let dot = memchr(b'.', rest).ok_or(err)?;
+    // Every message has one: "2.0" without the search (memchr's set-up alone cost about
+    // 100 instructions) and the digit folding.
+    if rest == b"2.0" {
+        return Ok(Version { major: 2, minor: 0 });
+    }
+    let dot = find_byte(b'.', rest).ok_or(err)?;
     let number = |digits: &[u8]| -> Result<u8, ParseError> {
         if digits.is_empty() || digits.len() > 3 || !digits.iter().all(u8::is_ascii_digit) {
             return Err(err);
