@@ -9,7 +9,8 @@
 //! - every change the shard makes goes to the stripe's backups; in `sync` mode
 //!   the messages that input caused are held until every backup whose link was
 //!   up has acknowledged it (or is declared dead); in `async` mode a record's
-//!   changes are gathered for 2 ms and its latest version sent;
+//!   changes are gathered for 2 ms and its latest version sent
+//!   ([`super::coalesce`]);
 //! - a change from a peer is installed as a dormant replica (for a stripe this
 //!   node owns too, after a partition, the shard keeps the newer copy);
 //! - a SIP message for a stripe a peer owns travels in a `Forward` frame on the
@@ -46,7 +47,7 @@ use glommio::net::{TcpListener, TcpStream};
 use sipshard_shards::replication::frame::{Frame, decode};
 use sipshard_shards::replication::{LinkConfig, LinkEvent, LinkStats, ReplicaLink, Side};
 use sipshard_shards::shard::{Input, Peer, SharedBytes, Transport};
-use sipshard_shards::table::{CallKey, Change};
+use sipshard_shards::table::Change;
 use sipshard_shards::{NodeId, StripeId, StripeMap};
 
 use super::{Driver, Hop};
@@ -84,11 +85,7 @@ const READ_CHUNK: usize = 64 * 1024;
 pub(super) struct Replication {
     node: NodeId,
     /// Async mode: changes waiting to go, the latest per record, oldest record first.
-    coalesced: RefCell<Vec<Change>>,
-    /// Where each record's change is in `coalesced`.
-    coalesced_at: RefCell<std::collections::HashMap<RecordId, usize>>,
-    /// Changes a newer one of the same record replaced before they went.
-    changes_coalesced: Cell<u64>,
+    coalesced: RefCell<super::coalesce::Coalescer>,
     /// The view with every node alive (epoch 1): where stripes live when all is well.
     home: StripeMap,
     /// Lookups asked and not yet answered by every peer, by id.
@@ -137,9 +134,6 @@ struct LinkConnection {
     wake: LocalSender<()>,
     _close: LocalSender<()>,
 }
-
-/// A record: its stripe and key.
-type RecordId = (StripeId, CallKey);
 
 /// A lookup on its way: what was asked, how many peers still owe an answer, the newest copy.
 struct PendingLookup {
@@ -243,8 +237,6 @@ impl Replication {
         Replication {
             node: cluster.node,
             coalesced: RefCell::default(),
-            coalesced_at: RefCell::default(),
-            changes_coalesced: Cell::new(0),
             home: home.clone(),
             snapshots_sent: RefCell::default(),
             lookups: RefCell::default(),
@@ -365,7 +357,7 @@ impl Replication {
     /// Counters of the shard's replication: (changes refused, messages held, most held at
     /// once, changes coalesced away).
     pub(crate) fn counters(&self) -> (u64, u64, usize, u64) {
-        (self.changes_refused.get(), self.held_messages.get(), self.held_max.get(), self.changes_coalesced.get())
+        (self.changes_refused.get(), self.held_messages.get(), self.held_max.get(), self.coalesced.borrow().replaced())
     }
 }
 
@@ -819,26 +811,14 @@ impl Driver {
         self.process(input).await;
     }
 
-    /// Async replication: keeps `change` for [`COALESCE`], replacing an older change of the
+    /// Async replication: keeps `change` for [`COALESCE`] in place of an older change of the
     /// same record (the backup only keeps the latest version anyway), then sends them all.
     pub(super) fn coalesce(self: &Rc<Self>, change: Change) {
         let r = self.replication();
-        let first = {
-            let mut at = r.coalesced_at.borrow_mut();
-            let mut waiting = r.coalesced.borrow_mut();
-            match at.entry((change.stripe, change.key.clone())) {
-                std::collections::hash_map::Entry::Occupied(slot) => {
-                    waiting[*slot.get()] = change;
-                    r.changes_coalesced.set(r.changes_coalesced.get() + 1);
-                    return;
-                }
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(waiting.len());
-                    waiting.push(change);
-                }
-            }
-            waiting.len() == 1
-        };
+        let (removal, first) = r.coalesced.borrow_mut().put(change);
+        if let Some(removal) = removal {
+            self.replicate_now(&removal);
+        }
         // No borrow held: glommio may run a new task at once, and its timer may be due already.
         if first {
             let driver = Rc::clone(self);
@@ -850,11 +830,16 @@ impl Driver {
         }
     }
 
+    /// Queues one change for its stripe's backups, waiting for nothing.
+    fn replicate_now(&self, change: &Change) {
+        let placement = *self.shard.borrow().stripe_map().placement(change.stripe);
+        self.replication().replicate(change, placement.backups());
+    }
+
     /// Sends the coalesced changes to their stripes' backups.
     fn send_coalesced(&self) {
         let r = self.replication();
-        let changes = std::mem::take(&mut *r.coalesced.borrow_mut());
-        r.coalesced_at.borrow_mut().clear();
+        let changes = r.coalesced.borrow_mut().take();
         let view = self.shard.borrow().stripe_map().clone();
         for change in &changes {
             r.replicate(change, view.placement(change.stripe).backups());

@@ -36,6 +36,7 @@ use crate::config::{Settings, TcpLimits};
 
 mod batch;
 mod cluster;
+mod coalesce;
 mod tcp;
 
 pub(crate) use cluster::LinkReport;
