@@ -90,7 +90,6 @@ fn check(text: &str, base: usize, kind: ErrorKind, allowed: u8) -> Result<(), Pa
     }
 }
 
-/// `hostname / IPv4address / IPv6reference`; returns the host's length.
 /// The octets of a hostname or IPv4 address (alphanum, "-", ".", "_"), one lookup each: every
 /// request's top Via and Request-URI host is scanned with it.
 static HOST_OCTET: [bool; 256] = {
@@ -104,6 +103,7 @@ static HOST_OCTET: [bool; 256] = {
     table
 };
 
+/// `hostname / IPv4address / IPv6reference`; returns the host's length.
 pub(crate) fn host_len(text: &str, base: usize) -> Result<usize, ParseError> {
     let bytes = text.as_bytes();
     let err = ParseError::new(ErrorKind::ExpectedHost, base);

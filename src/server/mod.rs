@@ -1,8 +1,9 @@
 //! The runtime: the only code that does network I/O. One glommio executor per
-//! shard, pinned to its core (unless `server.pin_shards = false`); every shard binds the SIP address with
-//! SO_REUSEPORT, so the kernel spreads datagrams over them; a datagram whose
-//! stripe belongs to another shard moves there over a bounded channel mesh
-//! (the buffer moves, its bytes are not copied).
+//! shard, pinned to its core (unless `server.pin_shards = false`); every shard
+//! binds the SIP address with SO_REUSEPORT, so the kernel spreads datagrams
+//! over them; a datagram whose stripe belongs to another shard moves there over
+//! a bounded channel mesh (copied out at its size; what one receive batch moves
+//! to a shard goes as one message).
 //!
 //! Per shard, the driver loop of DESIGN.md §2 runs in three tasks that share
 //! the shard (`Rc<RefCell<_>>`, never borrowed across an await): receive
