@@ -365,3 +365,24 @@ fn serve_connection(mut stream: TcpStream, mut answerer: Answerer, stats: &UasSt
         inbound.drain(..used);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chosen_port_whose_tcp_side_is_taken_is_an_error_naming_it() {
+        let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("address");
+        let error = bind_udp_and_tcp(addr).expect_err("the TCP side is taken");
+        assert!(format!("{error:#}").contains(&format!("binding TCP {addr}")), "{error:#}");
+    }
+
+    #[test]
+    fn a_picked_port_serves_udp_and_tcp_alike() {
+        for _ in 0..20 {
+            let (udp, tcp) = bind_udp_and_tcp("127.0.0.1:0".parse().expect("address")).expect("binds");
+            assert_eq!(udp.local_addr().expect("udp"), tcp.local_addr().expect("tcp"));
+        }
+    }
+}
