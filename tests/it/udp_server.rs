@@ -1,8 +1,8 @@
 //! The running server over real UDP sockets, with test sockets as caller and
 //! callee: every error reply the proxy generates, provoked by a bad request;
 //! a call that recovers from a lost INVITE (timer A) and a retransmitted 2xx;
-//! a BYE from the callee's side; a re-INVITE; CANCEL; a graceful stop; and the
-//! same dialog operations through the B2BUA.
+//! a BYE from the callee's side; a re-INVITE; CANCEL; a graceful stop; the
+//! same dialog operations through the B2BUA; and shards pinned or not.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
@@ -424,4 +424,64 @@ fn with_shard_ports_only_initial_invites_move_between_shards() {
     // At most the INVITEs (and their retransmissions) move; without the shards' own ports
     // about half of all six messages of every call would.
     assert!(moved <= 300 + report.counts.retransmissions, "{moved} of {handled} moved: {log}");
+}
+
+/// `--no-pin` (`server.pin_shards = false`): the shards' threads may run on every core the
+/// process may, where pinned ones each have one core; calls go through either way.
+#[test]
+fn unpinned_shards_may_run_on_any_core_and_carry_calls() {
+    use sipshard_bench::uac::{self, UacConfig};
+    use sipshard_bench::uas::{Uas, UasConfig};
+
+    // Each thread of the process: (name, the cores it may run on, as /proc lists them).
+    let cores_of_threads = |pid: u32| -> Vec<(String, String)> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc");
+        tasks
+            .map(|task| {
+                let path = task.expect("task").path();
+                let name = std::fs::read_to_string(path.join("comm")).expect("comm").trim().to_string();
+                let status = std::fs::read_to_string(path.join("status")).expect("status");
+                let cores = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .expect("Cpus_allowed_list")
+                    .trim()
+                    .to_string();
+                (name, cores)
+            })
+            .collect()
+    };
+    let mut callee_config = UasConfig::new("127.0.0.1:0".parse().expect("addr"));
+    callee_config.progress = false;
+    let callee = Uas::start(&callee_config).expect("the callee starts");
+    for pinned in [true, false] {
+        let server: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sipshard"));
+        command.args(["run", "--listen", &server.to_string(), "--shards", "2", "--route"]);
+        command.arg(format!("sip:{}", callee.local));
+        if !pinned {
+            command.arg("--no-pin");
+        }
+        let sipshard = Running(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("sipshard starts"));
+        wait_until_healthy(server);
+        let threads = cores_of_threads(sipshard.0.id());
+        let process_cores = &threads.iter().find(|(name, _)| name == "sipshard").expect("the main thread").1;
+        let shard_cores: Vec<&str> =
+            threads.iter().filter(|(name, _)| name.starts_with("shard-")).map(|(_, c)| c.as_str()).collect();
+        assert!(!shard_cores.is_empty(), "{threads:?}");
+        for cores in &shard_cores {
+            if pinned {
+                assert!(cores.parse::<usize>().is_ok(), "a pinned shard has one core: {threads:?}");
+            } else {
+                assert_eq!(cores, process_cores, "an unpinned shard may run where the process may: {threads:?}");
+            }
+        }
+        let mut caller = UacConfig::new(server);
+        caller.calls = 100;
+        caller.rate = 200.0;
+        caller.progress = false;
+        let report = uac::run(&caller).expect("the caller runs");
+        assert_eq!((report.counts.ok, report.counts.failed, report.counts.timed_out), (100, 0, 0), "pinned: {pinned}");
+    }
+    callee.stop().expect("the callee stops");
 }
