@@ -666,9 +666,25 @@ impl<'a> Message<'a> {
         values
     }
 
-    /// The topmost Via value.
+    /// The topmost Via value: what `vias().next()` gives, without the iterator (every request's
+    /// top Via is decoded for §17.2.3 matching, so this path is the hot one).
     pub fn top_via(&self) -> Result<Option<Via<'a>>, ParseError> {
-        self.vias().next().transpose()
+        let buf = self.buffer();
+        let Some(value) = self.header(HeaderName::Via) else { return Ok(None) };
+        let text = core::str::from_utf8(value)
+            .map_err(|e| ParseError::new(ErrorKind::InvalidUtf8, offset_in(buf, value) + e.valid_up_to()))?;
+        match via_parm(text) {
+            Ok((rest, via)) => {
+                let rest = sws(rest);
+                if rest.is_empty() || rest.starts_with(',') {
+                    Ok(Some(via))
+                } else {
+                    Err(GrammarError::new(rest, ErrorKind::TrailingData).locate(buf))
+                }
+            }
+            Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(e.locate(buf)),
+            Err(nom::Err::Incomplete(_)) => Err(ParseError::new(ErrorKind::ExpectedToken, offset_in(buf, value))),
+        }
     }
 
     /// `Call-ID`.
@@ -852,6 +868,31 @@ mod tests {
             text.push_str(["", ",SIP/2.0/UDP b", " ", "\r\n ", "!"][tail]);
             if let Some(plain) = via_parm_plain(&text) {
                 prop_assert_eq!(via_parm_grammar(&text).ok(), Some(plain), "{:?}", text);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        /// `top_via` (the hot path, no iterator) answers what the first of `vias()` does: the
+        /// same Via, or the same error at the same offset, or none.
+        #[test]
+        fn top_via_is_the_first_of_vias(
+            start in 0..4usize,
+            pieces in proptest::collection::vec(0..VIA_PIECES.len(), 0..16),
+            second in proptest::option::of(0..3usize),
+        ) {
+            let head = ["SIP/2.0/UDP host.test", "SIP/2.0/TCP 192.0.2.1:5060", "", "SIP/2.0/UDP h;branch=z9hG4bKa"][start];
+            let value: String = core::iter::once(head).chain(pieces.iter().map(|&i| VIA_PIECES[i])).collect();
+            let mut text = format!("OPTIONS sip:a@b.test SIP/2.0\r\nMax-Forwards: 70\r\nVia: {value}\r\n");
+            if let Some(i) = second {
+                text.push_str(["Via: SIP/2.0/UDP c.test\r\n", "v: x\r\n", "Via: \r\n"][i]);
+            }
+            text.push_str("Call-ID: c\r\nContent-Length: 0\r\n\r\n");
+            let mut slots = vec![crate::header::HeaderSlot::EMPTY; 64];
+            if let Ok(msg) = crate::message::parse(text.as_bytes(), &mut slots) {
+                prop_assert_eq!(msg.top_via(), msg.vias().next().transpose(), "{:?}", text);
             }
         }
     }
