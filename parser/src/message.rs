@@ -295,7 +295,10 @@ fn start_line<'a>(buf: &'a [u8], line: &'a [u8], notes: &mut FramingNotes) -> Re
     if uri.len() != uri_raw.len() || memchr::memchr2(b' ', b'\t', uri).is_some() {
         notes.start_line_whitespace = true;
     }
-    let method = Method::from_token(utf8(method_bytes, at)?);
+    let method = match Method::known(method_bytes) {
+        Some(known) => known,
+        None => Method::from_token(utf8(method_bytes, at)?),
+    };
     Ok(StartLine::Request(RequestLine { method, uri: utf8(uri, offset_in(buf, uri))?, version }))
 }
 

@@ -41,22 +41,28 @@ pub enum Method<'a> {
 impl<'a> Method<'a> {
     /// Maps a method token to the method (case-sensitive).
     pub fn from_token(token: &'a str) -> Method<'a> {
+        Method::known(token.as_bytes()).unwrap_or(Method::Extension(token))
+    }
+
+    /// The standard method these octets spell (case-sensitive), `None` for any other token:
+    /// the parser recognises the usual methods without a UTF-8 check.
+    pub(crate) fn known(token: &[u8]) -> Option<Method<'static>> {
         match token {
-            "INVITE" => Method::Invite,
-            "ACK" => Method::Ack,
-            "BYE" => Method::Bye,
-            "CANCEL" => Method::Cancel,
-            "REGISTER" => Method::Register,
-            "OPTIONS" => Method::Options,
-            "INFO" => Method::Info,
-            "UPDATE" => Method::Update,
-            "PRACK" => Method::Prack,
-            "SUBSCRIBE" => Method::Subscribe,
-            "NOTIFY" => Method::Notify,
-            "MESSAGE" => Method::Message,
-            "REFER" => Method::Refer,
-            "PUBLISH" => Method::Publish,
-            other => Method::Extension(other),
+            b"INVITE" => Some(Method::Invite),
+            b"ACK" => Some(Method::Ack),
+            b"BYE" => Some(Method::Bye),
+            b"CANCEL" => Some(Method::Cancel),
+            b"REGISTER" => Some(Method::Register),
+            b"OPTIONS" => Some(Method::Options),
+            b"INFO" => Some(Method::Info),
+            b"UPDATE" => Some(Method::Update),
+            b"PRACK" => Some(Method::Prack),
+            b"SUBSCRIBE" => Some(Method::Subscribe),
+            b"NOTIFY" => Some(Method::Notify),
+            b"MESSAGE" => Some(Method::Message),
+            b"REFER" => Some(Method::Refer),
+            b"PUBLISH" => Some(Method::Publish),
+            _ => None,
         }
     }
 
@@ -85,5 +91,39 @@ impl<'a> Method<'a> {
 impl fmt::Display for Method<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Method;
+
+    #[test]
+    fn standard_methods_are_known_by_their_octets_and_case_matters() {
+        let all = [
+            Method::Invite,
+            Method::Ack,
+            Method::Bye,
+            Method::Cancel,
+            Method::Register,
+            Method::Options,
+            Method::Info,
+            Method::Update,
+            Method::Prack,
+            Method::Subscribe,
+            Method::Notify,
+            Method::Message,
+            Method::Refer,
+            Method::Publish,
+        ];
+        for method in all {
+            assert_eq!(Method::known(method.as_str().as_bytes()), Some(method));
+            assert_eq!(Method::from_token(method.as_str()), method);
+            let lower = method.as_str().to_ascii_lowercase();
+            assert_eq!(Method::known(lower.as_bytes()), None, "{lower}");
+            assert_eq!(Method::from_token(&lower), Method::Extension(&lower));
+        }
+        assert_eq!(Method::known(b"INVITEX"), None);
+        assert_eq!(Method::from_token("FOO"), Method::Extension("FOO"));
     }
 }
