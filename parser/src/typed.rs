@@ -588,6 +588,35 @@ impl<'a, T> Values<'a, T> {
     }
 }
 
+/// A header value as text: its octets checked as UTF-8 (an error names the first bad one).
+fn value_text<'a>(buf: &'a [u8], value: &'a [u8]) -> Result<&'a str, ParseError> {
+    core::str::from_utf8(value)
+        .map_err(|e| ParseError::new(ErrorKind::InvalidUtf8, offset_in(buf, value) + e.valid_up_to()))
+}
+
+/// Decodes the first of the comma-separated values in `text` (part of `buf`): the value, and
+/// what follows it, empty or starting with the comma before the next value (anything else
+/// after a value is an error).
+#[inline]
+fn first_value<'a, T>(
+    buf: &'a [u8],
+    text: &'a str,
+    decode: impl FnOnce(&'a str) -> PResult<'a, T>,
+) -> Result<(T, &'a str), ParseError> {
+    match decode(text) {
+        Ok((rest, value)) => {
+            let rest = sws(rest);
+            if rest.is_empty() || rest.starts_with(',') {
+                Ok((value, rest))
+            } else {
+                Err(GrammarError::new(rest, ErrorKind::TrailingData).locate(buf))
+            }
+        }
+        Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(e.locate(buf)),
+        Err(nom::Err::Incomplete(_)) => Err(ParseError::new(ErrorKind::ExpectedToken, offset_in(buf, text.as_bytes()))),
+    }
+}
+
 impl<'a, T> Iterator for Values<'a, T> {
     type Item = Result<T, ParseError>;
 
@@ -598,12 +627,9 @@ impl<'a, T> Iterator for Values<'a, T> {
         loop {
             let Some(text) = self.current else {
                 let header = self.slots.find(|s| s.name == self.name)?.view(self.buf);
-                match core::str::from_utf8(header.value) {
+                match value_text(self.buf, header.value) {
                     Ok(text) => self.current = Some(text),
-                    Err(e) => {
-                        let at = offset_in(self.buf, header.value) + e.valid_up_to();
-                        return self.stop(ParseError::new(ErrorKind::InvalidUtf8, at));
-                    }
+                    Err(e) => return self.stop(e),
                 }
                 continue;
             };
@@ -611,22 +637,12 @@ impl<'a, T> Iterator for Values<'a, T> {
                 return self.stop(GrammarError::new(text, self.limit.1).locate(self.buf));
             }
             self.count += 1;
-            return match (self.decode)(text) {
-                Ok((rest, value)) => {
-                    let rest = sws(rest);
-                    if rest.is_empty() {
-                        self.current = None;
-                    } else if let Some(next) = rest.strip_prefix(',') {
-                        self.current = Some(sws(next));
-                    } else {
-                        return self.stop(GrammarError::new(rest, ErrorKind::TrailingData).locate(self.buf));
-                    }
+            return match first_value(self.buf, text, self.decode) {
+                Ok((value, rest)) => {
+                    self.current = rest.strip_prefix(',').map(sws);
                     Some(Ok(value))
                 }
-                Err(nom::Err::Error(e) | nom::Err::Failure(e)) => self.stop(e.locate(self.buf)),
-                Err(nom::Err::Incomplete(_)) => {
-                    self.stop(ParseError::new(ErrorKind::ExpectedToken, offset_in(self.buf, text.as_bytes())))
-                }
+                Err(e) => self.stop(e),
             };
         }
     }
@@ -671,20 +687,8 @@ impl<'a> Message<'a> {
     pub fn top_via(&self) -> Result<Option<Via<'a>>, ParseError> {
         let buf = self.buffer();
         let Some(value) = self.header(HeaderName::Via) else { return Ok(None) };
-        let text = core::str::from_utf8(value)
-            .map_err(|e| ParseError::new(ErrorKind::InvalidUtf8, offset_in(buf, value) + e.valid_up_to()))?;
-        match via_parm(text) {
-            Ok((rest, via)) => {
-                let rest = sws(rest);
-                if rest.is_empty() || rest.starts_with(',') {
-                    Ok(Some(via))
-                } else {
-                    Err(GrammarError::new(rest, ErrorKind::TrailingData).locate(buf))
-                }
-            }
-            Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(e.locate(buf)),
-            Err(nom::Err::Incomplete(_)) => Err(ParseError::new(ErrorKind::ExpectedToken, offset_in(buf, value))),
-        }
+        let (via, _) = first_value(buf, value_text(buf, value)?, via_parm)?;
+        Ok(Some(via))
     }
 
     /// `Call-ID`.
