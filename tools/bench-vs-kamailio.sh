@@ -104,6 +104,9 @@ start_server() {
             RUST_LOG=warn "$sipshard" run --listen "127.0.0.1:$server_port" --route "sip:127.0.0.1:$uas_port" \
                 --role "$role" --shards "$count" --shard-ports "$ports" "${pin[@]}" >"$work/server.log" 2>&1 &
             ;;
+        relay)
+            "$sipbench" relay --listen "127.0.0.1:$server_port" --to "127.0.0.1:$uas_port" >"$work/server.log" 2>&1 &
+            ;;
         kamailio | kamailio1)
             local children=$cores
             [ "$1" = kamailio1 ] && children=1
@@ -177,7 +180,7 @@ print(f"highest sustained (calls/s, in more than half of {rounds} round(s)): "
 kamailios = [name for name in ("kamailio", "kamailio1") if best.get(name)]
 if kamailios:
     kname = max(kamailios, key=lambda name: best[name])
-    for s in ("sipshard", "sipshard1", "b2bua"):
+    for s in ("sipshard", "sipshard1", "b2bua", "relay"):
         if s in best:
             print(f"{s} / {kname}: {best[s] / best[kname]:.2f}x")
         common = sorted(set(held.get(s, {})) & set(held[kname]))

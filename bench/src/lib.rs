@@ -8,6 +8,7 @@
 //! - [`uas`]: the callee, answering at once on UDP and TCP;
 //! - [`report`]: what a run measured, and its outputs (progress line, table,
 //!   JSON, SIPp-like CSV, HdrHistogram interval log);
+//! - [`relay`]: the least a proxy does on the wire (a floor for servers' CPU per call);
 //! - [`digest`]: MD5 digest credentials for REGISTER challenges;
 //! - [`transport`]: the generator's UDP socket or TCP connection;
 //! - [`batch`]: `recvmmsg`/`sendmmsg`/`ppoll` for UDP.
@@ -17,6 +18,7 @@
 
 pub mod batch;
 pub mod digest;
+pub mod relay;
 pub mod report;
 pub mod transport;
 pub mod uac;

@@ -4,6 +4,9 @@
 //!   schedule, latency from the intended send time, a progress line every
 //!   second, a final table, `--json`, `--csv` and `--hdr-log` outputs.
 //! - `sipbench uas --listen ADDR`: a callee that answers at once.
+//! - `sipbench relay --listen ADDR --to ADDR`: the least a proxy does on the
+//!   wire (requests to one next hop with a Record-Route, responses by Via),
+//!   the floor a server's CPU per call is measured against.
 //! - `sipbench stripe CALL-ID...`: the stripe each Call-ID falls in, with the
 //!   same function the server uses, so load can be aimed at a stripe.
 
@@ -15,10 +18,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sipshard_bench::digest::Credentials;
+use sipshard_bench::relay::RelayConfig;
 use sipshard_bench::transport::TransportKind;
 use sipshard_bench::uac::{Scenario, UacConfig};
 use sipshard_bench::uas::UasConfig;
-use sipshard_bench::{uac, uas};
+use sipshard_bench::{relay, uac, uas};
 use sipshard_parser::stripe_of;
 
 #[derive(Parser)]
@@ -46,6 +50,19 @@ enum Command {
         /// Challenge REGISTERs (401, MD5 digest) and accept only USER:PASSWORD.
         #[arg(long)]
         auth: Option<Credentials>,
+    },
+    /// Relay requests to --to (an INVITE with a Record-Route to the relay) and responses by
+    /// their top Via: the least a proxy does on the wire, over UDP.
+    Relay {
+        /// Address to listen on (UDP).
+        #[arg(long, default_value = "127.0.0.1:5060")]
+        listen: SocketAddr,
+        /// Where every request goes.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Stop after this many seconds (default: until killed).
+        #[arg(long)]
+        duration: Option<f64>,
     },
     /// Print the stripe of each Call-ID.
     Stripe {
@@ -181,6 +198,11 @@ fn main() -> Result<()> {
             let config =
                 UasConfig { listen, threads, duration: duration.map(Duration::from_secs_f64), auth, progress: true };
             uas::run(&config)?;
+        }
+        Command::Relay { listen, to, duration } => {
+            let config =
+                RelayConfig { listen, next_hop: to, duration: duration.map(Duration::from_secs_f64), progress: true };
+            relay::run(&config)?;
         }
         Command::Uac(args) => {
             anyhow::ensure!((0.0..=1.0).contains(&args.max_failed_ratio), "--max-failed-ratio must be between 0 and 1");

@@ -1,6 +1,6 @@
 //! sipbench against its own UAS over real loopback sockets: every scenario and
 //! transport, digest challenges, retransmissions on a lossy path, the ramp,
-//! and the CSV, HdrHistogram log and JSON outputs.
+//! the bare relay, and the CSV, HdrHistogram log and JSON outputs.
 
 use std::collections::HashSet;
 
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sipshard_bench::digest::Credentials;
+use sipshard_bench::relay::{Relay, RelayConfig};
 use sipshard_bench::transport::TransportKind;
 use sipshard_bench::uac::{self, Scenario, UacConfig};
 use sipshard_bench::uas::{Uas, UasConfig};
@@ -126,6 +127,52 @@ fn lossy_relay(callee: SocketAddr, stop: Arc<AtomicBool>) -> (SocketAddr, std::t
         }
     });
     (address, handle)
+}
+
+#[test]
+fn the_relay_carries_every_message_of_a_call_both_ways() {
+    let callee = uas(None);
+    let config = RelayConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        next_hop: callee.local,
+        duration: None,
+        progress: false,
+    };
+    let relay = Relay::start(&config).expect("the relay starts");
+    let report = uac::run(&uac(relay.local, Scenario::Call, TransportKind::Udp, 200)).expect("completes");
+    let relayed = relay.stop().expect("stops");
+    let stats = callee.stop().expect("stops");
+    let c = &report.counts;
+    assert_eq!((c.attempted, c.ok, c.failed, c.timed_out), (200, 200, 0, 0));
+    assert_eq!((count(&stats.invites), count(&stats.acks), count(&stats.byes)), (200, 200, 200));
+    // The ACK and BYE came through the relay (its Record-Route), and every answer went back by it.
+    assert_eq!(count(&relayed.invites), 200);
+    assert_eq!(count(&relayed.requests), 600, "INVITE, ACK and BYE of each call");
+    assert_eq!(count(&relayed.responses), 600, "180, 200 and the BYE's 200 of each call");
+    assert_eq!(count(&relayed.dropped), 0);
+}
+
+#[test]
+fn the_relay_drops_what_it_cannot_route() {
+    let callee = uas(None);
+    let config = RelayConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        next_hop: callee.local,
+        duration: None,
+        progress: false,
+    };
+    let relay = Relay::start(&config).expect("the relay starts");
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sender.send_to(b"not SIP\r\n\r\n", relay.local).expect("send");
+    sender.send_to(b"SIP/2.0 200 OK\r\nCall-ID: x\r\nContent-Length: 0\r\n\r\n", relay.local).expect("send");
+    let started = std::time::Instant::now();
+    while count(&relay.stats.dropped) < 2 && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let relayed = relay.stop().expect("stops");
+    callee.stop().expect("stops");
+    assert_eq!(count(&relayed.dropped), 2, "not SIP, and a response without a Via");
+    assert_eq!(count(&relayed.requests) + count(&relayed.responses), 0);
 }
 
 #[test]
