@@ -388,6 +388,9 @@ struct Driver {
     tcp_limits: TcpLimits,
     /// Connection ids.
     next_connection: Cell<u64>,
+    /// The CRLF that answers a TCP keep-alive ping (RFC 5626 §3.5.1), shared, not allocated
+    /// per ping.
+    pong: SharedBytes,
     counters: Counters,
     /// The replica links, when the node has peers.
     replication: Option<cluster::Replication>,
@@ -520,6 +523,7 @@ async fn shard_main(
         tcp_routes: RefCell::default(),
         tcp_limits: settings.tcp,
         next_connection: Cell::new(0),
+        pong: SharedBytes::from(&b"\r\n"[..]),
         counters: Counters::default(),
         replication,
     });

@@ -155,7 +155,7 @@ impl Driver {
                     Ok(Frame::KeepAlive { len, ping }) => {
                         buf.drain(..len);
                         if ping {
-                            let _ = self.tcp_send(peer, SharedBytes::from(&b"\r\n"[..])).await;
+                            let _ = self.tcp_send(peer, self.pong.clone()).await;
                         }
                     }
                     Ok(Frame::Message { len }) => {

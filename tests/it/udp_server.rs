@@ -328,7 +328,7 @@ fn through_the_b2bua_cancel_reaches_the_b_leg() {
 }
 
 #[test]
-fn over_tcp_a_stream_that_does_not_frame_is_closed_and_counted() {
+fn over_tcp_keep_alives_get_pongs_and_a_stream_that_does_not_frame_is_closed_and_counted() {
     use std::io::{Read, Write};
     let server: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let mut sipshard = Running(
@@ -348,8 +348,14 @@ fn over_tcp_a_stream_that_does_not_frame_is_closed_and_counted() {
         "OPTIONS sip:{server} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKtcp1\r\nMax-Forwards: 70\r\n\
 From: <sip:probe@{local}>;tag=t\r\nTo: <sip:{server}>\r\nCall-ID: tcp-health\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     );
-    stream.write_all(options.as_bytes()).expect("write");
     let mut buf = [0u8; 4096];
+    // A keep-alive ping (a double CRLF, RFC 5626 §3.5.1) gets its pong (one CRLF), twice.
+    for _ in 0..2 {
+        stream.write_all(b"\r\n\r\n").expect("write");
+        let n = stream.read(&mut buf).expect("a pong");
+        assert_eq!(&buf[..n], b"\r\n");
+    }
+    stream.write_all(options.as_bytes()).expect("write");
     let n = stream.read(&mut buf).expect("a reply on the same connection");
     assert!(buf[..n].starts_with(b"SIP/2.0 200 OK\r\n"), "{}", String::from_utf8_lossy(&buf[..n]));
     // A Content-Length that is not a number cannot be framed (§18.3): the server closes the stream.
