@@ -8,8 +8,9 @@
 //!
 //! It relays the same datagrams of a call as a proxy does (the proxy's
 //! 100 Trying aside), so its CPU time per call is what the kernel charges for
-//! moving a call's messages through a process on this box: no server that
-//! receives and sends each of them with a system call spends less. UDP only.
+//! moving a call's messages through a process on this box: a server that
+//! receives and sends each of them with a system call of its own, sleeping
+//! when nothing is queued, pays at least that much. UDP only.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

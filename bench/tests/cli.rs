@@ -1,4 +1,5 @@
-//! `sipbench stripe` prints the stripe the server computes for each Call-ID.
+//! `sipbench stripe` prints the stripe the server computes for each Call-ID;
+//! `sipbench relay` names what is missing or wrong in its arguments.
 
 use std::process::Command;
 
@@ -19,4 +20,20 @@ fn zero_stripes_is_a_clear_error() {
         Command::new(env!("CARGO_BIN_EXE_sipbench")).args(["stripe", "--stripes", "0", "x"]).output().expect("runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--stripes must be at least 1"));
+}
+
+#[test]
+fn the_relay_needs_a_next_hop_and_a_free_address() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sipbench")).args(["relay"]).output().expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--to"), "{}", String::from_utf8_lossy(&out.stderr));
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("addr").to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_sipbench"))
+        .args(["relay", "--listen", &address, "--to", "127.0.0.1:5090", "--duration", "1"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("binding UDP {address}")), "{stderr}");
 }
