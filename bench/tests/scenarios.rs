@@ -129,16 +129,17 @@ fn lossy_relay(callee: SocketAddr, stop: Arc<AtomicBool>) -> (SocketAddr, std::t
     (address, handle)
 }
 
+/// `sipbench relay` on a free loopback port, requests to `callee`.
+fn relay_to(callee: SocketAddr) -> Relay {
+    let config =
+        RelayConfig { listen: "127.0.0.1:0".parse().expect("addr"), next_hop: callee, duration: None, progress: false };
+    Relay::start(&config).expect("the relay starts")
+}
+
 #[test]
 fn the_relay_carries_every_message_of_a_call_both_ways() {
     let callee = uas(None);
-    let config = RelayConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        next_hop: callee.local,
-        duration: None,
-        progress: false,
-    };
-    let relay = Relay::start(&config).expect("the relay starts");
+    let relay = relay_to(callee.local);
     let report = uac::run(&uac(relay.local, Scenario::Call, TransportKind::Udp, 200)).expect("completes");
     let relayed = relay.stop().expect("stops");
     let stats = callee.stop().expect("stops");
@@ -155,13 +156,7 @@ fn the_relay_carries_every_message_of_a_call_both_ways() {
 #[test]
 fn the_relay_drops_what_it_cannot_route() {
     let callee = uas(None);
-    let config = RelayConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        next_hop: callee.local,
-        duration: None,
-        progress: false,
-    };
-    let relay = Relay::start(&config).expect("the relay starts");
+    let relay = relay_to(callee.local);
     let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
     sender.send_to(b"not SIP\r\n\r\n", relay.local).expect("send");
     sender.send_to(b"SIP/2.0 200 OK\r\nCall-ID: x\r\nContent-Length: 0\r\n\r\n", relay.local).expect("send");
