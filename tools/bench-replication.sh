@@ -17,9 +17,11 @@
 #
 #   tools/bench-replication.sh [--seconds S] [--rates "R1 R2 .."] [--hold-ms H]
 #                              [--role b2bua|proxy] [--modes "single cluster-async cluster-sync"]
-#                              [--no-pin]
+#                              [--no-pin] [--spin-us US]
 #                              (more modes: cluster-async-spread cluster-sync-spread)
 # --no-pin: every node's shards unpinned (server.pin_shards = false, tuning.md).
+# --spin-us: every node's idle shards spin US microseconds before they sleep
+#            (server.spin_before_park_us; default 0, the server's default).
 #
 # Bounded (two missed steps end a ladder; each step S s + hold + at most 45 s);
 # builds if needed; stops every process it started by PID.
@@ -33,6 +35,7 @@ hold_ms=1000
 role=b2bua
 modes="single cluster-async cluster-sync"
 pin=true
+spin_us=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds=$2; shift 2 ;;
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
         --role) role=$2; shift 2 ;;
         --modes) modes=$2; shift 2 ;;
         --no-pin) pin=false; shift ;;
+        --spin-us) spin_us=$2; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -75,8 +79,8 @@ write_config() { # node mode
     if [ "$mode" = single ]; then
         # Tuned as a single node is run: its shards' own ports (tuning.md), so its calls do not
         # pay hops between shards that the one-shard cluster nodes never make.
-        printf '[server]\nlisten = "%s"\nrole = "%s"\ndrain_s = 2\nshard_ports = 16071\npin_shards = %s\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
-            "$sip1" "$role" "$pin" "$uas_port"
+        printf '[server]\nlisten = "%s"\nrole = "%s"\ndrain_s = 2\nshard_ports = 16071\npin_shards = %s\nspin_before_park_us = %s\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
+            "$sip1" "$role" "$pin" "$spin_us" "$uas_port"
         return
     fi
     if [ "$node" = 1 ]; then listen=$sip1; cores_toml="[$(core_list 0 "$half")]"; else
@@ -84,8 +88,8 @@ write_config() { # node mode
     local other=$(( 3 - node ))
     local me_repl=$repl1 other_repl=$repl2 other_sip=$sip2
     [ "$node" = 2 ] && { me_repl=$repl2; other_repl=$repl1; other_sip=$sip1; }
-    printf '[server]\nlisten = "%s"\nrole = "%s"\ncores = %s\ndrain_s = 2\npin_shards = %s\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
-        "$listen" "$role" "$cores_toml" "$pin" "$uas_port"
+    printf '[server]\nlisten = "%s"\nrole = "%s"\ncores = %s\ndrain_s = 2\npin_shards = %s\nspin_before_park_us = %s\n[proxy]\ndefault_route = "sip:127.0.0.1:%s"\n' \
+        "$listen" "$role" "$cores_toml" "$pin" "$spin_us" "$uas_port"
     printf '[cluster]\nnode = %s\nsecret = "bench-replication-secret"\nreplication = "%s"\nlisten = "%s"\nstatus_file = "%s"\n' \
         "$node" "$(replication_of "$mode")" "$me_repl" "$work/node$node.status"
     printf '[[cluster.peers]]\nnode = %s\naddress = "%s"\nsip = "%s"\n' "$other" "$other_repl" "$other_sip"
@@ -136,7 +140,7 @@ stop_mode() {
 pids+=($!)
 sleep 0.3
 
-echo "# sipbench -> node 1 -> sipbench uas, loopback UDP, $role, ${seconds} s per step, hold ${hold_ms} ms, shards pinned: $pin"
+echo "# sipbench -> node 1 -> sipbench uas, loopback UDP, $role, ${seconds} s per step, hold ${hold_ms} ms, shards pinned: $pin, spin before sleep: ${spin_us} us"
 echo "# $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r); cluster nodes on $half core(s) each"
 printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s %8s\n" mode offered calls/s failed p50_ms p99_ms p999_ms cpu_s sustained B/call
 results="$work/results"

@@ -718,6 +718,16 @@ struct Effects {
     requests: u64,
 }
 
+/// Puts what an INVITE's handling sent after its 100 Trying (the one send in `fx.sends` at
+/// `trying`, when there is one) before it: the relayed INVITE leaves first. Every send is a
+/// system call that may wake its receiver (tens of µs on a VM), and the call waits on the
+/// INVITE, not on the 100, which only stops the caller's retransmissions (T1 = 500 ms away).
+fn relayed_first(fx: &mut Effects, trying: core::ops::Range<usize>) {
+    if trying.len() == 1 && fx.sends.len() > trying.end {
+        fx.sends[trying.start..].rotate_left(1);
+    }
+}
+
 /// One shard.
 pub struct Shard<T> {
     config: ShardConfig,
@@ -1400,14 +1410,17 @@ impl<T: TransactionUser> Shard<T> {
         match decision {
             Decision::Respond(answer) => self.answer(now_ms, &mut record, id, call_id, msg, answer, &mut fx),
             Decision::Relay(relay) => {
+                let trying = fx.sends.len();
                 if is_invite {
                     // §16.2: a stateful proxy answers an INVITE with 100 Trying at once.
                     self.answer_with(now_ms, &mut record, id, call_id, msg, 100, "Trying", &[], &mut fx);
                 }
+                let trying = trying..fx.sends.len();
                 if is_invite && relay.record_route && record.dialog.is_none() {
                     record.dialog = Some(DialogState::Early);
                 }
                 self.relay_request(now_ms, &mut record, id, call_id, (peer.transport, msg), &relay, &mut fx);
+                relayed_first(&mut fx, trying);
                 if is_invite {
                     // §16.8: the proxy's Timer C bounds how long the INVITE may ring.
                     let deadline = now_ms + self.config.no_answer.as_millis() as u64;
@@ -1415,9 +1428,12 @@ impl<T: TransactionUser> Shard<T> {
                 }
             }
             Decision::Bridge(relay) => {
+                let trying = fx.sends.len();
                 self.answer_with(now_ms, &mut record, id, call_id, msg, 100, "Trying", &[], &mut fx);
+                let trying = trying..fx.sends.len();
                 self.keep_request(&mut record, id, msg);
                 self.bridge_call(now_ms, &mut record, id, stripe, call_id, peer, msg, &relay, &mut fx);
+                relayed_first(&mut fx, trying);
                 let deadline = now_ms + self.config.no_answer.as_millis() as u64;
                 self.arm_call_timer(&mut record, stripe, call_id, CallTimer::NoAnswer, deadline, &mut fx);
             }

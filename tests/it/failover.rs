@@ -118,7 +118,7 @@ Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
     );
     let out = send(&mut one, Some(&mut two), now, CALLER, &invite);
     assert_eq!(out.len(), 2, "{out:?}");
-    let b_invite = out[1].1.clone();
+    let b_invite = out[0].1.clone();
     let b_call_id = header(&b_invite, "Call-ID").to_owned();
     let b_from = header(&b_invite, "From").to_owned();
     let out = send(&mut one, Some(&mut two), now, CALLEE, &answer(&b_invite, 200, "OK"));
@@ -234,7 +234,7 @@ Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:sipp@{CALLER}>\r\nMax-Forw
 Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
     );
     let out = send(&mut one, None, now, CALLER, &invite);
-    let b_invite = out[1].1.clone();
+    let b_invite = out[0].1.clone();
     let b_call_id = header(&b_invite, "Call-ID").to_owned();
     let b_from = header(&b_invite, "From").to_owned();
     let out = send(&mut one, None, now, CALLEE, &answer(&b_invite, 200, "OK"));
@@ -328,7 +328,7 @@ Content-Length: 0\r\n\r\n"
     assert!(drain(&mut two, None, start).is_empty());
     assert_eq!(two.stats().records_activated, 1);
     // Node 1 goes on alone: the callee answers, the call is up there.
-    let (sent, newer) = send_keeping_changes(&mut one, start, CALLEE, &answer(&sent[1], 200, "OK"));
+    let (sent, newer) = send_keeping_changes(&mut one, start, CALLEE, &answer(&sent[0], 200, "OK"));
     assert_eq!(status(&sent[0]), 200);
 
     // The links are back: node 1's newer copy wins on node 2; no echo, no message.

@@ -131,9 +131,10 @@ fn to(addr: &str) -> SocketAddr {
 fn a_call_is_relayed_end_to_end_with_record_route() {
     let mut rig = Rig::new();
     let out = rig.send(CALLER, invite("call-1", "inv1", "").as_bytes());
+    // The relayed INVITE leaves first (the call waits on it), then the 100 Trying.
     assert_eq!(out.len(), 2, "{out:?}");
-    assert_eq!((out[0].0, status(&out[0].1)), (to(CALLER), 100));
-    let (dest, relayed) = &out[1];
+    assert_eq!((out[1].0, status(&out[1].1)), (to(CALLER), 100));
+    let (dest, relayed) = &out[0];
     assert_eq!(*dest, to(CALLEE));
     assert!(
         relayed
@@ -189,7 +190,7 @@ fn with_shard_ports_the_relay_names_the_shards_own_port() {
     let config = ShardConfig { shard_ports: Some(ports), ..ShardConfig::standalone(64) };
     rig.shard = Shard::new(config, Proxy::new(proxy_config()), rig.start);
     let out = rig.send(CALLER, invite("own-port", "inv9", "").as_bytes());
-    let relayed = &out[1].1;
+    let relayed = &out[0].1;
     assert!(relayed.contains("\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK"), "{relayed}");
     assert!(relayed.contains("Record-Route: <sip:127.0.0.1:6000;lr>\r\n"), "{relayed}");
     let _ = rig.send(CALLEE, answer(relayed, 200, "OK", "callee-tag").as_bytes());
@@ -216,7 +217,7 @@ fn with_shard_ports_the_relay_names_the_shards_own_port() {
 fn an_error_response_is_acked_hop_by_hop_and_relayed() {
     let mut rig = Rig::new();
     let out = rig.send(CALLER, invite("call-busy", "inv2", "").as_bytes());
-    let relayed = out[1].1.clone();
+    let relayed = out[0].1.clone();
     let out = rig.send(CALLEE, answer(&relayed, 486, "Busy Here", "b").as_bytes());
     let mut seen: Vec<(SocketAddr, String)> =
         out.iter().map(|(a, m)| (*a, m.lines().next().unwrap_or_default().to_owned())).collect();
@@ -239,7 +240,7 @@ fn an_error_response_is_acked_hop_by_hop_and_relayed() {
 fn cancel_is_answered_and_sent_on_then_487_goes_up() {
     let mut rig = Rig::new();
     let out = rig.send(CALLER, invite("call-cancel", "inv3", "").as_bytes());
-    let relayed = out[1].1.clone();
+    let relayed = out[0].1.clone();
     let _ = rig.send(CALLEE, answer(&relayed, 180, "Ringing", "c").as_bytes());
     let cancel = invite("call-cancel", "inv3", "")
         .replace("INVITE sip:", "CANCEL sip:")
@@ -293,7 +294,7 @@ fn a_silent_callee_turns_into_408_and_retransmissions_follow_timer_a() {
 fn timer_c_cancels_a_callee_that_rings_forever() {
     let mut rig = Rig::new();
     let out = rig.send(CALLER, invite("call-ring", "inv9", "").as_bytes());
-    let relayed = out[1].1.clone();
+    let relayed = out[0].1.clone();
     let _ = rig.send(CALLEE, answer(&relayed, 180, "Ringing", "r").as_bytes());
     let mut seen = Vec::new();
     while rig.now < rig.start + Duration::from_secs(182) {
@@ -326,7 +327,7 @@ fn static_routes_pick_the_next_hop_by_user_prefix() {
     let request =
         invite("call-uk", "inv6", "").replace("sip:service@127.0.0.1:5060 SIP", "sip:+442071234567@127.0.0.1:5060 SIP");
     let out = rig.send(CALLER, request.as_bytes());
-    assert_eq!(out[1].0, to("127.0.0.1:5091"));
+    assert_eq!(out[0].0, to("127.0.0.1:5091"));
 }
 
 #[test]
@@ -380,7 +381,7 @@ fn every_error_reply_has_a_request_that_provokes_it() {
         if code == 200 {
             // A domain with no static route goes to the default route.
             let out = rig.send(CALLER, request.as_bytes());
-            assert_eq!(out[1].0, to(CALLEE));
+            assert_eq!(out[0].0, to(CALLEE));
             continue;
         }
         let out = rig.send(CALLER, request.as_bytes());
@@ -439,7 +440,7 @@ fn ended_calls_waiting_out_their_timers_leave_room_for_new_calls() {
     // Four calls up at once are the capacity; ended ones never were in the way.
     for i in 0..4 {
         let out = rig.send(CALLER, invite(&format!("up-{i}"), &format!("up{i}"), "").as_bytes());
-        assert_eq!(status(&out[0].1), 100, "call {i}");
+        assert_eq!(status(&out[out.len() - 1].1), 100, "call {i}");
     }
     let out = rig.send(CALLER, invite("up-4", "up4", "").as_bytes());
     assert_eq!(status(&out[0].1), 503, "the fifth call at once is refused");
@@ -461,7 +462,7 @@ fn a_full_timer_wheel_refuses_new_transactions_with_503() {
     let mut rig = Rig { shard: Shard::new(config, Proxy::new(proxy_config()), start), start, now: start };
     let first: Vec<u16> = (0..60)
         .map(|i| rig.send(CALLER, invite(&format!("wheel-{i}"), &format!("w{i}"), "").as_bytes()))
-        .map(|out| status(&out[0].1))
+        .map(|out| status(&out[out.len() - 1].1))
         .collect();
     let refused = first.iter().filter(|&&s| s == 503).count();
     assert!(first[..5].iter().all(|&s| s == 100), "{first:?}");
@@ -509,8 +510,8 @@ Contact: <sip:alice@127.0.0.1:5095;transport=udp>\r\nExpires: 600\r\nContent-Len
     let call =
         invite("call-alice", "inv7", "").replace("sip:service@127.0.0.1:5060 SIP", "sip:alice@127.0.0.1:5060 SIP");
     let out = rig.send(CALLER, call.as_bytes());
-    assert_eq!(out[1].0, to("127.0.0.1:5095"), "{out:?}");
-    assert!(out[1].1.starts_with("INVITE sip:alice@127.0.0.1:5095;transport=udp SIP/2.0\r\n"), "{}", out[1].1);
+    assert_eq!(out[0].0, to("127.0.0.1:5095"), "{out:?}");
+    assert!(out[0].1.starts_with("INVITE sip:alice@127.0.0.1:5095;transport=udp SIP/2.0\r\n"), "{}", out[0].1);
     // An unregistered user at our address, with no default route: 404.
     let nobody = invite("call-bob", "inv8", "").replace("sip:service@127.0.0.1:5060 SIP", "sip:bob@127.0.0.1:5060 SIP");
     let out = rig.send(CALLER, nobody.as_bytes());
@@ -592,8 +593,8 @@ pub(crate) mod b2bua {
         let mut rig = rig();
         let out = rig.send(CALLER, invite("a-leg-1", "inv1", "Record-Route: <sip:10.9.9.9;lr>\r\n").as_bytes());
         assert_eq!(out.len(), 2, "{out:?}");
-        assert_eq!(status(&out[0].1), 100);
-        let (dest, b_invite) = (out[1].0, out[1].1.clone());
+        assert_eq!(status(&out[1].1), 100);
+        let (dest, b_invite) = (out[0].0, out[0].1.clone());
         assert_eq!(dest, to(CALLEE));
         let b_call_id = header(&b_invite, "Call-ID").to_owned();
         assert!(b_call_id.starts_with("b2b~"), "{b_invite}");
@@ -655,7 +656,7 @@ To: {b_from}\r\nCall-ID: {b_call_id}\r\nCSeq: 7 BYE\r\nMax-Forwards: 70\r\nConte
         };
         rig.shard = Shard::new(config, Proxy::new(proxy), rig.start);
         let out = rig.send(CALLER, invite("long-call", "inv3", "").as_bytes());
-        let b_invite = out[1].1.clone();
+        let b_invite = out[0].1.clone();
         let out = rig.send(CALLEE, answer(&b_invite, 200, "OK", "callee-tag").as_bytes());
         let a_tag = header(&out[0].1, "To").split("tag=").nth(1).expect("tag").to_owned();
         let ack = in_dialog("ACK", "long-call", "ack3", 1, false).replace("tag=callee-tag", &format!("tag={a_tag}"));
@@ -679,7 +680,7 @@ To: {b_from}\r\nCall-ID: {b_call_id}\r\nCSeq: 7 BYE\r\nMax-Forwards: 70\r\nConte
     fn an_unanswered_call_is_cancelled_after_the_no_answer_time() {
         let mut rig = rig();
         let out = rig.send(CALLER, invite("ringing", "inv4", "").as_bytes());
-        let b_invite = out[1].1.clone();
+        let b_invite = out[0].1.clone();
         let _ = rig.send(CALLEE, answer(&b_invite, 180, "Ringing", "c").as_bytes());
         let mut seen = Vec::new();
         while rig.now < rig.start + Duration::from_secs(182) {
@@ -700,7 +701,7 @@ To: {b_from}\r\nCall-ID: {b_call_id}\r\nCSeq: 7 BYE\r\nMax-Forwards: 70\r\nConte
     fn a_busy_callee_is_reported_to_the_caller() {
         let mut rig = rig();
         let out = rig.send(CALLER, invite("a-leg-2", "inv2", "").as_bytes());
-        let b_invite = out[1].1.clone();
+        let b_invite = out[0].1.clone();
         let out = rig.send(CALLEE, answer(&b_invite, 486, "Busy Here", "b").as_bytes());
         let mut lines: Vec<(SocketAddr, String)> =
             out.iter().map(|(a, m)| (*a, m.lines().next().unwrap_or_default().to_owned())).collect();
