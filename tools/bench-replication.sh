@@ -17,11 +17,13 @@
 #
 #   tools/bench-replication.sh [--seconds S] [--rates "R1 R2 .."] [--hold-ms H]
 #                              [--role b2bua|proxy] [--modes "single cluster-async cluster-sync"]
-#                              [--no-pin] [--spin-us US]
+#                              [--no-pin] [--spin-us US] [--bin DIR]
 #                              (more modes: cluster-async-spread cluster-sync-spread)
 # --no-pin: every node's shards unpinned (server.pin_shards = false, tuning.md).
 # --spin-us: every node's idle shards spin US microseconds before they sleep
 #            (server.spin_before_park_us; default 0, the server's default).
+# --bin: where sipshard and sipbench are (default: build them in target/release),
+#        with the commit they were built from in DIR/COMMIT (for A/B runs of two builds).
 #
 # Bounded (two missed steps end a ladder; each step S s + hold + at most 45 s);
 # builds if needed; stops every process it started by PID.
@@ -36,6 +38,7 @@ role=b2bua
 modes="single cluster-async cluster-sync"
 pin=true
 spin_us=0
+bin=
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds=$2; shift 2 ;;
@@ -45,13 +48,18 @@ while [ $# -gt 0 ]; do
         --modes) modes=$2; shift 2 ;;
         --no-pin) pin=false; shift ;;
         --spin-us) spin_us=$2; shift 2 ;;
+        --bin) bin=$2; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 
-cargo build --release -q -p sipshard -p sipshard-bench
-sipshard=target/release/sipshard
-sipbench=target/release/sipbench
+if [ -z "$bin" ]; then
+    cargo build --release -q -p sipshard -p sipshard-bench
+    bin=target/release
+fi
+sipshard=$bin/sipshard
+sipbench=$bin/sipbench
+commit=$(cat "$bin/COMMIT" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
 cores=$(nproc)
 half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
 work=$(mktemp -d)
@@ -141,7 +149,7 @@ pids+=($!)
 sleep 0.3
 
 echo "# sipbench -> node 1 -> sipbench uas, loopback UDP, $role, ${seconds} s per step, hold ${hold_ms} ms, shards pinned: $pin, spin before sleep: ${spin_us} us"
-echo "# $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r); cluster nodes on $half core(s) each"
+echo "# $commit, $cores x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r); cluster nodes on $half core(s) each"
 printf "%-14s %7s %9s %7s %8s %8s %8s %8s %9s %8s\n" mode offered calls/s failed p50_ms p99_ms p999_ms cpu_s sustained B/call
 results="$work/results"
 : >"$results"
