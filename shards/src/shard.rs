@@ -718,13 +718,32 @@ struct Effects {
     requests: u64,
 }
 
-/// Puts what an INVITE's handling sent after its 100 Trying (the one send in `fx.sends` at
-/// `trying`, when there is one) before it: the relayed INVITE leaves first. Every send is a
-/// system call that may wake its receiver (tens of µs on a VM), and the call waits on the
-/// INVITE, not on the 100, which only stops the caller's retransmissions (T1 = 500 ms away).
-fn relayed_first(fx: &mut Effects, trying: core::ops::Range<usize>) {
-    if trying.len() == 1 && fx.sends.len() > trying.end {
-        fx.sends[trying.start..].rotate_left(1);
+/// Where an INVITE's 100 Trying went in [`Effects::sends`], and the responses sent by then.
+struct Trying {
+    sends: core::ops::Range<usize>,
+    responses: u64,
+}
+
+impl Trying {
+    /// Marks what `fx` has sent so far: the 100 Trying is what the next answer adds.
+    fn before(fx: &Effects) -> usize {
+        fx.sends.len()
+    }
+
+    /// The 100 Trying is what `fx` sent since `start`.
+    fn sent(fx: &Effects, start: usize) -> Trying {
+        Trying { sends: start..fx.sends.len(), responses: fx.responses }
+    }
+}
+
+/// Puts what an INVITE's handling sent after its 100 Trying before it: the relayed INVITE
+/// leaves first. Every send is a system call that may wake its receiver (tens of µs on a
+/// VM), and the call waits on the INVITE, not on the 100, which only stops the caller's
+/// retransmissions (T1 = 500 ms away). Not when a response followed the 100 (a 500 for a
+/// request that could not be relayed stays after it).
+fn relayed_first(fx: &mut Effects, trying: Trying) {
+    if trying.sends.len() == 1 && fx.responses == trying.responses && fx.sends.len() > trying.sends.end {
+        fx.sends[trying.sends.start..].rotate_left(1);
     }
 }
 
@@ -1410,12 +1429,12 @@ impl<T: TransactionUser> Shard<T> {
         match decision {
             Decision::Respond(answer) => self.answer(now_ms, &mut record, id, call_id, msg, answer, &mut fx),
             Decision::Relay(relay) => {
-                let trying = fx.sends.len();
+                let trying = Trying::before(&fx);
                 if is_invite {
                     // §16.2: a stateful proxy answers an INVITE with 100 Trying at once.
                     self.answer_with(now_ms, &mut record, id, call_id, msg, 100, "Trying", &[], &mut fx);
                 }
-                let trying = trying..fx.sends.len();
+                let trying = Trying::sent(&fx, trying);
                 if is_invite && relay.record_route && record.dialog.is_none() {
                     record.dialog = Some(DialogState::Early);
                 }
@@ -1428,9 +1447,9 @@ impl<T: TransactionUser> Shard<T> {
                 }
             }
             Decision::Bridge(relay) => {
-                let trying = fx.sends.len();
+                let trying = Trying::before(&fx);
                 self.answer_with(now_ms, &mut record, id, call_id, msg, 100, "Trying", &[], &mut fx);
-                let trying = trying..fx.sends.len();
+                let trying = Trying::sent(&fx, trying);
                 self.keep_request(&mut record, id, msg);
                 self.bridge_call(now_ms, &mut record, id, stripe, call_id, peer, msg, &relay, &mut fx);
                 relayed_first(&mut fx, trying);
@@ -2544,4 +2563,54 @@ enum TimerOp {
 enum WheelTimer {
     Txn(TxnTimer),
     Call(CallTimer),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `text` to the port; a response counts as one.
+    fn send(fx: &mut Effects, port: u16, text: &str) {
+        let peer = Peer { addr: SocketAddr::from(([127, 0, 0, 1], port)), transport: Transport::Udp };
+        fx.sends.push((peer, SharedBytes::from(text.as_bytes())));
+        fx.responses += u64::from(text.starts_with("SIP/2.0 "));
+    }
+
+    fn sent(fx: &Effects) -> Vec<&str> {
+        fx.sends.iter().map(|(_, b)| core::str::from_utf8(b).expect("text")).collect()
+    }
+
+    /// `then` sent after a 100 Trying, `relayed_first` applied.
+    fn after_trying(then: &[(u16, &str)]) -> Vec<String> {
+        let mut fx = Effects::default();
+        send(&mut fx, 5061, "SIP/2.0 180 earlier");
+        let start = Trying::before(&fx);
+        send(&mut fx, 5061, "SIP/2.0 100 Trying");
+        let trying = Trying::sent(&fx, start);
+        then.iter().for_each(|&(port, text)| send(&mut fx, port, text));
+        relayed_first(&mut fx, trying);
+        sent(&fx).into_iter().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_relayed_invite_leaves_before_its_100_trying_but_a_response_stays_after_it() {
+        assert_eq!(after_trying(&[(5090, "INVITE")]), ["SIP/2.0 180 earlier", "INVITE", "SIP/2.0 100 Trying"]);
+        assert_eq!(
+            after_trying(&[(5090, "INVITE"), (5090, "CANCEL")]),
+            ["SIP/2.0 180 earlier", "INVITE", "CANCEL", "SIP/2.0 100 Trying"]
+        );
+        // The INVITE could not be relayed: its 500 must not overtake the 100.
+        assert_eq!(
+            after_trying(&[(5061, "SIP/2.0 500 Server Internal Error")]),
+            ["SIP/2.0 180 earlier", "SIP/2.0 100 Trying", "SIP/2.0 500 Server Internal Error"]
+        );
+        assert_eq!(after_trying(&[]), ["SIP/2.0 180 earlier", "SIP/2.0 100 Trying"]);
+        // No 100 sent (not an INVITE): what was relayed keeps its order.
+        let mut fx = Effects::default();
+        let trying = Trying::sent(&fx, Trying::before(&fx));
+        send(&mut fx, 5090, "BYE");
+        send(&mut fx, 5091, "BYE again");
+        relayed_first(&mut fx, trying);
+        assert_eq!(sent(&fx), ["BYE", "BYE again"]);
+    }
 }
