@@ -59,6 +59,9 @@ if [ -z "$bin" ]; then
 fi
 sipshard=$bin/sipshard
 sipbench=$bin/sipbench
+for b in "$sipshard" "$sipbench"; do
+    [ -x "$b" ] || { echo "no executable $b (--bin names the folder holding sipshard and sipbench)" >&2; exit 2; }
+done
 commit=$(cat "$bin/COMMIT" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
 cores=$(nproc)
 half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
