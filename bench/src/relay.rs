@@ -128,10 +128,7 @@ fn route_of(datagram: &[u8], slots: &mut [HeaderSlot]) -> Option<Route> {
     if message.is_request() {
         return Some(Route::Request { invite: message.method() == Some(Method::Invite) });
     }
-    let via = message.top_via().ok()??;
-    let port = via.rport.flatten().or(via.port).unwrap_or(5060);
-    let host = via.received.unwrap_or(via.host);
-    Some(Route::Response(SocketAddr::new(host.parse().ok()?, port)))
+    Some(Route::Response(message.top_via().ok()??.response_address()?))
 }
 
 fn relay(
@@ -155,7 +152,8 @@ fn relay(
         let datagram = &buf[..len];
         let (bytes, to, counter) = match route_of(datagram, &mut slots) {
             Some(Route::Request { invite: true }) => {
-                // After the request line, so it is the first header line.
+                // A splice after the request line (the first header line), not the parser's
+                // `Editor`, which writes every header line anew: the floor does the least.
                 let line_end = datagram.iter().position(|&c| c == b'\n').map_or(len, |i| i + 1);
                 rewritten.clear();
                 rewritten.extend_from_slice(&datagram[..line_end]);

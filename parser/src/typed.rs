@@ -146,6 +146,16 @@ impl<'a> Via<'a> {
         Ok(())
     }
 
+    /// Where a response to this Via goes (RFC 3261 §18.2.2, RFC 3581): the `received` address
+    /// if there is one, else the sent-by host, at the `rport` value if there is one, else the
+    /// sent-by port (5060 when absent). IP literals only (an IPv6 reference loses its
+    /// brackets): `None` for a host name, which would need DNS.
+    pub fn response_address(&self) -> Option<std::net::SocketAddr> {
+        let host = self.received.unwrap_or(self.host).trim_matches(['[', ']']);
+        let port = self.rport.flatten().or(self.port).unwrap_or(5060);
+        Some(std::net::SocketAddr::new(host.parse().ok()?, port))
+    }
+
     /// Whether the branch starts with the RFC 3261 magic cookie (and has more after it),
     /// so §17.2.3 matching applies rather than the RFC 2543 fallback.
     pub fn has_rfc3261_branch(&self) -> bool {
@@ -899,6 +909,19 @@ mod tests {
                 prop_assert_eq!(msg.top_via(), msg.vias().next().transpose(), "{:?}", text);
             }
         }
+    }
+
+    #[test]
+    fn a_response_goes_to_received_and_rport_when_the_via_has_them() {
+        let at = |via: &str| Via::parse(via).expect("a Via").response_address();
+        let addr = |a: &str| Some(a.parse::<std::net::SocketAddr>().expect("addr"));
+        assert_eq!(at("SIP/2.0/UDP 192.0.2.1"), addr("192.0.2.1:5060"));
+        assert_eq!(at("SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKa"), addr("192.0.2.1:5070"));
+        assert_eq!(at("SIP/2.0/UDP 192.0.2.1:5070;rport=6000;received=198.51.100.7"), addr("198.51.100.7:6000"));
+        assert_eq!(at("SIP/2.0/UDP 192.0.2.1:5070;rport"), addr("192.0.2.1:5070"), "an rport not filled in");
+        assert_eq!(at("SIP/2.0/UDP [2001:db8::1]:5080"), addr("[2001:db8::1]:5080"));
+        assert_eq!(at("SIP/2.0/UDP host.test:5080"), None, "a name needs DNS");
+        assert_eq!(at("SIP/2.0/UDP host.test;received=192.0.2.9"), addr("192.0.2.9:5060"));
     }
 
     #[test]

@@ -718,32 +718,29 @@ struct Effects {
     requests: u64,
 }
 
-/// Where an INVITE's 100 Trying went in [`Effects::sends`], and the responses sent by then.
-struct Trying {
-    sends: core::ops::Range<usize>,
+/// How far an input's effects had got: taken just before an INVITE's 100 Trying.
+#[derive(Copy, Clone)]
+struct Mark {
+    sends: usize,
     responses: u64,
 }
 
-impl Trying {
-    /// Marks what `fx` has sent so far: the 100 Trying is what the next answer adds.
-    fn before(fx: &Effects) -> usize {
-        fx.sends.len()
+impl Effects {
+    /// What has been sent so far.
+    fn mark(&self) -> Mark {
+        Mark { sends: self.sends.len(), responses: self.responses }
     }
 
-    /// The 100 Trying is what `fx` sent since `start`.
-    fn sent(fx: &Effects, start: usize) -> Trying {
-        Trying { sends: start..fx.sends.len(), responses: fx.responses }
-    }
-}
-
-/// Puts what an INVITE's handling sent after its 100 Trying before it: the relayed INVITE
-/// leaves first. Every send is a system call that may wake its receiver (tens of µs on a
-/// VM), and the call waits on the INVITE, not on the 100, which only stops the caller's
-/// retransmissions (T1 = 500 ms away). Not when a response followed the 100 (a 500 for a
-/// request that could not be relayed stays after it).
-fn relayed_first(fx: &mut Effects, trying: Trying) {
-    if trying.sends.len() == 1 && fx.responses == trying.responses && fx.sends.len() > trying.sends.end {
-        fx.sends[trying.sends.start..].rotate_left(1);
+    /// Puts what an INVITE's handling sent after its 100 Trying (the send right after
+    /// `before_trying`) ahead of it: the relayed INVITE leaves first. Every send is a system
+    /// call that may wake its receiver (tens of µs on a VM), and the call waits on the INVITE,
+    /// not on the 100, which only stops the caller's retransmissions (T1 = 500 ms away). Only
+    /// when the 100 is the one response since the mark (a 500 for an INVITE that could not be
+    /// relayed stays after it).
+    fn relayed_first(&mut self, before_trying: Mark) {
+        if self.responses == before_trying.responses + 1 && self.sends.len() > before_trying.sends + 1 {
+            self.sends[before_trying.sends..].rotate_left(1);
+        }
     }
 }
 
@@ -1429,30 +1426,28 @@ impl<T: TransactionUser> Shard<T> {
         match decision {
             Decision::Respond(answer) => self.answer(now_ms, &mut record, id, call_id, msg, answer, &mut fx),
             Decision::Relay(relay) => {
-                let trying = Trying::before(&fx);
+                let before_trying = fx.mark();
                 if is_invite {
                     // §16.2: a stateful proxy answers an INVITE with 100 Trying at once.
                     self.answer_with(now_ms, &mut record, id, call_id, msg, 100, "Trying", &[], &mut fx);
                 }
-                let trying = Trying::sent(&fx, trying);
                 if is_invite && relay.record_route && record.dialog.is_none() {
                     record.dialog = Some(DialogState::Early);
                 }
                 self.relay_request(now_ms, &mut record, id, call_id, (peer.transport, msg), &relay, &mut fx);
-                relayed_first(&mut fx, trying);
                 if is_invite {
+                    fx.relayed_first(before_trying);
                     // §16.8: the proxy's Timer C bounds how long the INVITE may ring.
                     let deadline = now_ms + self.config.no_answer.as_millis() as u64;
                     self.arm_call_timer(&mut record, stripe, call_id, CallTimer::C, deadline, &mut fx);
                 }
             }
             Decision::Bridge(relay) => {
-                let trying = Trying::before(&fx);
+                let before_trying = fx.mark();
                 self.answer_with(now_ms, &mut record, id, call_id, msg, 100, "Trying", &[], &mut fx);
-                let trying = Trying::sent(&fx, trying);
                 self.keep_request(&mut record, id, msg);
                 self.bridge_call(now_ms, &mut record, id, stripe, call_id, peer, msg, &relay, &mut fx);
-                relayed_first(&mut fx, trying);
+                fx.relayed_first(before_trying);
                 let deadline = now_ms + self.config.no_answer.as_millis() as u64;
                 self.arm_call_timer(&mut record, stripe, call_id, CallTimer::NoAnswer, deadline, &mut fx);
             }
@@ -2545,11 +2540,8 @@ fn side_of(bridge: &B2buaCall, msg: &Message<'_>) -> Side {
 /// literals: the shard does no DNS.
 fn upstream_of(response: &Message<'_>) -> Option<Peer> {
     let via = response.vias().nth(1)?.ok()?;
-    let host = via.received.unwrap_or(via.host).trim_matches(['[', ']']);
-    let ip: std::net::IpAddr = host.parse().ok()?;
-    let port = via.rport.flatten().or(via.port).unwrap_or(5060);
     let transport = if via.transport.is_reliable() { Transport::Tcp } else { Transport::Udp };
-    Some(Peer { addr: SocketAddr::new(ip, port), transport })
+    Some(Peer { addr: via.response_address()?, transport })
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -2584,11 +2576,10 @@ mod tests {
     fn after_trying(then: &[(u16, &str)]) -> Vec<String> {
         let mut fx = Effects::default();
         send(&mut fx, 5061, "SIP/2.0 180 earlier");
-        let start = Trying::before(&fx);
+        let before_trying = fx.mark();
         send(&mut fx, 5061, "SIP/2.0 100 Trying");
-        let trying = Trying::sent(&fx, start);
         then.iter().for_each(|&(port, text)| send(&mut fx, port, text));
-        relayed_first(&mut fx, trying);
+        fx.relayed_first(before_trying);
         sent(&fx).into_iter().map(str::to_owned).collect()
     }
 
@@ -2605,12 +2596,12 @@ mod tests {
             ["SIP/2.0 180 earlier", "SIP/2.0 100 Trying", "SIP/2.0 500 Server Internal Error"]
         );
         assert_eq!(after_trying(&[]), ["SIP/2.0 180 earlier", "SIP/2.0 100 Trying"]);
-        // No 100 sent (not an INVITE): what was relayed keeps its order.
+        // No 100 Trying went out (it could not be written): the requests keep their order.
         let mut fx = Effects::default();
-        let trying = Trying::sent(&fx, Trying::before(&fx));
-        send(&mut fx, 5090, "BYE");
-        send(&mut fx, 5091, "BYE again");
-        relayed_first(&mut fx, trying);
-        assert_eq!(sent(&fx), ["BYE", "BYE again"]);
+        let before_trying = fx.mark();
+        send(&mut fx, 5090, "INVITE");
+        send(&mut fx, 5090, "CANCEL");
+        fx.relayed_first(before_trying);
+        assert_eq!(sent(&fx), ["INVITE", "CANCEL"]);
     }
 }
