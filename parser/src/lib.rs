@@ -47,6 +47,8 @@ pub use method::Method;
 pub use params::{Param, ParamIter, Params, unquote};
 pub use problems::{Problem, Problems};
 pub use stripe::{peek_call_id, stripe_of};
-pub use typed::{Auth, CSeq, Contact, MAGIC_COOKIE, MediaType, NameAddr, TokenParams, Transport, Values, Via};
+pub use typed::{
+    Auth, CSeq, Contact, MAGIC_COOKIE, MediaType, NameAddr, TokenParams, Transport, Values, Via, ViaBranchSentBy,
+};
 pub use uri::{Scheme, Unescape, Uri, unescape};
 pub use writer::{Editor, ResponseSpec, WriteError, write_ack, write_cancel, write_message, write_response};

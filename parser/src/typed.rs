@@ -128,20 +128,14 @@ impl<'a> Via<'a> {
     /// Picks out one via-param this struct names (the first occurrence wins; `rport` and
     /// `ttl` must be numbers in range). The raw list is kept in `params` by the caller.
     fn take_param(&mut self, name: &'a str, value: Option<&'a str>) -> Result<(), GrammarError<'a>> {
-        if name.eq_ignore_ascii_case("branch") {
-            self.branch = self.branch.or(value);
-        } else if name.eq_ignore_ascii_case("received") {
-            self.received = self.received.or(value);
-        } else if name.eq_ignore_ascii_case("maddr") {
-            self.maddr = self.maddr.or(value);
-        } else if name.eq_ignore_ascii_case("rport") {
-            self.rport = Some(match value {
-                None => None,
-                Some(v) => Some(v.parse::<u16>().map_err(|_| GrammarError::new(v, ErrorKind::ExpectedPort))?),
-            });
-        } else if name.eq_ignore_ascii_case("ttl") {
-            let v = value.ok_or(GrammarError::new(name, ErrorKind::ExpectedNumber))?;
-            self.ttl = Some(v.parse::<u8>().map_err(|_| GrammarError::new(v, ErrorKind::ExpectedNumber))?);
+        match via_param(name.as_bytes(), value.map(str::as_bytes)) {
+            Ok(ViaParam::Branch) => self.branch = self.branch.or(value),
+            Ok(ViaParam::Received) => self.received = self.received.or(value),
+            Ok(ViaParam::Maddr) => self.maddr = self.maddr.or(value),
+            Ok(ViaParam::Rport(port)) => self.rport = Some(port),
+            Ok(ViaParam::Ttl(ttl)) => self.ttl = Some(ttl),
+            Ok(ViaParam::Other) => {}
+            Err(kind) => return Err(GrammarError::new(value.unwrap_or(name), kind)),
         }
         Ok(())
     }
@@ -163,9 +157,26 @@ impl<'a> Via<'a> {
     }
 }
 
+/// The parts of a Via that §17.2.3 matching reads: [`Message::top_via_branch_sent_by`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ViaBranchSentBy<'a> {
+    /// The `branch` parameter, magic cookie first.
+    pub branch: &'a [u8],
+    /// The sent-by host as written (IPv6 references keep their brackets).
+    pub host: &'a [u8],
+    /// The sent-by port, if given.
+    pub port: Option<u16>,
+}
+
+impl<'a> From<Via<'a>> for ViaBranchSentBy<'a> {
+    fn from(via: Via<'a>) -> Self {
+        ViaBranchSentBy { branch: via.branch.unwrap_or_default().as_bytes(), host: via.host.as_bytes(), port: via.port }
+    }
+}
+
 /// `host` of a sent-by: hostname, IPv4 address or IPv6 reference (the URI host rule).
 fn sent_by_host(input: &str) -> PResult<'_, &str> {
-    match crate::uri::host_len(input, 0) {
+    match crate::uri::host_len(input.as_bytes(), 0) {
         Ok(n) => Ok((&input[n..], &input[..n])),
         Err(_) => fail(input, ErrorKind::ExpectedHost),
     }
@@ -208,15 +219,71 @@ fn via_parm_grammar(input: &str) -> PResult<'_, Via<'_>> {
     Ok((rest, via))
 }
 
-/// The common shape of a via-parm, decoded without the grammar's combinators: no LWS
-/// except the one run between sent-protocol and sent-by, a port of at most five digits,
+/// What one via-param sets, by its name (case-insensitive); both decoders use it.
+enum ViaParam {
+    Branch,
+    Received,
+    Maddr,
+    /// `rport`, with its value if it has one.
+    Rport(Option<u16>),
+    Ttl(u8),
+    /// A parameter the Via struct does not pick out.
+    Other,
+}
+
+/// Classifies a via-param: `rport` must have no value or a port, `ttl` a number 0-255
+/// (the error names what was expected; its place is the value, or the name when it has none).
+fn via_param(name: &[u8], value: Option<&[u8]>) -> Result<ViaParam, ErrorKind> {
+    // `str::parse`, as the grammar has always read these (it takes a leading `+`).
+    fn number<N: core::str::FromStr>(value: &[u8]) -> Option<N> {
+        core::str::from_utf8(value).ok()?.parse().ok()
+    }
+    Ok(if name.eq_ignore_ascii_case(b"branch") {
+        ViaParam::Branch
+    } else if name.eq_ignore_ascii_case(b"received") {
+        ViaParam::Received
+    } else if name.eq_ignore_ascii_case(b"maddr") {
+        ViaParam::Maddr
+    } else if name.eq_ignore_ascii_case(b"rport") {
+        ViaParam::Rport(match value {
+            None => None,
+            Some(v) => Some(number(v).ok_or(ErrorKind::ExpectedPort)?),
+        })
+    } else if name.eq_ignore_ascii_case(b"ttl") {
+        ViaParam::Ttl(value.and_then(number).ok_or(ErrorKind::ExpectedNumber)?)
+    } else {
+        ViaParam::Other
+    })
+}
+
+/// A byte range `start..end` of the text a [`PlainVia`] was scanned from.
+type Span = core::ops::Range<usize>;
+
+/// A via-parm of the common shape, as spans of the bytes [`scan_plain_via`] read.
+struct PlainVia {
+    protocol_name: Span,
+    protocol_version: Span,
+    transport: Span,
+    host: Span,
+    port: Option<u16>,
+    params: Span,
+    branch: Option<Span>,
+    received: Option<Span>,
+    maddr: Option<Span>,
+    rport: Option<Option<u16>>,
+    ttl: Option<u8>,
+}
+
+/// The common shape of a via-parm, scanned as bytes without the grammar's combinators: no
+/// LWS except the one run between sent-protocol and sent-by, a port of at most five digits,
 /// parameters `;token[=value]` with unquoted values. Anything else (folds, spaces around
 /// separators, quoted values, a bad `rport` or `ttl`, too many parameters) returns `None`
-/// and [`via_parm`] decodes it the long way, so both give the same answer where this one
-/// answers (a property test checks it). Every request's top Via is decoded for §17.2.3
-/// matching: this took the shard's top-Via decode from 1.8 k to 1.3 k instructions (callgrind).
-fn via_parm_plain(input: &str) -> Option<(&str, Via<'_>)> {
-    let bytes = input.as_bytes();
+/// and the grammar decodes it, so both give the same answer where this one answers (a
+/// property test checks it). Every span is ASCII, so it is a char boundary of the text.
+/// Every request's top Via is read for §17.2.3 matching: this took the shard's top-Via
+/// decode from 1.8 k to 1.3 k instructions (callgrind), and
+/// [`Message::top_via_branch_sent_by`] reads it without decoding a [`Via`] at all.
+fn scan_plain_via(bytes: &[u8]) -> Option<PlainVia> {
     let token_end =
         |from: usize| from + bytes[from..].iter().position(|&c| !is_token_char(c)).unwrap_or(bytes.len() - from);
     let name_end = token_end(0);
@@ -230,7 +297,7 @@ fn via_parm_plain(input: &str) -> Option<(&str, Via<'_>)> {
         return None;
     }
     let host_at = transport_end + lws_len;
-    let host_end = host_at + crate::uri::host_len(&input[host_at..], 0).ok()?;
+    let host_end = host_at + crate::uri::host_len(&bytes[host_at..], 0).ok()?;
     let mut at = host_end;
     let port = if bytes.get(at) == Some(&b':') {
         let digits = bytes[at + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
@@ -243,14 +310,19 @@ fn via_parm_plain(input: &str) -> Option<(&str, Via<'_>)> {
     } else {
         None
     };
-    let mut via = Via::sent_by(
-        &input[..name_end],
-        &input[version_at..version_end],
-        &input[transport_at..transport_end],
-        &input[host_at..host_end],
+    let mut via = PlainVia {
+        protocol_name: 0..name_end,
+        protocol_version: version_at..version_end,
+        transport: transport_at..transport_end,
+        host: host_at..host_end,
         port,
-    );
-    let params_at = at;
+        params: at..at,
+        branch: None,
+        received: None,
+        maddr: None,
+        rport: None,
+        ttl: None,
+    };
     let mut count = 0;
     while bytes.get(at) == Some(&b';') {
         count += 1;
@@ -259,7 +331,6 @@ fn via_parm_plain(input: &str) -> Option<(&str, Via<'_>)> {
         if name_end == name_at || count > crate::limits::MAX_PARAMS {
             return None;
         }
-        let name = &input[name_at..name_end];
         let value = if bytes.get(name_end) == Some(&b'=') {
             let value_at = name_end + 1;
             let len = bytes[value_at..]
@@ -270,19 +341,46 @@ fn via_parm_plain(input: &str) -> Option<(&str, Via<'_>)> {
                 return None;
             }
             at = value_at + len;
-            Some(&input[value_at..at])
+            Some(value_at..at)
         } else {
             at = name_end;
             None
         };
-        via.take_param(name, value).ok()?;
+        match via_param(&bytes[name_at..name_end], value.clone().map(|v| &bytes[v])).ok()? {
+            ViaParam::Branch => via.branch = via.branch.or(value),
+            ViaParam::Received => via.received = via.received.or(value),
+            ViaParam::Maddr => via.maddr = via.maddr.or(value),
+            ViaParam::Rport(port) => via.rport = Some(port),
+            ViaParam::Ttl(ttl) => via.ttl = Some(ttl),
+            ViaParam::Other => {}
+        }
     }
     // The long way reads LWS after the last parameter as the start of another separator.
     if bytes.get(at).is_some_and(|&c| is_lws(c)) {
         return None;
     }
-    via.params = Params::semicolon(&input[params_at..at]);
-    Some((&input[at..], via))
+    via.params.end = at;
+    Some(via)
+}
+
+/// [`via_parm`] for the common shape ([`scan_plain_via`]); `None` for anything else.
+fn via_parm_plain(input: &str) -> Option<(&str, Via<'_>)> {
+    let plain = scan_plain_via(input.as_bytes())?;
+    let text = |span: Span| &input[span];
+    let via = Via {
+        protocol_name: text(plain.protocol_name),
+        protocol_version: text(plain.protocol_version),
+        transport: Transport::from_token(text(plain.transport)),
+        host: text(plain.host),
+        port: plain.port,
+        branch: plain.branch.map(text),
+        received: plain.received.map(text),
+        rport: plain.rport,
+        maddr: plain.maddr.map(text),
+        ttl: plain.ttl,
+        params: Params::semicolon(text(plain.params.clone())),
+    };
+    Some((&input[plain.params.end..], via))
 }
 
 /// `name-addr / addr-spec` followed by header parameters, as in From, To, Contact,
@@ -701,6 +799,29 @@ impl<'a> Message<'a> {
         Ok(Some(via))
     }
 
+    /// The top Via's branch and sent-by, what §17.2.3 matches a request to its transaction by,
+    /// read by one byte scan without decoding a [`Via`] (nor checking the line as UTF-8, which
+    /// the scan's ASCII makes needless). `None` unless the top Via has the common shape (see
+    /// [`Self::top_via`]'s plain path) and a branch with the magic cookie: the caller then
+    /// decodes it with [`Self::top_via`]. Where this answers, [`Self::top_via`] gives a Via
+    /// with the same branch, host and port (a property test holds the two to it).
+    pub fn top_via_branch_sent_by(&self) -> Option<ViaBranchSentBy<'a>> {
+        let value = self.header(HeaderName::Via)?;
+        let plain = scan_plain_via(value)?;
+        let branch = &value[plain.branch?];
+        if branch.len() <= MAGIC_COOKIE.len() || !branch.starts_with(MAGIC_COOKIE.as_bytes()) {
+            return None;
+        }
+        // What follows the via-parm: nothing, or the comma before the next value. The rest of
+        // the line must be text, as for top_via, which reads the whole line as a str.
+        let rest = &value[plain.params.end..];
+        let ends_value = |rest: &str| sws(rest).is_empty() || sws(rest).starts_with(',');
+        if !rest.is_empty() && !core::str::from_utf8(rest).is_ok_and(ends_value) {
+            return None;
+        }
+        Some(ViaBranchSentBy { branch, host: &value[plain.host], port: plain.port })
+    }
+
     /// `Call-ID`.
     pub fn call_id(&self) -> Result<Option<&'a str>, ParseError> {
         self.single(HeaderName::CallId, call_id)
@@ -908,6 +1029,74 @@ mod tests {
             if let Ok(msg) = crate::message::parse(text.as_bytes(), &mut slots) {
                 prop_assert_eq!(msg.top_via(), msg.vias().next().transpose(), "{:?}", text);
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        /// Where `top_via_branch_sent_by` answers, `top_via` decodes a Via with a magic-cookie
+        /// branch and the same branch, host and port; what follows the first value on the line
+        /// includes bytes that are not UTF-8.
+        #[test]
+        fn the_branch_and_sent_by_are_the_decoded_top_vias(
+            start in 0..5usize,
+            pieces in proptest::collection::vec(0..VIA_PIECES.len(), 0..16),
+            tail in 0..5usize,
+        ) {
+            let head = [
+                "SIP/2.0/UDP host.test",
+                "SIP/2.0/TCP 192.0.2.1:5060",
+                "",
+                "SIP/2.0/UDP h;branch=z9hG4bKa",
+                "SIP/2.0/UDP [::1]:5070;branch=z9hG4bKb",
+            ][start];
+            let mut text = b"OPTIONS sip:a@b.test SIP/2.0\r\nVia: ".to_vec();
+            text.extend(core::iter::once(head).chain(pieces.iter().map(|&i| VIA_PIECES[i])).flat_map(str::bytes));
+            let tails: [&[u8]; 5] = [b"", b", SIP/2.0/UDP c", b",\xff", b" \xff", b"\t, x"];
+            text.extend_from_slice(tails[tail]);
+            text.extend_from_slice(b"\r\nCall-ID: c\r\nContent-Length: 0\r\n\r\n");
+            let mut slots = vec![crate::header::HeaderSlot::EMPTY; 64];
+            if let Ok(msg) = crate::message::parse(&text, &mut slots) {
+                if let Some(parts) = msg.top_via_branch_sent_by() {
+                    let via = msg.top_via();
+                    prop_assert!(matches!(via, Ok(Some(v)) if v.has_rfc3261_branch()), "{:?} {:?}", text, via);
+                    let via = via.ok().flatten().map(ViaBranchSentBy::from);
+                    prop_assert_eq!(via, Some(parts), "{:?}", text);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_usual_top_vias_are_read_without_a_decode() {
+        for (via, branch, host, port) in [
+            ("SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKo1;rport", "z9hG4bKo1", "127.0.0.1", Some(5062)),
+            (
+                "SIP/2.0/TCP Client.Example.com;received=192.0.2.4;rport=5070;branch=z9hG4bK7",
+                "z9hG4bK7",
+                "Client.Example.com",
+                None,
+            ),
+            (
+                "SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bKx, SIP/2.0/UDP b.test",
+                "z9hG4bKx",
+                "[2001:db8::9]",
+                Some(5060),
+            ),
+        ] {
+            let text = format!("BYE sip:a@b.test SIP/2.0\r\nVia: {via}\r\nCall-ID: c\r\n\r\n");
+            let mut slots = vec![crate::header::HeaderSlot::EMPTY; 8];
+            let msg = crate::message::parse(text.as_bytes(), &mut slots).expect("parses");
+            let parts = ViaBranchSentBy { branch: branch.as_bytes(), host: host.as_bytes(), port };
+            assert_eq!(msg.top_via_branch_sent_by(), Some(parts), "{via}");
+        }
+        for via in ["SIP/2.0/UDP h;branch=1234", "SIP/2.0/UDP h ;branch=z9hG4bKa", "SIP/2.0/UDP h;branch=\"z9hG4bKa\""]
+        {
+            let text = format!("BYE sip:a@b.test SIP/2.0\r\nVia: {via}\r\nCall-ID: c\r\n\r\n");
+            let mut slots = vec![crate::header::HeaderSlot::EMPTY; 8];
+            let msg = crate::message::parse(text.as_bytes(), &mut slots).expect("parses");
+            assert_eq!(msg.top_via_branch_sent_by(), None, "{via}: no cookie, or not the plain shape");
         }
     }
 

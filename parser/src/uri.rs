@@ -104,11 +104,10 @@ static HOST_OCTET: [bool; 256] = {
 };
 
 /// `hostname / IPv4address / IPv6reference`; returns the host's length.
-pub(crate) fn host_len(text: &str, base: usize) -> Result<usize, ParseError> {
-    let bytes = text.as_bytes();
+pub(crate) fn host_len(bytes: &[u8], base: usize) -> Result<usize, ParseError> {
     let err = ParseError::new(ErrorKind::ExpectedHost, base);
     if bytes.first() == Some(&b'[') {
-        let close = text.find(']').ok_or(err)?;
+        let close = crate::grammar::find_byte(b']', bytes).ok_or(err)?;
         let inner = &bytes[1..close];
         if inner.is_empty() || !inner.iter().all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.') {
             return Err(err);
@@ -193,7 +192,7 @@ impl<'a> Uri<'a> {
             }
             at = amp + 1;
         }
-        let host_len = host_len(&rest[at..], base + at)?;
+        let host_len = host_len(&rest.as_bytes()[at..], base + at)?;
         self.host = &rest[at..at + host_len];
         at += host_len;
         if let Some(port_text) = rest[at..].strip_prefix(':') {

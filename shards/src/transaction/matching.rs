@@ -11,7 +11,7 @@
 //! Keys own their text: they outlive the datagram, in the shard's tables.
 
 use serde::{Deserialize, Serialize};
-use sipshard_parser::{Message, Method, ParseError};
+use sipshard_parser::{Message, Method, ParseError, ViaBranchSentBy};
 
 /// The method part of a key: ACK and CANCEL are distinguished from the rest.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -126,20 +126,19 @@ pub fn server_key_of_response(response: &Message<'_>) -> Result<ServerKey, KeyEr
     if !via.has_rfc3261_branch() {
         return Err(KeyError::Missing("RFC 3261 branch"));
     }
-    Ok(rfc3261_key(&via, KeyMethod::of(cseq.method)))
+    Ok(rfc3261_key(&via.into(), KeyMethod::of(cseq.method)))
 }
 
-fn rfc3261_key(via: &sipshard_parser::Via<'_>, method: KeyMethod) -> ServerKey {
-    let branch = via.branch.unwrap_or_default();
+fn rfc3261_key(via: &ViaBranchSentBy<'_>, method: KeyMethod) -> ServerKey {
     // itoa, not fmt: this runs for every request, and fmt costs more than the rest of the key.
     let mut digits = itoa::Buffer::new();
     let port = via.port.map(|port| digits.format(port));
-    let len = branch.len() + 1 + via.host.len() + port.map_or(0, |p| 1 + p.len());
+    let len = via.branch.len() + 1 + via.host.len() + port.map_or(0, |p| 1 + p.len());
     let mut text = KeyText::with_capacity(len);
-    text.extend_from_slice(branch.as_bytes());
+    text.extend_from_slice(via.branch);
     text.push(b' ');
     let host_at = text.len();
-    text.extend_from_slice(via.host.as_bytes());
+    text.extend_from_slice(via.host);
     text[host_at..].make_ascii_lowercase();
     if let Some(port) = port {
         text.push(b':');
@@ -169,9 +168,14 @@ pub fn server_key(request: &Message<'_>) -> Result<ServerKey, KeyError> {
         Method::Ack => KeyMethod::Invite,
         other => KeyMethod::of(other),
     };
+    // The usual top Via, read without decoding it (what the decode would give: the parser's
+    // property test); any other is decoded.
+    if let Some(via) = request.top_via_branch_sent_by() {
+        return Ok(rfc3261_key(&via, method));
+    }
     let via = request.top_via()?.ok_or(KeyError::Missing("Via"))?;
     if via.has_rfc3261_branch() {
-        return Ok(rfc3261_key(&via, method));
+        return Ok(rfc3261_key(&via.into(), method));
     }
     let line = request.request_line().ok_or(KeyError::Missing("request line"))?;
     let from = request.from()?.ok_or(KeyError::Missing("From"))?;
