@@ -139,14 +139,17 @@ impl<'a> FieldScanner<'a> {
 
     /// Like [`Self::line_at`] for a line that starts at `start`, searching from `from`.
     fn line_from(&self, start: usize, from: usize) -> Result<(usize, usize), ParseError> {
-        let window_end = self.buf.len().min(start + MAX_LINE_BYTES + 2);
-        match find_byte(b'\n', &self.buf[from.min(window_end)..window_end]).map(|i| i + from - start) {
-            Some(i) => {
-                let nl = start + i;
+        // The search runs on to the end of the buffer rather than stopping at the line limit:
+        // a line in the middle ends within whole eight-byte words, with no byte-by-byte tail
+        // (the limit is checked on what it finds; the buffer is bounded, the scan linear).
+        let too_long = |len: usize| len > MAX_LINE_BYTES + 1;
+        match find_byte(b'\n', &self.buf[from.min(self.buf.len())..]).map(|i| from + i) {
+            Some(nl) if !too_long(nl - start) => {
                 let end = if nl > start && self.buf[nl - 1] == b'\r' { nl - 1 } else { nl };
                 Ok((end, nl + 1))
             }
-            None if window_end - start > MAX_LINE_BYTES + 1 => Err(ParseError::new(ErrorKind::LineTooLong, start)),
+            Some(_) => Err(ParseError::new(ErrorKind::LineTooLong, start)),
+            None if too_long(self.buf.len() - start) => Err(ParseError::new(ErrorKind::LineTooLong, start)),
             None => Err(ParseError::new(ErrorKind::UnterminatedHeaders, self.buf.len())),
         }
     }
