@@ -653,6 +653,30 @@ Call-ID: abc\r\nContent-Length: 4\r\n\r\nbodyEXTRA";
     }
 
     #[test]
+    fn a_header_line_may_hold_the_line_limit_and_not_one_octet_more() {
+        let head = b"OPTIONS sip:a SIP/2.0\r\nCall-ID: c\r\n";
+        let line_at = head.len();
+        let message = |content: usize, end: &[u8]| {
+            let mut text = head.to_vec();
+            text.extend_from_slice(b"X: ");
+            text.resize(line_at + content, b'v');
+            text.extend_from_slice(end);
+            text
+        };
+        let mut slots = [HeaderSlot::EMPTY; 4];
+        let fits = message(MAX_LINE_BYTES, b"\r\nMax-Forwards: 70\r\n\r\n");
+        let msg = parse(&fits, &mut slots).expect("a line of exactly the limit");
+        assert_eq!(msg.headers().nth(1).map(|h| h.value.len()), Some(MAX_LINE_BYTES - 3));
+        for end in [&b"\r\nMax-Forwards: 70\r\n\r\n"[..], b"", b"\r"] {
+            let over = message(MAX_LINE_BYTES + 2, end);
+            let error = parse(&over, &mut slots).expect_err("a line over the limit");
+            assert_eq!((error.kind, error.offset as usize), (ErrorKind::LineTooLong, line_at), "ending {end:?}");
+        }
+        let cut = message(100, b"");
+        assert_eq!(parse(&cut, &mut slots).unwrap_err().kind, ErrorKind::UnterminatedHeaders);
+    }
+
+    #[test]
     fn status_codes_outside_100_to_699_are_errors() {
         let mut slots = [HeaderSlot::EMPTY; 4];
         for line in [&b"SIP/2.0 4294967301 Huge\r\n\r\n"[..], b"SIP/2.0 099 Low\r\n\r\n", b"SIP/2.0 700 High\r\n\r\n"] {

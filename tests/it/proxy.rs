@@ -219,15 +219,15 @@ fn an_error_response_is_acked_hop_by_hop_and_relayed() {
     let out = rig.send(CALLER, invite("call-busy", "inv2", "").as_bytes());
     let relayed = out[0].1.clone();
     let out = rig.send(CALLEE, answer(&relayed, 486, "Busy Here", "b").as_bytes());
-    let mut seen: Vec<(SocketAddr, String)> =
+    let seen: Vec<(SocketAddr, String)> =
         out.iter().map(|(a, m)| (*a, m.lines().next().unwrap_or_default().to_owned())).collect();
-    seen.sort();
     assert_eq!(
         seen,
         vec![
             (to(CALLER), "SIP/2.0 486 Busy Here".to_owned()),
             (to(CALLEE), "ACK sip:service@127.0.0.1:5060 SIP/2.0".to_owned()),
-        ]
+        ],
+        "the response goes up first (the caller waits on it), then the hop-by-hop ACK"
     );
     // The caller's ACK ends the server transaction here; it is not relayed (§16.7 step 5... the ACK of a non-2xx is hop by hop).
     let ack = in_dialog("ACK", "call-busy", "inv2", 1, false).replace(";tag=callee-tag", ";tag=b");
@@ -703,15 +703,15 @@ To: {b_from}\r\nCall-ID: {b_call_id}\r\nCSeq: 7 BYE\r\nMax-Forwards: 70\r\nConte
         let out = rig.send(CALLER, invite("a-leg-2", "inv2", "").as_bytes());
         let b_invite = out[0].1.clone();
         let out = rig.send(CALLEE, answer(&b_invite, 486, "Busy Here", "b").as_bytes());
-        let mut lines: Vec<(SocketAddr, String)> =
+        let lines: Vec<(SocketAddr, String)> =
             out.iter().map(|(a, m)| (*a, m.lines().next().unwrap_or_default().to_owned())).collect();
-        lines.sort();
         assert_eq!(
             lines,
             vec![
                 (to(CALLER), "SIP/2.0 486 Busy Here".to_owned()),
                 (to(CALLEE), "ACK sip:service@127.0.0.1:5060 SIP/2.0".to_owned())
-            ]
+            ],
+            "the caller's response first, then the B leg's ACK"
         );
         rig.settle();
         assert_eq!(rig.shard.calls(), 0);

@@ -79,8 +79,11 @@ impl ClientInvite {
                     out.push(Action::Cancel(TxnTimer::A)).push(Action::Cancel(TxnTimer::B));
                 }
                 self.state = Completed;
-                out.push(Action::SendAck)
-                    .push(Action::PassToTu)
+                // The response goes up before the ACK goes out (§17.1.1.2 orders neither): each
+                // send wakes its receiver in the sender's time, and the caller waits on the
+                // response, the callee only on the ACK to stop retransmitting.
+                out.push(Action::PassToTu)
+                    .push(Action::SendAck)
                     .push(Action::Arm(TxnTimer::D, wait(self.reliable, Duration::from_secs(32))));
             }
             (Completed, ClientEvent::Response(ResponseClass::Failure)) => {

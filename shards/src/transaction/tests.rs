@@ -40,7 +40,7 @@ fn client_invite_figure_5_with_rfc6026() {
     assert_eq!(t.state, ClientInviteState::Proceeding);
     let out =
         run(|e| t.on(e, &CFG), &[C::Response(Failure), C::Response(Failure), C::Response(Provisional), C::Timer(D)]);
-    assert_eq!(out[0], acts(&[SendAck, PassToTu, Arm(D, ms(32_000))]));
+    assert_eq!(out[0], acts(&[PassToTu, SendAck, Arm(D, ms(32_000))]));
     assert_eq!(out[1], acts(&[SendAck]), "a retransmitted final response is ACKed again, not passed up");
     assert_eq!(out[2], acts(&[]));
     assert_eq!(out[3], acts(&[Terminated]));
@@ -70,7 +70,7 @@ fn client_invite_figure_5_with_rfc6026() {
     let mut t = ClientInvite::new(true, &CFG);
     let out = run(|e| t.on(e, &CFG), &[C::Send, C::Response(Failure)]);
     assert_eq!(out[0], acts(&[SendRequest, Arm(B, ms(32_000))]));
-    assert_eq!(out[1], acts(&[Cancel(A), Cancel(B), SendAck, PassToTu, Arm(D, Duration::ZERO)]));
+    assert_eq!(out[1], acts(&[Cancel(A), Cancel(B), PassToTu, SendAck, Arm(D, Duration::ZERO)]));
 }
 
 #[test]
