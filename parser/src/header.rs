@@ -269,6 +269,91 @@ impl HeaderName {
     }
 }
 
+/// A header name and its colon as two words to compare a line's first sixteen octets with:
+/// `want` where `keep` has its octets, letters folded by `fold` (so case-insensitive on
+/// letters and exact on `-` and `:`).
+#[derive(Copy, Clone, Debug)]
+struct NamePrefix {
+    name: HeaderName,
+    /// Octets of the name, without the colon.
+    name_len: usize,
+    want: [u64; 2],
+    keep: [u64; 2],
+    fold: [u64; 2],
+}
+
+impl NamePrefix {
+    /// The prefix `text:` for `name` (`text` at most fifteen octets: a compact form or the long one).
+    const fn new(name: HeaderName, text: &str) -> NamePrefix {
+        let bytes = text.as_bytes();
+        assert!(bytes.len() < 16, "a prefix and its colon fit two words");
+        let (mut want, mut keep, mut fold) = ([0u64; 2], [0u64; 2], [0u64; 2]);
+        let mut i = 0;
+        while i <= bytes.len() {
+            let c = if i < bytes.len() { bytes[i].to_ascii_lowercase() } else { b':' };
+            let (word, shift) = (i / 8, (i % 8) * 8);
+            want[word] |= (c as u64) << shift;
+            keep[word] |= 0xff << shift;
+            if c.is_ascii_lowercase() {
+                fold[word] |= 0x20 << shift;
+            }
+            i += 1;
+        }
+        NamePrefix { name, name_len: bytes.len(), want, keep, fold }
+    }
+
+    fn matches(&self, words: [u64; 2]) -> bool {
+        (words[0] & self.keep[0]) | self.fold[0] == self.want[0]
+            && (words[1] & self.keep[1]) | self.fold[1] == self.want[1]
+    }
+}
+
+/// The names nearly every request and response carries, by first letter (lower case).
+const fn common_names(first: u8) -> &'static [NamePrefix] {
+    use HeaderName::*;
+    const V: &[NamePrefix] = &[NamePrefix::new(Via, "Via"), NamePrefix::new(Via, "v")];
+    const C: &[NamePrefix] = &[
+        NamePrefix::new(CallId, "Call-ID"),
+        NamePrefix::new(CSeq, "CSeq"),
+        NamePrefix::new(ContentLength, "Content-Length"),
+        NamePrefix::new(Contact, "Contact"),
+        NamePrefix::new(ContentType, "Content-Type"),
+    ];
+    const F: &[NamePrefix] = &[NamePrefix::new(From, "From"), NamePrefix::new(From, "f")];
+    const T: &[NamePrefix] = &[NamePrefix::new(To, "To"), NamePrefix::new(To, "t")];
+    const M: &[NamePrefix] = &[NamePrefix::new(MaxForwards, "Max-Forwards"), NamePrefix::new(Contact, "m")];
+    const R: &[NamePrefix] = &[NamePrefix::new(RecordRoute, "Record-Route"), NamePrefix::new(Route, "Route")];
+    const I: &[NamePrefix] = &[NamePrefix::new(CallId, "i")];
+    const L: &[NamePrefix] = &[NamePrefix::new(ContentLength, "l")];
+    match first {
+        b'v' => V,
+        b'c' => C,
+        b'f' => F,
+        b't' => T,
+        b'm' => M,
+        b'r' => R,
+        b'i' => I,
+        b'l' => L,
+        _ => &[],
+    }
+}
+
+impl HeaderName {
+    /// The name a header line starts with, and its length, when it is one of the names nearly
+    /// every message carries written right before its colon (`Via:`, `call-id:`, `l:`):
+    /// two word compares instead of a scan and a lookup. `None` otherwise (another name,
+    /// whitespace before the colon, fewer than sixteen octets left), and the caller scans the
+    /// name: where this answers, the scan finds the same name and length (a test holds it).
+    #[inline]
+    pub(crate) fn at_line_start(line: &[u8]) -> Option<(HeaderName, usize)> {
+        let head: &[u8; 16] = line.first_chunk()?;
+        let (lo, hi) = head.split_at(8);
+        let word = |half: &[u8]| u64::from_le_bytes(half.try_into().expect("invariant: eight octets"));
+        let words = [word(lo), word(hi)];
+        common_names(head[0] | 0x20).iter().find(|p| p.matches(words)).map(|p| (p.name, p.name_len))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::HeaderName::{self, *};
@@ -299,6 +384,54 @@ mod tests {
         ];
         for &(wire, expected) in cases {
             assert_eq!(HeaderName::from_bytes(wire), expected, "{:?}", core::str::from_utf8(wire));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 20_000, ..Default::default() })]
+
+        /// `at_line_start` answers exactly for a usual name written right before its colon,
+        /// with what the scan and the lookup give; letters in any case, other octets flipped to
+        /// their near misses (`-` to CR, `:` to SUB).
+        #[test]
+        fn a_usual_name_at_a_line_start_is_what_the_scan_finds(
+            name in proptest::sample::select(vec![
+                "Via", "v", "Call-ID", "i", "CSeq", "Content-Length", "l", "Contact", "m", "Content-Type",
+                "From", "f", "To", "t", "Max-Forwards", "Record-Route", "Route", "Call-Info", "Contacts",
+                "Vias", "c", "k", "X-Via", "Content-Lengt", "Max_Forwards",
+            ]),
+            flips in proptest::collection::vec(proptest::prelude::any::<bool>(), 16),
+            separator in proptest::sample::select(vec![":", " :", "\t:", ";", "", ": ", "::"]),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+        ) {
+            let mut line: Vec<u8> = format!("{name}{separator}").into_bytes();
+            for (c, _) in line.iter_mut().zip(&flips).filter(|(_, flip)| **flip) {
+                *c ^= 0x20;
+            }
+            line.extend_from_slice(&tail);
+            let scanned = line.iter().position(|&c| !crate::grammar::is_token_char(c)).filter(|&n| n > 0);
+            let usual = [Via, CallId, CSeq, ContentLength, Contact, ContentType, From, To, MaxForwards, RecordRoute, Route];
+            let expected = scanned.filter(|&n| line.len() >= 16 && line[n] == b':').and_then(|n| {
+                let found = HeaderName::from_bytes(&line[..n]);
+                let compact_known = n > 1 || b"vilmft".contains(&(line[0] | 0x20));
+                (usual.contains(&found) && compact_known).then_some((found, n))
+            });
+            proptest::prop_assert_eq!(HeaderName::at_line_start(&line), expected, "{:?}", String::from_utf8_lossy(&line));
+        }
+    }
+
+    #[test]
+    fn the_usual_names_are_recognised_at_a_line_start() {
+        for (line, expected) in [
+            (&b"Via: SIP/2.0/UDP 192.0.2.1"[..], Some((Via, 3))),
+            (b"CALL-ID: a84b4c76e66710@pc33", Some((CallId, 7))),
+            (b"content-length: 0\r\n\r\n", Some((ContentLength, 14))),
+            (b"l: 0\r\n\r\n1234567890", Some((ContentLength, 1))),
+            (b"Via : SIP/2.0/UDP 192.0.2.1", None),
+            (b"Via: SIP/2.0", None),
+            (b"Call\rID: a84b4c76e66710@pc33", None),
+        ] {
+            assert_eq!(HeaderName::at_line_start(line), expected, "{:?}", String::from_utf8_lossy(line));
         }
     }
 

@@ -115,6 +115,8 @@ const _: () = assert!(MAX_HEADERS < NO_SLOT as usize);
 /// One header field as the scanner sees it, before lookup.
 struct RawField<'a> {
     name: &'a [u8],
+    /// The name looked up.
+    header: HeaderName,
     value: &'a [u8],
 }
 
@@ -170,28 +172,36 @@ impl<'a> FieldScanner<'a> {
             }
             _ => {}
         }
-        // `header-name HCOLON`, with `HCOLON = *( SP / HTAB ) ":" SWS`: one pass over the name.
-        let window = &buf[start..buf.len().min(start + MAX_LINE_BYTES)];
-        let name_len = window.iter().position(|&c| !is_token_char(c)).unwrap_or(window.len());
-        if name_len == window.len() {
-            return Err(if window.len() == MAX_LINE_BYTES {
-                ParseError::new(ErrorKind::LineTooLong, start)
-            } else {
-                unterminated
-            });
-        }
-        if name_len == 0 {
-            return Err(ParseError::new(ErrorKind::ExpectedHeaderName, start));
-        }
-        let mut colon = start + name_len;
-        while matches!(buf.get(colon), Some(b' ' | b'\t')) {
-            colon += 1;
-        }
-        match buf.get(colon) {
-            Some(b':') => {}
-            Some(_) => return Err(ParseError::new(ErrorKind::ExpectedColon, colon)),
-            None => return Err(unterminated),
-        }
+        // `header-name HCOLON`, with `HCOLON = *( SP / HTAB ) ":" SWS`: a usual name written
+        // right before its colon is recognised by two word compares; any other, by one pass
+        // over the name and a lookup.
+        let (header, name_len, colon) = match HeaderName::at_line_start(&buf[start..]) {
+            Some((header, name_len)) => (header, name_len, start + name_len),
+            None => {
+                let window = &buf[start..buf.len().min(start + MAX_LINE_BYTES)];
+                let name_len = window.iter().position(|&c| !is_token_char(c)).unwrap_or(window.len());
+                if name_len == window.len() {
+                    return Err(if window.len() == MAX_LINE_BYTES {
+                        ParseError::new(ErrorKind::LineTooLong, start)
+                    } else {
+                        unterminated
+                    });
+                }
+                if name_len == 0 {
+                    return Err(ParseError::new(ErrorKind::ExpectedHeaderName, start));
+                }
+                let mut colon = start + name_len;
+                while matches!(buf.get(colon), Some(b' ' | b'\t')) {
+                    colon += 1;
+                }
+                match buf.get(colon) {
+                    Some(b':') => {}
+                    Some(_) => return Err(ParseError::new(ErrorKind::ExpectedColon, colon)),
+                    None => return Err(unterminated),
+                }
+                (HeaderName::from_bytes(&buf[start..start + name_len]), name_len, colon)
+            }
+        };
         let value_start = colon + 1;
         let (mut value_end, mut after) = self.line_from(start, value_start)?;
         // Folded lines (RFC 3261 §7.3.1): a line starting with WSP continues the value.
@@ -212,6 +222,7 @@ impl<'a> FieldScanner<'a> {
         self.pos = after;
         Ok(Scanned::Field(RawField {
             name: &buf[start..start + name_len],
+            header,
             value: trim_lws(&buf[value_start..value_end]),
         }))
     }
@@ -365,7 +376,7 @@ pub fn parse<'a>(buf: &'a [u8], slots: &'a mut [HeaderSlot]) -> Result<Message<'
                 if count == slot_limit {
                     return Err(ParseError::new(ErrorKind::TooManyHeaders, offset_in(buf, field.name)));
                 }
-                let name = HeaderName::from_bytes(field.name);
+                let name = field.header;
                 if name == HeaderName::ContentLength {
                     // In a datagram the body can still be framed without a usable value (the
                     // rest of the datagram), so a bad one is a problem the role answers with
@@ -462,7 +473,7 @@ pub fn frame(buf: &[u8]) -> Result<Frame, ParseError> {
         match scanner.next_field() {
             Ok(Scanned::End(body_start)) => break body_start,
             Ok(Scanned::Field(field)) => {
-                if field.name.len() <= 14 && HeaderName::from_bytes(field.name) == HeaderName::ContentLength {
+                if field.header == HeaderName::ContentLength {
                     let at = offset_in(buf, field.value);
                     let n = content_length_value(field.value, at)?;
                     if content_length.is_some_and(|previous| previous != n) {
