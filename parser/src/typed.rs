@@ -800,8 +800,8 @@ impl<'a> Message<'a> {
     }
 
     /// The top Via's branch and sent-by, what §17.2.3 matches a request to its transaction by,
-    /// read by one byte scan without decoding a [`Via`] (nor checking the line as UTF-8, which
-    /// the scan's ASCII makes needless). `None` unless the top Via has the common shape (see
+    /// read by one byte scan without decoding a [`Via`] (nor checking the octets it scanned as
+    /// UTF-8: they are ASCII). `None` unless the top Via has the common shape (see
     /// [`Self::top_via`]'s plain path) and a branch with the magic cookie: the caller then
     /// decodes it with [`Self::top_via`]. Where this answers, [`Self::top_via`] gives a Via
     /// with the same branch, host and port (a property test holds the two to it).
