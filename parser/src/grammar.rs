@@ -201,7 +201,18 @@ pub(crate) const fn is_lws(c: u8) -> bool {
 }
 
 /// Trims LWS (folds included) from both ends of raw bytes.
-pub(crate) fn trim_lws(mut value: &[u8]) -> &[u8] {
+#[inline]
+pub(crate) fn trim_lws(value: &[u8]) -> &[u8] {
+    // Nearly every header value is written after one space and ends in a visible octet.
+    match value {
+        [b' ', only] if !is_lws(*only) => &value[1..],
+        [b' ', first, .., last] if !is_lws(*first) && !is_lws(*last) => &value[1..],
+        _ => trim_lws_loop(value),
+    }
+}
+
+/// [`trim_lws`] for any value.
+fn trim_lws_loop(mut value: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = value {
         if !is_lws(*first) {
             break;
@@ -390,6 +401,14 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        /// The one-space shortcut trims what the loop trims.
+        #[test]
+        fn trim_lws_shortcut_agrees_with_the_loop(
+            bytes in proptest::collection::vec(prop_oneof![Just(b' '), Just(b'\t'), Just(b'\r'), Just(b'\n'), Just(b'a')], 0..6),
+        ) {
+            prop_assert_eq!(trim_lws(&bytes), trim_lws_loop(&bytes));
+        }
 
         /// The word-at-a-time search finds the first match, as a byte-by-byte one does.
         #[test]

@@ -132,18 +132,23 @@ pub fn server_key_of_response(response: &Message<'_>) -> Result<ServerKey, KeyEr
 fn rfc3261_key(via: &ViaBranchSentBy<'_>, method: KeyMethod) -> ServerKey {
     // itoa, not fmt: this runs for every request, and fmt costs more than the rest of the key.
     let mut digits = itoa::Buffer::new();
-    let port = via.port.map(|port| digits.format(port));
-    let len = via.branch.len() + 1 + via.host.len() + port.map_or(0, |p| 1 + p.len());
-    let mut text = KeyText::with_capacity(len);
-    text.extend_from_slice(via.branch);
-    text.push(b' ');
-    let host_at = text.len();
-    text.extend_from_slice(via.host);
-    text[host_at..].make_ascii_lowercase();
-    if let Some(port) = port {
-        text.push(b':');
-        text.extend_from_slice(port.as_bytes());
-    }
+    let port = via.port.map_or(&b""[..], |port| digits.format(port).as_bytes());
+    let parts: [&[u8]; 5] = [via.branch, b" ", via.host, if port.is_empty() { b"" } else { b":" }, port];
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    let host = via.branch.len() + 1..via.branch.len() + 1 + via.host.len();
+    let mut text = if len <= INLINE_KEY_TEXT {
+        // Written in place and moved in whole: one copy per part, no capacity checks.
+        let mut inline = [0u8; INLINE_KEY_TEXT];
+        let mut at = 0;
+        for part in parts {
+            inline[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        KeyText::from_buf_and_len(inline, len)
+    } else {
+        KeyText::from_vec(parts.concat())
+    };
+    text[host].make_ascii_lowercase();
     ServerKey::Rfc3261 { branch_sent_by: text, method }
 }
 
@@ -227,6 +232,29 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:bob@b.example>\r\nCall-ID: c1\r\nCSeq:
         let cancel = with(CANCEL, |m| server_key(m).unwrap());
         assert_eq!(invite, ack, "sent-by host compares case-insensitively; ACK folds into INVITE");
         assert_ne!(invite, cancel);
+    }
+
+    #[test]
+    fn a_key_is_branch_space_lower_case_sent_by_inline_or_not() {
+        let key_of = |via: &str| {
+            let text = format!("BYE sip:b@b.example SIP/2.0\r\nVia: {via}\r\nCall-ID: c\r\nCSeq: 2 BYE\r\n\r\n");
+            match with(text.as_bytes(), |m| server_key(m).unwrap()) {
+                ServerKey::Rfc3261 { branch_sent_by, method } => {
+                    (String::from_utf8(branch_sent_by.to_vec()).unwrap(), branch_sent_by.spilled(), method)
+                }
+                other => panic!("an RFC 3261 key expected: {other:?}"),
+            }
+        };
+        let long = format!("z9hG4bK{}", "7".repeat(60));
+        for (via, text, spilled) in [
+            ("SIP/2.0/UDP PC33.Example:05060;branch=z9hG4bK776", "z9hG4bK776 pc33.example:5060".to_owned(), false),
+            ("SIP/2.0/UDP [2001:DB8::1];branch=z9hG4bKa", "z9hG4bKa [2001:db8::1]".to_owned(), false),
+            // Not the plain shape (a space before a parameter): decoded, the same key.
+            ("SIP/2.0/UDP Host.Test:5070 ;branch=z9hG4bKb", "z9hG4bKb host.test:5070".to_owned(), false),
+            (&format!("SIP/2.0/TCP HOST.test:5070;branch={long}"), format!("{long} host.test:5070"), true),
+        ] {
+            assert_eq!(key_of(via), (text, spilled, KeyMethod::Bye), "{via}");
+        }
     }
 
     #[test]
