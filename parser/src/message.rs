@@ -156,6 +156,7 @@ impl<'a> FieldScanner<'a> {
         }
     }
 
+    #[inline(always)]
     fn next_field(&mut self) -> Result<Scanned<'a>, ParseError> {
         let buf = self.buf;
         let start = self.pos;
