@@ -182,6 +182,7 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
 
     /// Checks out the record under `key`; a new key gets an empty slot when `create`,
     /// and is `NotFound` otherwise (nothing is then checked out).
+    #[inline(always)]
     pub fn get_and_lock(&mut self, stripe: StripeId, key: &[u8], create: bool) -> Result<Checkout<R>, TableError> {
         if let Some((stored, slot)) = self.stripe_mut(stripe).get_key_value_mut(key) {
             if slot.checked_out {
@@ -204,6 +205,7 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     }
 
     /// Checks a record back in: bumps its version and emits one change. Returns the new version.
+    #[inline(always)]
     pub fn put_and_unlock(&mut self, stripe: StripeId, key: &[u8], record: R, hints: Hints) -> Result<u64, TableError> {
         let feed_enabled = self.feed_enabled;
         let (stored, slot) = checked_out(&mut self.stripes, stripe, key)?;
