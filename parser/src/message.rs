@@ -292,16 +292,30 @@ fn start_line<'a>(buf: &'a [u8], line: &'a [u8], notes: &mut FramingNotes) -> Re
     if method_bytes.is_empty() || !method_bytes.iter().all(|&c| is_token_char(c)) {
         return Err(ParseError::new(ErrorKind::ExpectedMethod, at));
     }
-    let mut rest_end = line.len();
-    while rest_end > method_end && matches!(line[rest_end - 1], b' ' | b'\t') {
-        rest_end -= 1;
-        notes.start_line_whitespace = true;
-    }
-    let version_start = line[..rest_end].iter().rposition(|&c| c == b' ').map_or(method_end, |p| p + 1);
-    if version_start <= method_end + 1 {
-        return Err(ParseError::new(ErrorKind::ExpectedSipVersion, at + rest_end));
-    }
-    let version = sip_version(&line[version_start..rest_end], at + version_start)?;
+    // Nearly every request line ends in " SIP/2.0": no search back for the space before it.
+    let usual_end = line
+        .len()
+        .checked_sub(8)
+        .map(|i| &line[i..])
+        .is_some_and(|tail| tail[0] == b' ' && tail[1..5].eq_ignore_ascii_case(b"SIP/") && &tail[5..] == b"2.0");
+    let (version_start, version) = if usual_end {
+        let version_start = line.len() - 7;
+        if version_start <= method_end + 1 {
+            return Err(ParseError::new(ErrorKind::ExpectedSipVersion, at + line.len()));
+        }
+        (version_start, Version { major: 2, minor: 0 })
+    } else {
+        let mut rest_end = line.len();
+        while rest_end > method_end && matches!(line[rest_end - 1], b' ' | b'\t') {
+            rest_end -= 1;
+            notes.start_line_whitespace = true;
+        }
+        let version_start = line[..rest_end].iter().rposition(|&c| c == b' ').map_or(method_end, |p| p + 1);
+        if version_start <= method_end + 1 {
+            return Err(ParseError::new(ErrorKind::ExpectedSipVersion, at + rest_end));
+        }
+        (version_start, sip_version(&line[version_start..rest_end], at + version_start)?)
+    };
     let uri_raw = &line[method_end + 1..version_start - 1];
     let uri = trim_lws(uri_raw);
     if uri.is_empty() {
@@ -686,6 +700,36 @@ Call-ID: abc\r\nContent-Length: 4\r\n\r\nbodyEXTRA";
         }
         let cut = message(100, b"");
         assert_eq!(parse(&cut, &mut slots).unwrap_err().kind, ErrorKind::UnterminatedHeaders);
+    }
+
+    #[test]
+    fn request_lines_ending_in_the_usual_version_and_not() {
+        let mut slots = [HeaderSlot::EMPTY; 4];
+        let mut line_of = |line: &str| {
+            let text = format!("{line}\r\nCall-ID: c\r\n\r\n");
+            match parse(text.as_bytes(), &mut slots) {
+                Ok(msg) => {
+                    let request = msg.request_line().expect("a request");
+                    Ok((request.uri.to_owned(), request.version, msg.problems().len()))
+                }
+                Err(e) => Err((e.kind, e.offset)),
+            }
+        };
+        let v20 = Version { major: 2, minor: 0 };
+        // The message lacks mandatory headers (problems of its own); a trailing space adds one.
+        let usual = line_of("INVITE sip:a@b SIP/2.0");
+        let problems = usual.as_ref().map_or(0, |(_, _, n)| *n);
+        assert_eq!(usual, Ok(("sip:a@b".to_owned(), v20, problems)));
+        assert_eq!(line_of("INVITE sip:a@b sip/2.0"), Ok(("sip:a@b".to_owned(), v20, problems)));
+        assert_eq!(
+            line_of("INVITE sip:a@b SIP/2.0 "),
+            Ok(("sip:a@b".to_owned(), v20, problems + 1)),
+            "trailing space noted"
+        );
+        assert_eq!(line_of("INVITE sip:a@b SIP/7.0").map(|(_, v, _)| v), Ok(Version { major: 7, minor: 0 }));
+        assert_eq!(line_of("INVITE SIP/2.0"), Err((ErrorKind::ExpectedSipVersion, 14)));
+        assert_eq!(line_of("INVITE  SIP/2.0"), Err((ErrorKind::ExpectedRequestUri, 7)));
+        assert_eq!(line_of("INVITE sip:a@b XSIP/2.0"), Err((ErrorKind::ExpectedSipVersion, 15)));
     }
 
     #[test]
