@@ -5,8 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use sipshard_parser::{
-    Editor, HeaderName, HeaderSlot, Message, ResponseSpec, parse, peek_call_id, stripe_of, write_message,
-    write_response,
+    Editor, HeaderName, HeaderSlot, Message, ResponseSpec, ViaBranchSentBy, parse, peek_call_id, stripe_of,
+    write_message, write_response,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -17,6 +17,16 @@ fuzz_target!(|data: &[u8]| {
     let Ok(msg) = parse(data, &mut slots) else { return };
     // The shard routes by the parsed Call-ID, the steering and sipbench by the scan: same octets.
     assert_eq!(msg.header(HeaderName::CallId), peek_call_id(data), "parsed and scanned Call-ID differ");
+    // A name recognised at the line's start (the usual ones) is what the lookup gives.
+    for header in msg.headers() {
+        assert_eq!(header.name, HeaderName::from_bytes(header.raw_name), "header name {:?}", header.raw_name);
+    }
+    // Matching's byte scan of the top Via agrees with the decode wherever it answers.
+    if let Some(parts) = msg.top_via_branch_sent_by() {
+        let via = msg.top_via().expect("the scanned top Via decodes").expect("a top Via");
+        assert!(via.has_rfc3261_branch(), "the scan saw the magic cookie");
+        assert_eq!(ViaBranchSentBy::from(via), parts, "scanned and decoded top Via differ");
+    }
     let _ = msg.request_uri();
     let _ = (msg.call_id(), msg.cseq(), msg.from(), msg.to(), msg.max_forwards(), msg.content_length());
     let _ = (msg.expires(), msg.content_type(), msg.event(), msg.subscription_state());
