@@ -703,6 +703,12 @@ fn value_text<'a>(buf: &'a [u8], value: &'a [u8]) -> Result<&'a str, ParseError>
         .map_err(|e| ParseError::new(ErrorKind::InvalidUtf8, offset_in(buf, value) + e.valid_up_to()))
 }
 
+/// Whether what follows a value (SWS skipped) ends it: nothing, or the comma before the next one.
+#[inline]
+fn ends_value(rest: &str) -> bool {
+    rest.is_empty() || rest.starts_with(',')
+}
+
 /// Decodes the first of the comma-separated values in `text` (part of `buf`): the value, and
 /// what follows it, empty or starting with the comma before the next value (anything else
 /// after a value is an error).
@@ -715,7 +721,7 @@ fn first_value<'a, T>(
     match decode(text) {
         Ok((rest, value)) => {
             let rest = sws(rest);
-            if rest.is_empty() || rest.starts_with(',') {
+            if ends_value(rest) {
                 Ok((value, rest))
             } else {
                 Err(GrammarError::new(rest, ErrorKind::TrailingData).locate(buf))
@@ -817,8 +823,7 @@ impl<'a> Message<'a> {
         // What follows the via-parm: nothing, or the comma before the next value. The rest of
         // the line must be text, as for top_via, which reads the whole line as a str.
         let rest = &value[plain.params.end..];
-        let ends_value = |rest: &str| sws(rest).is_empty() || sws(rest).starts_with(',');
-        if !rest.is_empty() && !core::str::from_utf8(rest).is_ok_and(ends_value) {
+        if !rest.is_empty() && !core::str::from_utf8(rest).is_ok_and(|rest| ends_value(sws(rest))) {
             return None;
         }
         Some(ViaBranchSentBy { branch, host: &value[plain.host], port: plain.port })
