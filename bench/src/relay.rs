@@ -118,7 +118,12 @@ pub fn run(config: &RelayConfig) -> Result<Arc<RelayStats>> {
 
 /// Where a datagram goes, and whether it gets the Record-Route.
 enum Route {
-    Request { invite: bool },
+    /// To the next hop; an INVITE gets the Record-Route at `headers_at`, where its first header
+    /// line starts (after the request line and any CRLFs before it, RFC 3261 §7.5).
+    Request {
+        invite: bool,
+        headers_at: usize,
+    },
     Response(SocketAddr),
 }
 
@@ -126,7 +131,10 @@ enum Route {
 fn route_of(datagram: &[u8], slots: &mut [HeaderSlot]) -> Option<Route> {
     let message = parse(datagram, slots).ok()?;
     if message.is_request() {
-        return Some(Route::Request { invite: message.method() == Some(Method::Invite) });
+        // A request without headers: its request line is its first line.
+        let first_line_end = || datagram.iter().position(|&c| c == b'\n').map_or(datagram.len(), |i| i + 1);
+        let headers_at = message.headers().next().map_or_else(first_line_end, |h| message.offset_of(h.raw_name));
+        return Some(Route::Request { invite: message.method() == Some(Method::Invite), headers_at });
     }
     Some(Route::Response(message.top_via().ok()??.response_address()?))
 }
@@ -151,18 +159,17 @@ fn relay(
         };
         let datagram = &buf[..len];
         let (bytes, to, counter) = match route_of(datagram, &mut slots) {
-            Some(Route::Request { invite: true }) => {
-                // A splice after the request line (the first header line), not the parser's
-                // `Editor`, which writes every header line anew: the floor does the least.
-                let line_end = datagram.iter().position(|&c| c == b'\n').map_or(len, |i| i + 1);
+            Some(Route::Request { invite: true, headers_at }) => {
+                // A splice before the first header line, not the parser's `Editor`, which
+                // writes every header line anew: the floor does the least.
                 rewritten.clear();
-                rewritten.extend_from_slice(&datagram[..line_end]);
+                rewritten.extend_from_slice(&datagram[..headers_at]);
                 rewritten.extend_from_slice(record_route);
-                rewritten.extend_from_slice(&datagram[line_end..]);
+                rewritten.extend_from_slice(&datagram[headers_at..]);
                 stats.invites.fetch_add(1, Ordering::Relaxed);
                 (&rewritten[..], next_hop, &stats.requests)
             }
-            Some(Route::Request { invite: false }) => (datagram, next_hop, &stats.requests),
+            Some(Route::Request { invite: false, .. }) => (datagram, next_hop, &stats.requests),
             Some(Route::Response(to)) => (datagram, to, &stats.responses),
             None => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);

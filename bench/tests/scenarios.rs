@@ -154,6 +154,25 @@ fn the_relay_carries_every_message_of_a_call_both_ways() {
 }
 
 #[test]
+fn the_relay_puts_its_record_route_after_the_request_line_even_behind_leading_crlfs() {
+    let next_hop = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    next_hop.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let relay = relay_to(next_hop.local_addr().expect("addr"));
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let record_route = format!("Record-Route: <sip:{};lr>\r\n", relay.local);
+    let head = "INVITE sip:b@127.0.0.1 SIP/2.0\r\n";
+    let rest = "Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKrr\r\nCall-ID: rr\r\nCSeq: 1 INVITE\r\n\r\n";
+    let mut buf = [0u8; 2048];
+    // RFC 3261 §7.5: CRLFs before the start line are allowed (and skipped by parsers).
+    for leading in ["", "\r\n", "\r\n\r\n"] {
+        sender.send_to(format!("{leading}{head}{rest}").as_bytes(), relay.local).expect("send");
+        let (n, _) = next_hop.recv_from(&mut buf).expect("the relayed INVITE");
+        assert_eq!(String::from_utf8_lossy(&buf[..n]), format!("{leading}{head}{record_route}{rest}"));
+    }
+    relay.stop().expect("stops");
+}
+
+#[test]
 fn the_relay_drops_what_it_cannot_route() {
     let callee = uas(None);
     let relay = relay_to(callee.local);
