@@ -210,7 +210,8 @@ impl Answerer {
         let tag = format!("{:016x}", fnv1a(call_id));
         let contact = self.contact.as_bytes();
         let mut respond = |code: u16, reason: &str, headers: &[(&str, &[u8])], body: &[u8]| -> Result<()> {
-            let spec = ResponseSpec { code, reason, to_tag: Some(&tag), headers, body };
+            // Answered to the source address; the Via is copied as SIPp's uas copies it.
+            let spec = ResponseSpec { code, reason, to_tag: Some(&tag), headers, body, received_from: None };
             if let Ok(len) = write_response(&msg, &spec, &mut self.out) {
                 send(&self.out[..len])?;
             }

@@ -8,6 +8,10 @@ use sipshard_parser::{
     Editor, HeaderName, HeaderSlot, Message, ResponseSpec, ViaBranchSentBy, parse, peek_call_id, stripe_of,
     write_message, write_response,
 };
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// The address the fuzzed request came from, as the server's responses mark it.
+const SOURCE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 77)), 40404);
 
 fuzz_target!(|data: &[u8]| {
     if let Some(id) = peek_call_id(data) {
@@ -57,8 +61,28 @@ fuzz_target!(|data: &[u8]| {
     let _ = editor.decrement_max_forwards();
     let _ = editor.push_record_route(b"<sip:127.0.0.1;lr>");
     let _ = editor.write(&mut out);
+    let _ = editor.mark_received(SOURCE);
+    let _ = editor.write(&mut out);
     if msg.is_request() {
-        let spec = ResponseSpec { code: 200, reason: "OK", to_tag: Some("t"), headers: &[], body: b"" };
-        let _ = write_response(&msg, &spec, &mut out);
+        let spec = ResponseSpec {
+            code: 200,
+            reason: "OK",
+            to_tag: Some("t"),
+            headers: &[],
+            body: b"",
+            received_from: Some(SOURCE),
+        };
+        // Marked received (RFC 3581): wherever the response's top Via decodes, it leads back to
+        // the source address (and to its port, given rport).
+        if let Ok(n) = write_response(&msg, &spec, &mut out) {
+            let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
+            if let Ok(Ok(Some(via))) = parse(&out[..n], &mut slots).map(|response| response.top_via()) {
+                let back = via.response_address().expect("received is an IP address");
+                assert_eq!(back.ip().to_canonical(), SOURCE.ip());
+                if via.rport.is_some() {
+                    assert_eq!(back.port(), SOURCE.port());
+                }
+            }
+        }
     }
 });

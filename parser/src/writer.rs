@@ -8,10 +8,16 @@
 //!   decrement Max-Forwards, rewrite the Request-URI, add/replace/remove
 //!   headers, replace the body (Content-Length follows).
 //! - [`write_response`] builds a response to a request (RFC 3261 §8.2.6).
+//! - Both can mark the top Via of a request as the server that received it
+//!   must (RFC 3261 §18.2.1, RFC 3581 §4): `received` with the source address
+//!   when the sent-by is not that address or `rport` is present, and `rport`
+//!   given the source port ([`Editor::mark_received`],
+//!   [`ResponseSpec::received_from`]).
 
 use core::fmt;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::grammar::split_first_value;
+use crate::grammar::{split_first_value, trim_lws};
 use crate::header::{Header, HeaderName};
 use crate::limits::MAX_EDITS;
 use crate::message::{Message, StartLine};
@@ -29,6 +35,8 @@ pub enum WriteError {
     InvalidMaxForwards,
     /// A CANCEL or ACK can only be built from a request with a decodable CSeq and Via.
     NotARequest,
+    /// Two edits of the same value: popping the top Via and marking it received.
+    ConflictingEdits,
 }
 
 impl fmt::Display for WriteError {
@@ -39,6 +47,7 @@ impl fmt::Display for WriteError {
             WriteError::MaxForwardsExhausted => "Max-Forwards is 0",
             WriteError::InvalidMaxForwards => "invalid Max-Forwards",
             WriteError::NotARequest => "not a request with a valid CSeq and Via",
+            WriteError::ConflictingEdits => "the top Via cannot be both popped and marked received",
         })
     }
 }
@@ -71,6 +80,35 @@ impl Out<'_> {
             }
         }
         self.put(&digits[i..])
+    }
+
+    /// An IP address as the `received` parameter writes it (an IPv6 address without brackets).
+    fn put_ip(&mut self, ip: IpAddr) -> Result<(), WriteError> {
+        match ip {
+            IpAddr::V4(v4) => {
+                // Written into a stack buffer first: one copy into the output, not seven.
+                let mut text = [0u8; 15];
+                let mut len = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text[len] = b'.';
+                        len += 1;
+                    }
+                    if octet >= 100 {
+                        text[len] = b'0' + octet / 100;
+                        len += 1;
+                    }
+                    if octet >= 10 {
+                        text[len] = b'0' + octet / 10 % 10;
+                        len += 1;
+                    }
+                    text[len] = b'0' + octet % 10;
+                    len += 1;
+                }
+                self.put(&text[..len])
+            }
+            IpAddr::V6(v6) => fmt::Write::write_fmt(self, format_args!("{v6}")).map_err(|_| WriteError::BufferTooSmall),
+        }
     }
 
     fn header(&mut self, name: &str, value: &[u8]) -> Result<(), WriteError> {
@@ -106,6 +144,101 @@ impl Out<'_> {
         }
         self.put(b"\r\n")
     }
+}
+
+impl fmt::Write for Out<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.put(s.as_bytes()).map_err(|_| fmt::Error)
+    }
+}
+
+/// Writes the Via header line `value` (the message's first) with its first value marked as
+/// the server that received the request from `source` marks it (RFC 3261 §18.2.1, RFC 3581
+/// §4): a `received` parameter with the source IP address when the sent-by host is not that
+/// address, or whenever `rport` is present; `rport` given the source port; any `received`
+/// the value had is replaced. The other parameters and values are copied as they are.
+fn put_marked_via(
+    out: &mut Out<'_>,
+    msg: &Message<'_>,
+    name: &str,
+    value: &[u8],
+    source: SocketAddr,
+) -> Result<(), WriteError> {
+    // The usual Via has no quoted string: its values end at a comma, its parameters at a `;`.
+    // (A quote after the first comma is in a later value, which is copied as it is.)
+    let (first, rest, quoted) = match memchr::memchr2(b',', b'"', value) {
+        None => (value, &b""[..], false),
+        Some(comma) if value[comma] == b',' => (trim_lws(&value[..comma]), trim_lws(&value[comma + 1..]), false),
+        Some(_) => match core::str::from_utf8(value).map(split_first_value) {
+            Ok((first, rest)) => (first.as_bytes(), rest.unwrap_or_default().as_bytes(), true),
+            Err(_) => return out.header(name, value),
+        },
+    };
+    // Neither the protocol nor the sent-by holds a `;`: the parameters start at the first one.
+    let params_at = memchr::memchr(b';', first).unwrap_or(first.len());
+    out.put(name.as_bytes())?;
+    out.put(b": ")?;
+    out.put(trim_lws(&first[..params_at]))?;
+    let mut rport = false;
+    let mut params = &first[params_at..];
+    while let [b';', after @ ..] = params {
+        let end = if quoted { param_end_quoted(after) } else { memchr::memchr(b';', after).unwrap_or(after.len()) };
+        let param = trim_lws(&after[..end]);
+        params = &after[end..];
+        let param_name = trim_lws(&param[..memchr::memchr(b'=', param).unwrap_or(param.len())]);
+        if param.is_empty() || param_name.eq_ignore_ascii_case(b"received") {
+            continue;
+        }
+        out.put(b";")?;
+        if param_name.eq_ignore_ascii_case(b"rport") {
+            rport = true;
+            out.put(b"rport=")?;
+            out.put_u32(u32::from(source.port()))?;
+        } else {
+            out.put(param)?;
+        }
+    }
+    let ip = source.ip().to_canonical();
+    if rport || sent_by_ip(msg) != Some(ip) {
+        out.put(b";received=")?;
+        out.put_ip(ip)?;
+    }
+    if !rest.is_empty() {
+        out.put(b", ")?;
+        out.put(rest)?;
+    }
+    out.put(b"\r\n")
+}
+
+/// Where a parameter that may hold a quoted string ends: the next `;` outside quotes.
+fn param_end_quoted(params: &[u8]) -> usize {
+    let mut in_quotes = false;
+    let mut i = 0;
+    while i < params.len() {
+        match params[i] {
+            b'\\' if in_quotes => i += 1,
+            b'"' => in_quotes = !in_quotes,
+            b';' if !in_quotes => return i,
+            _ => {}
+        }
+        i += 1;
+    }
+    params.len()
+}
+
+/// The top Via's sent-by host as an IP address (`None` for a host name or a Via that does
+/// not decode).
+fn sent_by_ip(msg: &Message<'_>) -> Option<IpAddr> {
+    match msg.top_via_branch_sent_by() {
+        Some(via) => ip_of(via.host),
+        None => ip_of(msg.top_via().ok().flatten()?.host.as_bytes()),
+    }
+}
+
+/// A sent-by host as an IP address (an IPv6 reference without its brackets).
+fn ip_of(host: &[u8]) -> Option<IpAddr> {
+    let host = core::str::from_utf8(host).ok()?;
+    host.trim_matches(['[', ']']).parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
 /// A header name an edit applies to: a known name, or any other name compared case-insensitively.
@@ -152,6 +285,7 @@ enum Edit<'e> {
     Replace(Name<'e>, &'e [u8]),
     Remove(Name<'e>),
     Body(&'e [u8]),
+    MarkReceived(SocketAddr),
 }
 
 /// Edits to apply while writing a parsed message; the message is not re-parsed.
@@ -194,6 +328,12 @@ impl<'m, 'e> Editor<'m, 'e> {
     /// Removes the top Via value (a response going upstream, RFC 3261 §16.7 step 3).
     pub fn pop_via(&mut self) -> Result<&mut Self, WriteError> {
         self.push(Edit::PopVia)
+    }
+
+    /// Marks the message's top Via value as received from `source` (RFC 3261 §18.2.1, RFC
+    /// 3581 §4): what a proxy does to a request it relays, so that the responses carry it.
+    pub fn mark_received(&mut self, source: SocketAddr) -> Result<&mut Self, WriteError> {
+        self.push(Edit::MarkReceived(source))
     }
 
     /// Adds a Record-Route value above the existing ones (RFC 3261 §16.6 step 4).
@@ -241,8 +381,10 @@ impl<'m, 'e> Editor<'m, 'e> {
         let mut pop_route = false;
         let mut record_route: Option<&[u8]> = None;
         let mut decrement = false;
+        let mut mark = None;
         for edit in self.edits() {
             match edit {
+                Edit::MarkReceived(source) => mark = Some(source),
                 Edit::RequestUri(uri) => request_uri = Some(uri),
                 Edit::Body(b) => body = b,
                 Edit::PopVia => pop_via = true,
@@ -251,6 +393,9 @@ impl<'m, 'e> Editor<'m, 'e> {
                 Edit::DecrementMaxForwards => decrement = true,
                 Edit::PushVia(_) | Edit::Add(..) | Edit::Replace(..) | Edit::Remove(_) => {}
             }
+        }
+        if pop_via && mark.is_some() {
+            return Err(WriteError::ConflictingEdits);
         }
         out.start_line(msg, request_uri)?;
         for edit in self.edits() {
@@ -286,6 +431,10 @@ impl<'m, 'e> Editor<'m, 'e> {
                 HeaderName::Via if pop_via => {
                     pop_via = false;
                     write_rest_of_list(&mut out, name, header.value)?;
+                }
+                HeaderName::Via if mark.is_some() => {
+                    let source = mark.take().expect("invariant: matched Some");
+                    put_marked_via(&mut out, msg, name, header.value, source)?;
                 }
                 HeaderName::Route if pop_route => {
                     pop_route = false;
@@ -369,13 +518,18 @@ pub struct ResponseSpec<'e> {
     pub headers: &'e [(&'e str, &'e [u8])],
     /// Body (Content-Length follows it).
     pub body: &'e [u8],
+    /// Where the request came from, if the top Via is to be marked with it (`received`,
+    /// `rport`: RFC 3261 §18.2.1, RFC 3581 §4); `None` copies it as it is.
+    pub received_from: Option<SocketAddr>,
 }
 
 /// Builds a response to `request` (RFC 3261 §8.2.6): status line; Via (all, in
 /// order), From, To (with `to_tag` added if it has no tag), Call-ID and CSeq
-/// copied; Timestamp copied on 100; then the extra headers and the body.
+/// copied (the top one marked, with [`ResponseSpec::received_from`]); Timestamp copied on
+/// 100; then the extra headers and the body.
 pub fn write_response(request: &Message<'_>, spec: &ResponseSpec<'_>, out: &mut [u8]) -> Result<usize, WriteError> {
     let mut out = Out { buf: out, len: 0 };
+    let mut mark = spec.received_from;
     out.put(b"SIP/2.0 ")?;
     out.put_u32(u32::from(spec.code))?;
     out.put(b" ")?;
@@ -383,6 +537,10 @@ pub fn write_response(request: &Message<'_>, spec: &ResponseSpec<'_>, out: &mut 
     out.put(b"\r\n")?;
     for header in request.headers() {
         match header.name {
+            HeaderName::Via if mark.is_some() => {
+                let source = mark.take().expect("invariant: matched Some");
+                put_marked_via(&mut out, request, "Via", header.value, source)?;
+            }
             HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
                 out.header(header.name.as_str(), header.value)?;
             }
@@ -533,6 +691,7 @@ v=0\r";
             to_tag: Some("a6c85cf"),
             headers: &[("Contact", b"<sip:bob@192.0.2.4>")],
             body: b"",
+            received_from: None,
         };
         let n = write_response(&msg, &spec, &mut out).expect("writes");
         let text = core::str::from_utf8(&out[..n]).expect("utf8");
@@ -543,6 +702,88 @@ v=0\r";
         assert!(!text.contains("Route"));
         let mut tiny = [0u8; 10];
         assert_eq!(write_response(&msg, &spec, &mut tiny), Err(WriteError::BufferTooSmall));
+    }
+
+    /// The top Via line of a 200 to a request with Via line `via`, marked as received from `source`.
+    fn marked_via(via: &str, source: &str) -> String {
+        let text = format!("OPTIONS sip:b@b.example SIP/2.0\r\nVia: {via}\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n");
+        let mut slots = [HeaderSlot::EMPTY; 8];
+        let msg = parse(text.as_bytes(), &mut slots).expect("parses");
+        let spec = ResponseSpec {
+            code: 200,
+            reason: "OK",
+            to_tag: None,
+            headers: &[],
+            body: b"",
+            received_from: Some(source.parse().expect("a socket address")),
+        };
+        let mut out = [0u8; 1024];
+        let n = write_response(&msg, &spec, &mut out).expect("writes");
+        let response = core::str::from_utf8(&out[..n]).expect("utf8");
+        response.lines().find(|l| l.starts_with("Via: ")).expect("a Via").to_owned()
+    }
+
+    #[test]
+    fn the_top_via_is_marked_received_and_its_rport_filled() {
+        // RFC 3581 §4: rport gets the source port, and received is added even where the
+        // sent-by is the source address.
+        assert_eq!(
+            marked_via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport", "192.0.2.1:9988"),
+            "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport=9988;received=192.0.2.1"
+        );
+        // §18.2.1: a host name, or an address other than the source, gets received.
+        assert_eq!(
+            marked_via("SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK2", "192.0.2.7:5060"),
+            "Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK2;received=192.0.2.7"
+        );
+        assert_eq!(
+            marked_via("SIP/2.0/TCP 10.0.0.9:5060;branch=z9hG4bK3", "192.0.2.7:40000"),
+            "Via: SIP/2.0/TCP 10.0.0.9:5060;branch=z9hG4bK3;received=192.0.2.7"
+        );
+        // The sent-by is the source and there is no rport: nothing to add.
+        assert_eq!(
+            marked_via("SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK4", "192.0.2.7:5062"),
+            "Via: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK4"
+        );
+        // Only the first value is marked; a received it had is replaced; a quoted `;` and
+        // the case of names are kept.
+        assert_eq!(
+            marked_via(
+                "SIP/2.0/UDP h.example;RECEIVED=1.2.3.4;x=\"a;b\";RPort ;branch=z9hG4bK5, SIP/2.0/UDP p.example;branch=z9hG4bKp",
+                "192.0.2.7:7"
+            ),
+            "Via: SIP/2.0/UDP h.example;x=\"a;b\";rport=7;branch=z9hG4bK5;received=192.0.2.7, SIP/2.0/UDP p.example;branch=z9hG4bKp"
+        );
+        // IPv6: the sent-by reference compares without its brackets; received has none.
+        assert_eq!(
+            marked_via("SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bK6", "[2001:db8::9]:5060"),
+            "Via: SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bK6"
+        );
+        assert_eq!(
+            marked_via("SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bK7;rport", "[2001:db8::1]:6000"),
+            "Via: SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bK7;rport=6000;received=2001:db8::1"
+        );
+        // A v4-mapped source (a dual-stack socket) is the IPv4 address.
+        assert_eq!(
+            marked_via("SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK8", "[::ffff:192.0.2.7]:5062"),
+            "Via: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK8"
+        );
+    }
+
+    #[test]
+    fn a_relayed_request_carries_its_top_via_marked_under_ours() {
+        let text = edited(|e| {
+            e.push_via(b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKnew").unwrap();
+            e.mark_received("192.0.2.99:5070".parse().unwrap()).unwrap();
+        });
+        assert!(text.contains(
+            "\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKnew\r\nVia: SIP/2.0/UDP client.atlanta.example.com:5060;branch=z9hG4bK74bf9;received=192.0.2.99, SIP/2.0/UDP proxy.example.com;branch=z9hG4bKx\r\n"
+        ));
+        let mut slots = [HeaderSlot::EMPTY; 16];
+        let msg = parse(INVITE, &mut slots).expect("parses");
+        let mut editor = Editor::new(&msg);
+        editor.pop_via().unwrap().mark_received("192.0.2.99:5070".parse().unwrap()).unwrap();
+        assert_eq!(editor.write(&mut [0u8; 2048]), Err(WriteError::ConflictingEdits));
     }
 
     #[test]

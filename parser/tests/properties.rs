@@ -24,6 +24,17 @@ fn host() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A Via parameter other than branch and rport: a token, maybe a value (a token, or a
+/// quoted string holding separators); sometimes a stale `received`.
+fn via_param() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "x[a-z]{0,6}".prop_map(|name| name),
+        ("x[a-z]{0,6}", token()).prop_map(|(name, value)| format!("{name}={value}")),
+        ("x[a-z]{0,6}", "[a-z ;,]{0,8}").prop_map(|(name, value)| format!("{name}=\"{value}\"")),
+        Just("received=10.1.2.3".to_owned()),
+    ]
+}
+
 /// A canonical message: long header names, `Name: value`, Content-Length last-but-body.
 #[derive(Debug, Clone)]
 struct Canonical {
@@ -113,7 +124,17 @@ fn exercise(data: &[u8]) -> bool {
     editor.decrement_max_forwards().expect("edit fits");
     editor.push_record_route(b"<sip:127.0.0.1;lr>").expect("edit fits");
     let _ = editor.write(&mut out);
-    let spec = ResponseSpec { code: 486, reason: "Busy Here", to_tag: Some("x"), headers: &[], body: b"" };
+    let mut editor = Editor::new(&msg);
+    editor.mark_received(([192, 0, 2, 9], 5999).into()).expect("edit fits");
+    let _ = editor.write(&mut out);
+    let spec = ResponseSpec {
+        code: 486,
+        reason: "Busy Here",
+        to_tag: Some("x"),
+        headers: &[],
+        body: b"",
+        received_from: Some(([192, 0, 2, 9], 5999).into()),
+    };
     let _ = write_response(&msg, &spec, &mut out);
     true
 }
@@ -198,6 +219,60 @@ proptest! {
             data.truncate(keep);
         }
         exercise(&data);
+    }
+
+    #[test]
+    fn a_marked_via_leads_back_to_the_source_and_keeps_every_other_parameter(
+        sent_by in (host(), prop::option::of(1u16..)),
+        params in prop::collection::vec(via_param(), 0..5),
+        rport_at in prop::option::of(any::<prop::sample::Index>()),
+        more in prop::option::of(("[ ]{0,2}", "[ ]{0,2}")),
+        source in (any::<[u8; 4]>(), 1u16..),
+    ) {
+        // A Via value as UAs write it, rport (valueless) anywhere among its parameters, maybe a
+        // second value after a comma; answered to a request from `source`.
+        let mut params: Vec<String> = params;
+        params.insert(0, "branch=z9hG4bKprop".to_owned());
+        if let Some(at) = rport_at {
+            params.insert(at.index(params.len() + 1), "rport".to_owned());
+        }
+        let (host, port) = &sent_by;
+        let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+        let first = format!("SIP/2.0/UDP {host}{port};{}", params.join(";"));
+        let line = match &more {
+            Some((before, after)) => format!("{first}{before},{after}SIP/2.0/TCP p.example;branch=z9hG4bKnext"),
+            None => first.clone(),
+        };
+        let request = format!("OPTIONS sip:b@b.example SIP/2.0\r\nVia: {line}\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n");
+        let source = std::net::SocketAddr::from(source);
+        let mut slots = [HeaderSlot::EMPTY; Message::SLOTS];
+        let msg = parse(request.as_bytes(), &mut slots).expect("parses");
+        let spec = ResponseSpec { code: 200, reason: "OK", to_tag: None, headers: &[], body: b"", received_from: Some(source) };
+        let mut out = vec![0u8; 1024];
+        let n = write_response(&msg, &spec, &mut out).expect("fits");
+        let mut response_slots = [HeaderSlot::EMPTY; Message::SLOTS];
+        let response = parse(&out[..n], &mut response_slots).expect("the response parses");
+        let marked = response.top_via().expect("decodes").expect("a Via");
+        let back = marked.response_address().expect("an IP address to answer to");
+        prop_assert_eq!(back.ip(), source.ip());
+        if rport_at.is_some() {
+            prop_assert_eq!(back.port(), source.port());
+            prop_assert_eq!(marked.rport, Some(Some(source.port())));
+        }
+        // Every other parameter is there, in order, as written.
+        let kept: Vec<String> = marked
+            .params
+            .iter()
+            .filter(|p| !p.name.eq_ignore_ascii_case("received") && !p.name.eq_ignore_ascii_case("rport"))
+            .map(|p| match p.value { Some(v) => format!("{}={v}", p.name), None => p.name.to_owned() })
+            .collect();
+        let written: Vec<&String> = params.iter().filter(|p| *p != "rport" && !p.starts_with("received=")).collect();
+        prop_assert_eq!(kept.iter().collect::<Vec<_>>(), written);
+        prop_assert_eq!(response.vias().count(), 1 + usize::from(more.is_some()));
+        if more.is_some() {
+            let next = response.vias().nth(1).expect("two values").expect("decodes");
+            prop_assert_eq!(next.branch, Some("z9hG4bKnext"));
+        }
     }
 
     #[test]

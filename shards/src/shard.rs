@@ -1434,7 +1434,7 @@ impl<T: TransactionUser> Shard<T> {
                 if is_invite && relay.record_route && record.dialog.is_none() {
                     record.dialog = Some(DialogState::Early);
                 }
-                self.relay_request(now_ms, &mut record, id, call_id, (peer.transport, msg), &relay, &mut fx);
+                self.relay_request(now_ms, &mut record, id, call_id, (peer, msg), &relay, &mut fx);
                 if is_invite {
                     fx.relayed_first(before_trying);
                     // §16.8: the proxy's Timer C bounds how long the INVITE may ring.
@@ -1529,7 +1529,8 @@ impl<T: TransactionUser> Shard<T> {
         let tag = self.tag();
         let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
         let to_tag = if code == 100 { None } else { Some(tag) };
-        let spec = ResponseSpec { code, reason, to_tag, headers, body: b"" };
+        let received_from = record.transactions.iter().find(|t| t.id == id).map(|t| t.peer.addr);
+        let spec = ResponseSpec { code, reason, to_tag, headers, body: b"", received_from };
         let room: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
         match written(&mut self.write_buf, msg.len() + 256 + room, |out| write_response(msg, &spec, out).ok()) {
             Some(out) => self.server_respond(now_ms, record, id, call_id, out, code, fx),
@@ -1593,7 +1594,7 @@ impl<T: TransactionUser> Shard<T> {
         record: &mut CallRecord,
         server: u64,
         call_id: &[u8],
-        (from, msg): (Transport, &Message<'_>),
+        (from, msg): (Peer, &Message<'_>),
         relay: &Relay,
         fx: &mut Effects,
     ) {
@@ -1617,24 +1618,18 @@ impl<T: TransactionUser> Shard<T> {
         branch
     }
 
-    /// The relayed form of `msg` (which came over `from`): our Via on top, Max-Forwards
-    /// decremented, the role's edits.
-    fn write_relayed(
-        &mut self,
-        from: Transport,
-        msg: &Message<'_>,
-        relay: &Relay,
-        branch: &str,
-    ) -> Option<SharedBytes> {
+    /// The relayed form of `msg` (which came from `from`): our Via on top of its own, marked
+    /// received (§18.2.1, RFC 3581), Max-Forwards decremented, the role's edits.
+    fn write_relayed(&mut self, from: Peer, msg: &Message<'_>, relay: &Relay, branch: &str) -> Option<SharedBytes> {
         let prefix = &self.via_prefix[usize::from(relay.to.transport == Transport::Tcp)];
         let mut via = String::with_capacity(prefix.len() + branch.len());
         via.push_str(prefix);
         via.push_str(branch);
         let mut editor = Editor::new(msg);
-        editor.push_via(via.as_bytes()).ok()?.decrement_max_forwards().ok()?;
+        editor.push_via(via.as_bytes()).ok()?.mark_received(from.addr).ok()?.decrement_max_forwards().ok()?;
         if relay.record_route {
             // Both sides send in-dialog requests to it: the shard's own port only if both use UDP.
-            let udp_both_ways = from == Transport::Udp && relay.to.transport == Transport::Udp;
+            let udp_both_ways = from.transport == Transport::Udp && relay.to.transport == Transport::Udp;
             editor.push_record_route(self.record_route[usize::from(!udp_both_ways)].as_bytes()).ok()?;
         }
         if relay.pop_route {
@@ -1815,7 +1810,8 @@ impl<T: TransactionUser> Shard<T> {
         let mut first = vec![0u8; request.len() + 256];
         let tag = self.tag();
         let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
-        let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers: &[], body: b"" };
+        // Our Via is popped below; the one under it was marked when the request was relayed.
+        let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers: &[], body: b"", received_from: None };
         let answer = sipshard_parser::parse(&request, &mut slots)
             .ok()
             .and_then(|sent| write_response(&sent, &spec, &mut first).ok())
@@ -1927,7 +1923,7 @@ impl<T: TransactionUser> Shard<T> {
         let ctx = self.context(now_ms, peer, dialog);
         let Some(relay) = self.tu.on_ack(&ctx, msg) else { return };
         let branch = self.branch();
-        if let Some(out) = self.write_relayed(peer.transport, msg, &relay, &branch) {
+        if let Some(out) = self.write_relayed(peer, msg, &relay, &branch) {
             self.stats.acks_relayed += 1;
             self.stats.requests_sent += 1;
             self.outputs.push_back(Output::Transmit { peer: relay.to, bytes: out });
@@ -2424,13 +2420,20 @@ impl<T: TransactionUser> Shard<T> {
         let to_tag = bridge.leg(side.other()).local_tag.clone();
         let contact = format!("<{}>", self.contact_for(bridge.leg(side.other()).peer));
         let Some(txn) = record.transactions.iter().find(|t| t.id == server) else { return };
-        let request = txn.request.clone();
+        let (request, received_from) = (txn.request.clone(), Some(txn.peer.addr));
         let reason = response.status_line().map(|l| l.reason).unwrap_or_default();
         let mut headers: Vec<(&str, &[u8])> = vec![("Contact", contact.as_bytes())];
         if let Some(content_type) = response.header(HeaderName::ContentType) {
             headers.push(("Content-Type", content_type));
         }
-        let spec = ResponseSpec { code, reason, to_tag: Some(&to_tag), headers: &headers, body: response.body() };
+        let spec = ResponseSpec {
+            code,
+            reason,
+            to_tag: Some(&to_tag),
+            headers: &headers,
+            body: response.body(),
+            received_from,
+        };
         let mut slots = std::mem::take(&mut self.spare_slots);
         let answer = written(&mut self.write_buf, request.len() + response.len() + 256, |out| {
             sipshard_parser::parse(&request, &mut slots).ok().and_then(|req| write_response(&req, &spec, out).ok())
@@ -2454,12 +2457,12 @@ impl<T: TransactionUser> Shard<T> {
         fx: &mut Effects,
     ) {
         let Some(txn) = record.transactions.iter().find(|t| t.id == server) else { return };
-        let request = txn.request.clone();
+        let (request, received_from) = (txn.request.clone(), Some(txn.peer.addr));
         let mut slots = std::mem::take(&mut self.spare_slots);
         let answer = sipshard_parser::parse(&request, &mut slots).ok().and_then(|req| {
             let tag = self.tag();
             let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
-            let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers: &[], body: b"" };
+            let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers: &[], body: b"", received_from };
             written(&mut self.write_buf, request.len() + 256, |out| write_response(&req, &spec, out).ok())
         });
         self.spare_slots = slots;
@@ -2478,7 +2481,7 @@ impl<T: TransactionUser> Shard<T> {
         let headers: &[(&str, &[u8])] = if code == 503 { &retry } else { &[] };
         let tag = self.tag();
         let tag = core::str::from_utf8(&tag).expect("invariant: hex digits");
-        let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers, body: b"" };
+        let spec = ResponseSpec { code, reason, to_tag: Some(tag), headers, body: b"", received_from: Some(peer.addr) };
         if let Some(bytes) = written(&mut self.write_buf, msg.len() + 256, |out| write_response(msg, &spec, out).ok()) {
             self.stats.responses_sent += 1;
             self.outputs.push_back(Output::Transmit { peer, bytes });

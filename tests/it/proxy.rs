@@ -493,6 +493,40 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: stray\r\nCSeq: 1 INVITE
 }
 
 #[test]
+fn a_caller_behind_a_nat_gets_every_response_where_it_sent_from() {
+    // The caller writes its private address in its Via and asks for rport (RFC 3581); its
+    // datagrams arrive from the NAT's public address.
+    let (public, private) = ("127.0.0.1:40000", "10.0.0.5:5060");
+    let mut rig = Rig::new();
+    let request = invite("nat-1", "nat", "").replace(
+        &format!("Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKnat"),
+        &format!("Via: SIP/2.0/UDP {private};branch=z9hG4bKnat;rport"),
+    );
+    let marked = format!("Via: SIP/2.0/UDP {private};branch=z9hG4bKnat;rport=40000;received=127.0.0.1\r\n");
+    let out = rig.send(public, request.as_bytes());
+    assert_eq!(out.len(), 2, "{out:?}");
+    let relayed = &out[0].1;
+    assert_eq!(out[0].0, to(CALLEE));
+    // §18.2.1 and RFC 3581 §4: the relayed request carries the caller's Via marked, under ours.
+    let second_via = relayed.lines().filter(|l| l.starts_with("Via: ")).nth(1);
+    assert_eq!(second_via, Some(marked.trim_end()), "{relayed}");
+    assert_eq!((out[1].0, status(&out[1].1)), (to(public), 100));
+    assert!(out[1].1.contains(&marked), "the 100 Trying's Via is marked: {}", out[1].1);
+    let ok = answer(relayed, 200, "OK", "callee-tag");
+    let out = rig.send(CALLEE, ok.as_bytes());
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].0, status(&out[0].1)), (to(public), 200));
+    assert!(out[0].1.starts_with(&format!("SIP/2.0 200 OK\r\n{marked}")), "{}", out[0].1);
+    // Once the INVITE's transaction is gone (timer L), a retransmitted 200 is relayed by the
+    // Via alone (§16.7, §18.2.2): it must still reach the NAT's address, not the private one.
+    let _ = rig.advance(Duration::from_secs(40));
+    assert_eq!(rig.shard.transactions(), 0);
+    let out = rig.send(CALLEE, ok.as_bytes());
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].0, status(&out[0].1)), (to(public), 200), "received and rport lead back through the NAT");
+}
+
+#[test]
 fn a_registered_user_is_called_at_its_contact() {
     use sipshard_shards::registrar::RegistrarConfig;
     let mut rig = Rig::new();
@@ -643,6 +677,25 @@ To: {b_from}\r\nCall-ID: {b_call_id}\r\nCSeq: 7 BYE\r\nMax-Forwards: 70\r\nConte
         assert_eq!(header(&out[0].1, "Call-ID"), b_call_id);
         rig.settle();
         assert_eq!(rig.shard.calls(), 0, "the call is over and forgotten");
+    }
+
+    #[test]
+    fn the_a_leg_answers_carry_the_callers_via_marked_received() {
+        let mut rig = rig();
+        let request = invite("a-nat", "nat", "").replace(
+            &format!("Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKnat"),
+            "Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKnat;rport",
+        );
+        let marked = "SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKnat;rport=40000;received=127.0.0.1";
+        let out = rig.send("127.0.0.1:40000", request.as_bytes());
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!((out[1].0, status(&out[1].1), header(&out[1].1, "Via")), (to("127.0.0.1:40000"), 100, marked));
+        let b_invite = out[0].1.clone();
+        for (code, reason) in [(180, "Ringing"), (200, "OK")] {
+            let out = rig.send(CALLEE, answer(&b_invite, code, reason, "callee-tag").as_bytes());
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert_eq!((out[0].0, status(&out[0].1), header(&out[0].1, "Via")), (to("127.0.0.1:40000"), code, marked));
+        }
     }
 
     #[test]

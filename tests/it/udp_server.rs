@@ -2,7 +2,8 @@
 //! callee: every error reply the proxy generates, provoked by a bad request;
 //! a call that recovers from a lost INVITE (timer A) and a retransmitted 2xx;
 //! a BYE from the callee's side; a re-INVITE; CANCEL; a graceful stop; the
-//! same dialog operations through the B2BUA; and shards pinned or not.
+//! same dialog operations through the B2BUA; a caller's Via marked received
+//! (RFC 3581); and shards pinned or not.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
@@ -196,6 +197,32 @@ CSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
     assert_eq!(from, proxy);
     caller.send(proxy, &answer(&bye_at_caller, "200 OK", caller.addr));
     callee.expect("SIP/2.0 200 OK");
+}
+
+#[test]
+fn a_caller_whose_via_names_another_address_gets_it_marked_received_and_rport_filled() {
+    // As behind a NAT: the Via names an address the datagrams do not come from (a loopback
+    // one, so that nothing leaves loopback whatever the server does) and asks for rport.
+    let callee = Ua::new();
+    let (_server, proxy) = start(Some(callee.addr));
+    let caller = Ua::new();
+    let uri = format!("sip:callee@{proxy}");
+    let invite = request("INVITE", &uri, &caller, "natted", 1, "")
+        .replace(&format!("Via: SIP/2.0/UDP {};", caller.addr), "Via: SIP/2.0/UDP 127.0.0.9:5999;rport;");
+    caller.send(proxy, &invite);
+    let marked = format!(
+        "SIP/2.0/UDP 127.0.0.9:5999;rport={};branch=z9hG4bKnatted1INVITE;received=127.0.0.1",
+        caller.addr.port()
+    );
+    let (trying, _) = caller.expect("SIP/2.0 100 Trying");
+    assert_eq!(header(&trying, "Via"), marked, "RFC 3261 §18.2.1, RFC 3581 §4");
+    let (relayed, _) = callee.expect("INVITE ");
+    let vias: Vec<&str> = relayed.lines().filter_map(|l| l.strip_prefix("Via: ")).collect();
+    assert_eq!(vias.len(), 2, "{relayed}");
+    assert_eq!(vias[1], marked, "the relayed INVITE carries the caller's Via marked, under the proxy's");
+    callee.send(proxy, &answer(&relayed, "486 Busy Here", callee.addr));
+    let (busy, from) = caller.expect("SIP/2.0 486 Busy Here");
+    assert_eq!((from, header(&busy, "Via")), (proxy, marked.as_str()));
 }
 
 #[test]

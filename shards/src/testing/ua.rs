@@ -114,7 +114,9 @@ impl Uas {
         let mut headers: Vec<(&str, &[u8])> = vec![("Contact", contact.as_bytes())];
         headers.extend(record_route.iter().map(|rr| ("Record-Route", *rr)));
         let respond = |code, reason| {
-            let spec = ResponseSpec { code, reason, to_tag: Some(&tag), headers: &headers, body: b"" };
+            // The simulated callee answers its only upstream: the Via is copied as it came.
+            let spec =
+                ResponseSpec { code, reason, to_tag: Some(&tag), headers: &headers, body: b"", received_from: None };
             let mut out = vec![0u8; bytes.len() + 512];
             let n = write_response(&msg, &spec, &mut out).expect("invariant: room for a response");
             out.truncate(n);
