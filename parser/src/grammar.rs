@@ -363,6 +363,24 @@ pub(crate) fn number_at_most(max: u64) -> impl Fn(&str) -> PResult<'_, u64> {
     }
 }
 
+/// Where `bytes` first holds `separator` outside a quoted string (quoted-pairs skipped), at
+/// index `from` or later (quotes before `from` still count); `bytes.len()` if nowhere.
+#[inline]
+pub(crate) fn find_outside_quotes(bytes: &[u8], separator: u8, from: usize) -> usize {
+    let mut in_quotes = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if in_quotes => i += 1,
+            b'"' => in_quotes = !in_quotes,
+            c if c == separator && !in_quotes && i >= from => return i,
+            _ => {}
+        }
+        i += 1;
+    }
+    bytes.len()
+}
+
 /// Splits a list value at its first top-level comma (outside quotes and `<>`).
 /// Returns (first value, rest after the comma) or (whole, None).
 pub(crate) fn split_first_value(value: &str) -> (&str, Option<&str>) {

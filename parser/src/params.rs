@@ -3,7 +3,7 @@
 //! The typed decoder that produced a list has already validated its grammar;
 //! iteration only splits and trims.
 
-use crate::grammar::{is_lws, sws};
+use crate::grammar::{find_outside_quotes, is_lws, sws};
 use crate::limits::MAX_PARAMS;
 
 /// One parameter: a name and an optional value (quotes kept, see [`Param::unquoted`]).
@@ -105,22 +105,8 @@ impl<'a> Iterator for ParamIter<'a> {
                 return None;
             }
             let bytes = text.as_bytes();
-            // Find the end of this parameter: the next separator outside quotes.
-            let mut end = bytes.len();
-            let mut in_quotes = false;
-            let mut i = 0;
-            while i < bytes.len() {
-                match bytes[i] {
-                    b'\\' if in_quotes => i += 1,
-                    b'"' => in_quotes = !in_quotes,
-                    c if c == self.separator && !in_quotes && i > 0 => {
-                        end = i;
-                        break;
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
+            // The end of this parameter: the next separator outside quotes (past its own).
+            let end = find_outside_quotes(bytes, self.separator, 1);
             let item = text[..end].strip_prefix(self.separator as char).unwrap_or(&text[..end]);
             self.rest = &text[end..];
             let item = item.trim_matches(|c: char| c.is_ascii() && is_lws(c as u8));

@@ -17,7 +17,7 @@
 use core::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::grammar::{split_first_value, trim_lws};
+use crate::grammar::{find_outside_quotes, split_first_value, trim_lws};
 use crate::header::{Header, HeaderName};
 use crate::limits::MAX_EDITS;
 use crate::message::{Message, StartLine};
@@ -182,7 +182,11 @@ fn put_marked_via(
     let mut rport = false;
     let mut params = &first[params_at..];
     while let [b';', after @ ..] = params {
-        let end = if quoted { param_end_quoted(after) } else { memchr::memchr(b';', after).unwrap_or(after.len()) };
+        let end = if quoted {
+            find_outside_quotes(after, b';', 0)
+        } else {
+            memchr::memchr(b';', after).unwrap_or(after.len())
+        };
         let param = trim_lws(&after[..end]);
         params = &after[end..];
         let param_name = trim_lws(&param[..memchr::memchr(b'=', param).unwrap_or(param.len())]);
@@ -208,22 +212,6 @@ fn put_marked_via(
         out.put(rest)?;
     }
     out.put(b"\r\n")
-}
-
-/// Where a parameter that may hold a quoted string ends: the next `;` outside quotes.
-fn param_end_quoted(params: &[u8]) -> usize {
-    let mut in_quotes = false;
-    let mut i = 0;
-    while i < params.len() {
-        match params[i] {
-            b'\\' if in_quotes => i += 1,
-            b'"' => in_quotes = !in_quotes,
-            b';' if !in_quotes => return i,
-            _ => {}
-        }
-        i += 1;
-    }
-    params.len()
 }
 
 /// The top Via's sent-by host as an IP address (`None` for a host name or a Via that does
