@@ -15,3 +15,4 @@ mod sipp;
 mod support;
 mod tidy;
 mod udp_server;
+mod wire_latency;
