@@ -680,22 +680,42 @@ To: {b_from}\r\nCall-ID: {b_call_id}\r\nCSeq: 7 BYE\r\nMax-Forwards: 70\r\nConte
     }
 
     #[test]
-    fn the_a_leg_answers_carry_the_callers_via_marked_received() {
+    fn a_caller_behind_a_nat_is_answered_and_called_where_it_sent_from() {
+        // Its Via and Contact name its private address; its datagrams come from the NAT's.
+        let (public, private) = ("127.0.0.1:40000", "10.0.0.5:5060");
         let mut rig = rig();
-        let request = invite("a-nat", "nat", "").replace(
-            &format!("Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKnat"),
-            "Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKnat;rport",
-        );
-        let marked = "SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKnat;rport=40000;received=127.0.0.1";
-        let out = rig.send("127.0.0.1:40000", request.as_bytes());
+        let request = invite("a-nat", "nat", "")
+            .replace(
+                &format!("Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKnat"),
+                &format!("Via: SIP/2.0/UDP {private};branch=z9hG4bKnat;rport"),
+            )
+            .replace(&format!("Contact: <sip:sipp@{CALLER}>"), &format!("Contact: <sip:sipp@{private}>"));
+        let marked = format!("SIP/2.0/UDP {private};branch=z9hG4bKnat;rport=40000;received=127.0.0.1");
+        let out = rig.send(public, request.as_bytes());
         assert_eq!(out.len(), 2, "{out:?}");
-        assert_eq!((out[1].0, status(&out[1].1), header(&out[1].1, "Via")), (to("127.0.0.1:40000"), 100, marked));
+        assert_eq!((out[1].0, status(&out[1].1), header(&out[1].1, "Via")), (to(public), 100, marked.as_str()));
         let b_invite = out[0].1.clone();
+        let mut a_tag = String::new();
         for (code, reason) in [(180, "Ringing"), (200, "OK")] {
             let out = rig.send(CALLEE, answer(&b_invite, code, reason, "callee-tag").as_bytes());
             assert_eq!(out.len(), 1, "{out:?}");
-            assert_eq!((out[0].0, status(&out[0].1), header(&out[0].1, "Via")), (to("127.0.0.1:40000"), code, marked));
+            assert_eq!((out[0].0, status(&out[0].1), header(&out[0].1, "Via")), (to(public), code, marked.as_str()));
+            a_tag = header(&out[0].1, "To").split("tag=").nth(1).expect("a To tag").to_owned();
         }
+        let ack = in_dialog("ACK", "a-nat", "ack1", 1, false).replace("tag=callee-tag", &format!("tag={a_tag}"));
+        assert_eq!(rig.send(public, ack.as_bytes()).len(), 1, "the ACK goes across");
+        // The callee hangs up: the A leg's BYE names the caller's Contact but goes to the
+        // address the caller's requests came from (the leg latched onto it), not the private one.
+        let bye = format!(
+            "BYE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKbbye\r\nFrom: service <sip:service@127.0.0.1:5060>;tag=callee-tag\r\n\
+To: {}\r\nCall-ID: {}\r\nCSeq: 7 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            header(&b_invite, "From"),
+            header(&b_invite, "Call-ID")
+        );
+        let out = rig.send(CALLEE, bye.as_bytes());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, to(public));
+        assert!(out[0].1.starts_with(&format!("BYE sip:sipp@{private} SIP/2.0\r\n")), "{}", out[0].1);
     }
 
     #[test]
