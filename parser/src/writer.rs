@@ -17,7 +17,7 @@
 use core::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::grammar::{find_outside_quotes, split_first_value, trim_lws};
+use crate::grammar::{find_outside_quotes, is_lws, split_first_value, trim_lws};
 use crate::header::{Header, HeaderName};
 use crate::limits::MAX_EDITS;
 use crate::message::{Message, StartLine};
@@ -157,13 +157,7 @@ impl fmt::Write for Out<'_> {
 /// §4): a `received` parameter with the source IP address when the sent-by host is not that
 /// address, or whenever `rport` is present; `rport` given the source port; any `received`
 /// the value had is replaced. The other parameters and values are copied as they are.
-fn put_marked_via(
-    out: &mut Out<'_>,
-    msg: &Message<'_>,
-    name: &str,
-    value: &[u8],
-    source: SocketAddr,
-) -> Result<(), WriteError> {
+fn put_marked_via(out: &mut Out<'_>, name: &str, value: &[u8], source: SocketAddr) -> Result<(), WriteError> {
     // The usual Via has no quoted string: its values end at a comma, its parameters at a `;`.
     // (A quote after the first comma is in a later value, which is copied as it is.)
     let (first, rest, quoted) = match memchr::memchr2(b',', b'"', value) {
@@ -178,7 +172,8 @@ fn put_marked_via(
     let params_at = memchr::memchr(b';', first).unwrap_or(first.len());
     out.put(name.as_bytes())?;
     out.put(b": ")?;
-    out.put(trim_lws(&first[..params_at]))?;
+    let sent = trim_lws(&first[..params_at]);
+    out.put(sent)?;
     let mut rport = false;
     let mut params = &first[params_at..];
     while let [b';', after @ ..] = params {
@@ -203,7 +198,7 @@ fn put_marked_via(
         }
     }
     let ip = source.ip().to_canonical();
-    if rport || sent_by_ip(msg) != Some(ip) {
+    if rport || sent_by_ip(sent) != Some(ip) {
         out.put(b";received=")?;
         out.put_ip(ip)?;
     }
@@ -214,19 +209,17 @@ fn put_marked_via(
     out.put(b"\r\n")
 }
 
-/// The top Via's sent-by host as an IP address (`None` for a host name or a Via that does
-/// not decode).
-fn sent_by_ip(msg: &Message<'_>) -> Option<IpAddr> {
-    match msg.top_via_branch_sent_by() {
-        Some(via) => ip_of(via.host),
-        None => ip_of(msg.top_via().ok().flatten()?.host.as_bytes()),
-    }
-}
-
-/// A sent-by host as an IP address (an IPv6 reference without its brackets).
-fn ip_of(host: &[u8]) -> Option<IpAddr> {
-    let host = core::str::from_utf8(host).ok()?;
-    host.trim_matches(['[', ']']).parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+/// The sent-by host of a Via value's `protocol LWS sent-by` part, as an IP address: the
+/// last LWS-separated token, its port cut off. `None` for a host name, or for a form this
+/// does not read (LWS around the sent-by's colon): the caller then adds `received`, which
+/// changes no answer address where the two agree.
+fn sent_by_ip(sent: &[u8]) -> Option<IpAddr> {
+    let sent_by = sent.rsplit(|&c| is_lws(c)).next()?;
+    let host = match sent_by.strip_prefix(b"[") {
+        Some(v6) => &v6[..memchr::memchr(b']', v6)?],
+        None => &sent_by[..memchr::memchr(b':', sent_by).unwrap_or(sent_by.len())],
+    };
+    core::str::from_utf8(host).ok()?.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
 /// A header name an edit applies to: a known name, or any other name compared case-insensitively.
@@ -422,7 +415,7 @@ impl<'m, 'e> Editor<'m, 'e> {
                 }
                 HeaderName::Via if mark.is_some() => {
                     let source = mark.take().expect("invariant: matched Some");
-                    put_marked_via(&mut out, msg, name, header.value, source)?;
+                    put_marked_via(&mut out, name, header.value, source)?;
                 }
                 HeaderName::Route if pop_route => {
                     pop_route = false;
@@ -527,7 +520,7 @@ pub fn write_response(request: &Message<'_>, spec: &ResponseSpec<'_>, out: &mut 
         match header.name {
             HeaderName::Via if mark.is_some() => {
                 let source = mark.take().expect("invariant: matched Some");
-                put_marked_via(&mut out, request, "Via", header.value, source)?;
+                put_marked_via(&mut out, "Via", header.value, source)?;
             }
             HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
                 out.header(header.name.as_str(), header.value)?;
@@ -750,6 +743,12 @@ v=0\r";
         assert_eq!(
             marked_via("SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bK7;rport", "[2001:db8::1]:6000"),
             "Via: SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bK7;rport=6000;received=2001:db8::1"
+        );
+        // A sent-by this does not read as an address (LWS around its colon) gets received
+        // even where it names the source: the answer address is the same.
+        assert_eq!(
+            marked_via("SIP/2.0/UDP 192.0.2.7 : 5062;branch=z9hG4bK9", "192.0.2.7:5062"),
+            "Via: SIP/2.0/UDP 192.0.2.7 : 5062;branch=z9hG4bK9;received=192.0.2.7"
         );
         // A v4-mapped source (a dual-stack socket) is the IPv4 address.
         assert_eq!(
