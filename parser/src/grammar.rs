@@ -175,23 +175,30 @@ pub(crate) fn is_token_char(c: u8) -> bool {
 /// instructions a call) than on the scan; this costs about one instruction a byte.
 #[inline]
 pub(crate) fn find_byte(needle: u8, bytes: &[u8]) -> Option<usize> {
+    find_either(needle, needle, bytes)
+}
+
+/// The first `a` or `b` in `bytes`, as [`find_byte`] finds one.
+#[inline]
+pub(crate) fn find_either(a: u8, b: u8, bytes: &[u8]) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    let pattern = LO * u64::from(needle);
+    // A zero byte of `word ^ pattern` is a match; the lowest flagged byte is exact (higher ones
+    // may be borrows), and little-endian puts the earliest byte lowest.
+    let zero_bytes = |word: u64| word.wrapping_sub(LO) & !word & HI;
+    let (pattern_a, pattern_b) = (LO * u64::from(a), LO * u64::from(b));
     let mut chunks = bytes.chunks_exact(8);
     let mut at = 0;
     for chunk in &mut chunks {
         let Ok(word) = <[u8; 8]>::try_from(chunk) else { break };
-        // A zero byte of `word` is a match; the lowest flagged byte is exact (higher ones may
-        // be borrows), and little-endian puts the earliest byte lowest.
-        let word = u64::from_le_bytes(word) ^ pattern;
-        let found = word.wrapping_sub(LO) & !word & HI;
+        let word = u64::from_le_bytes(word);
+        let found = zero_bytes(word ^ pattern_a) | zero_bytes(word ^ pattern_b);
         if found != 0 {
             return Some(at + (found.trailing_zeros() / 8) as usize);
         }
         at += 8;
     }
-    chunks.remainder().iter().position(|&c| c == needle).map(|i| at + i)
+    chunks.remainder().iter().position(|&c| c == a || c == b).map(|i| at + i)
 }
 
 /// Whitespace inside a (possibly folded) value: SP, HTAB, CR, LF.
@@ -435,6 +442,16 @@ mod tests {
             needle in prop_oneof![Just(b'\n'), Just(b':'), any::<u8>()],
         ) {
             prop_assert_eq!(find_byte(needle, &bytes), bytes.iter().position(|&c| c == needle));
+        }
+
+        /// The two-needle search finds the first of either, as a byte-by-byte one does.
+        #[test]
+        fn find_either_finds_the_first_of_either(
+            bytes in proptest::collection::vec(prop_oneof![Just(b','), Just(b'"'), Just(0xac), Just(0xa2), any::<u8>()], 0..40),
+            a in prop_oneof![Just(b','), any::<u8>()],
+            b in prop_oneof![Just(b'"'), any::<u8>()],
+        ) {
+            prop_assert_eq!(find_either(a, b, &bytes), bytes.iter().position(|&c| c == a || c == b));
         }
     }
 

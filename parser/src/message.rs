@@ -321,7 +321,7 @@ fn start_line<'a>(buf: &'a [u8], line: &'a [u8], notes: &mut FramingNotes) -> Re
     if uri.is_empty() {
         return Err(ParseError::new(ErrorKind::ExpectedRequestUri, at + method_end + 1));
     }
-    if uri.len() != uri_raw.len() || memchr::memchr2(b' ', b'\t', uri).is_some() {
+    if uri.len() != uri_raw.len() || crate::grammar::find_either(b' ', b'\t', uri).is_some() {
         notes.start_line_whitespace = true;
     }
     let method = match Method::known(method_bytes) {

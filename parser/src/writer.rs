@@ -17,7 +17,7 @@
 use core::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::grammar::{find_outside_quotes, is_lws, split_first_value, trim_lws};
+use crate::grammar::{find_byte, find_either, find_outside_quotes, is_lws, split_first_value, trim_lws};
 use crate::header::{Header, HeaderName};
 use crate::limits::MAX_EDITS;
 use crate::message::{Message, StartLine};
@@ -160,7 +160,7 @@ impl fmt::Write for Out<'_> {
 fn put_marked_via(out: &mut Out<'_>, name: &str, value: &[u8], source: SocketAddr) -> Result<(), WriteError> {
     // The usual Via has no quoted string: its values end at a comma, its parameters at a `;`.
     // (A quote after the first comma is in a later value, which is copied as it is.)
-    let (first, rest, quoted) = match memchr::memchr2(b',', b'"', value) {
+    let (first, rest, quoted) = match find_either(b',', b'"', value) {
         None => (value, &b""[..], false),
         Some(comma) if value[comma] == b',' => (trim_lws(&value[..comma]), trim_lws(&value[comma + 1..]), false),
         Some(_) => match core::str::from_utf8(value).map(split_first_value) {
@@ -169,7 +169,7 @@ fn put_marked_via(out: &mut Out<'_>, name: &str, value: &[u8], source: SocketAdd
         },
     };
     // Neither the protocol nor the sent-by holds a `;`: the parameters start at the first one.
-    let params_at = memchr::memchr(b';', first).unwrap_or(first.len());
+    let params_at = find_byte(b';', first).unwrap_or(first.len());
     out.put(name.as_bytes())?;
     out.put(b": ")?;
     let sent = trim_lws(&first[..params_at]);
@@ -177,14 +177,11 @@ fn put_marked_via(out: &mut Out<'_>, name: &str, value: &[u8], source: SocketAdd
     let mut rport = false;
     let mut params = &first[params_at..];
     while let [b';', after @ ..] = params {
-        let end = if quoted {
-            find_outside_quotes(after, b';', 0)
-        } else {
-            memchr::memchr(b';', after).unwrap_or(after.len())
-        };
+        let end =
+            if quoted { find_outside_quotes(after, b';', 0) } else { find_byte(b';', after).unwrap_or(after.len()) };
         let param = trim_lws(&after[..end]);
         params = &after[end..];
-        let param_name = trim_lws(&param[..memchr::memchr(b'=', param).unwrap_or(param.len())]);
+        let param_name = trim_lws(&param[..find_byte(b'=', param).unwrap_or(param.len())]);
         if param.is_empty() || param_name.eq_ignore_ascii_case(b"received") {
             continue;
         }
@@ -216,8 +213,8 @@ fn put_marked_via(out: &mut Out<'_>, name: &str, value: &[u8], source: SocketAdd
 fn sent_by_ip(sent: &[u8]) -> Option<IpAddr> {
     let sent_by = sent.rsplit(|&c| is_lws(c)).next()?;
     let host = match sent_by.strip_prefix(b"[") {
-        Some(v6) => &v6[..memchr::memchr(b']', v6)?],
-        None => &sent_by[..memchr::memchr(b':', sent_by).unwrap_or(sent_by.len())],
+        Some(v6) => &v6[..find_byte(b']', v6)?],
+        None => &sent_by[..find_byte(b':', sent_by).unwrap_or(sent_by.len())],
     };
     core::str::from_utf8(host).ok()?.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }

@@ -20,9 +20,72 @@ use serde::de::DeserializeOwned;
 
 use crate::stripe::StripeId;
 
-/// A record's key (a Call-ID, or a registrar's AoR) as the table stores it: shared, so the
-/// shard's indexes and the change feed hold the table's copy rather than copies of their own.
-pub type CallKey = std::sync::Arc<[u8]>;
+/// Bytes of a [`CallKey`] held inline (SIPp's Call-IDs and most phones' fit).
+pub const INLINE_CALL_KEY: usize = 38;
+
+/// A record's key (a Call-ID, or a registrar's AoR) as the table stores it: up to
+/// [`INLINE_CALL_KEY`] bytes inline (no allocation, and a lookup compares it without a
+/// pointer chase), a longer one shared, so a clone for the shard's indexes or the change
+/// feed copies at most the inline bytes and never allocates.
+#[derive(Clone)]
+pub struct CallKey(KeyBytes);
+
+#[derive(Clone)]
+enum KeyBytes {
+    Inline { len: u8, bytes: [u8; INLINE_CALL_KEY] },
+    Shared(std::sync::Arc<[u8]>),
+}
+
+impl From<&[u8]> for CallKey {
+    fn from(key: &[u8]) -> Self {
+        let mut bytes = [0u8; INLINE_CALL_KEY];
+        match bytes.get_mut(..key.len()) {
+            Some(inline) => {
+                inline.copy_from_slice(key);
+                CallKey(KeyBytes::Inline { len: key.len() as u8, bytes })
+            }
+            None => CallKey(KeyBytes::Shared(key.into())),
+        }
+    }
+}
+
+impl core::ops::Deref for CallKey {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            KeyBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            KeyBytes::Shared(bytes) => bytes,
+        }
+    }
+}
+
+impl core::borrow::Borrow<[u8]> for CallKey {
+    fn borrow(&self) -> &[u8] {
+        self
+    }
+}
+
+impl PartialEq for CallKey {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for CallKey {}
+
+impl core::hash::Hash for CallKey {
+    /// As the bytes hash: tables keyed by `CallKey` are looked up by `&[u8]`.
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
+impl core::fmt::Debug for CallKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self))
+    }
+}
 
 /// One stripe's records.
 type StripeTable<R> = hashbrown::HashMap<CallKey, Slot<R>>;
@@ -468,6 +531,26 @@ mod tests {
     }
 
     const S: StripeId = StripeId(7);
+
+    #[test]
+    fn a_call_key_holds_short_keys_inline_and_long_ones_shared_and_is_found_by_its_bytes() {
+        let mut table = CallTable::<Call>::new(10);
+        for len in [0, 1, INLINE_CALL_KEY - 1, INLINE_CALL_KEY, INLINE_CALL_KEY + 1, 300] {
+            let bytes: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let key = CallKey::from(&bytes[..]);
+            assert_eq!(&*key, &bytes[..], "{len} bytes read back");
+            assert_eq!(matches!(key.0, KeyBytes::Inline { .. }), len <= INLINE_CALL_KEY, "{len} bytes");
+            assert_eq!(key.clone(), key);
+            // The table's maps are keyed by CallKey and looked up by &[u8]: the two hash alike.
+            let checkout = table.get_and_lock(S, &bytes, true).expect("room");
+            assert_eq!(&*checkout.key, &bytes[..]);
+            table.put_and_unlock(S, &bytes, Call { state: len as u8, timers: vec![] }, Hints::NONE).expect("in");
+            let record = table.get_and_lock(S, &bytes, false).expect("found").record.expect("stored");
+            assert_eq!(record.state, len as u8);
+            table.unlock(S, &bytes, Some(record)).expect("back");
+        }
+        assert_ne!(CallKey::from(&b"a"[..]), CallKey::from(&b"b"[..]));
+    }
 
     #[test]
     fn second_checkout_is_refused_until_check_in() {

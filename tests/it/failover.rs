@@ -202,7 +202,7 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     let stripe = StripeId::of_call_id(mine.as_bytes(), STRIPES);
     let stale = sipshard_shards::table::Change {
         stripe,
-        key: mine.into_bytes().into(),
+        key: mine.as_bytes().into(),
         version: 9,
         hints: sipshard_shards::table::Hints::NONE,
         bytes: vec![1, 2, 3],

@@ -32,7 +32,7 @@ use sha2::Sha256;
 
 use super::frame::{CHALLENGE_BYTES, Frame, PROOF_BYTES, decode, encode, encode_change, encode_forward, encode_send};
 use crate::stripe::{NodeId, ShardId};
-use crate::table::{Change, Hints};
+use crate::table::{CallKey, Change, Hints};
 
 /// What a link needs to know.
 #[derive(Clone, Debug)]
@@ -590,7 +590,7 @@ impl ReplicaLink {
                     self.stats.changes_delivered += 1;
                     let change = Change {
                         stripe: crate::stripe::StripeId(stripe),
-                        key: key.into(),
+                        key: CallKey::from(&key[..]),
                         version,
                         hints: Hints(hints),
                         bytes: record,
@@ -623,7 +623,7 @@ impl ReplicaLink {
             (State::Up, Frame::LookupReply { id, found }) => {
                 let found = found.map(|(key, version, record)| Change {
                     stripe: crate::stripe::StripeId(0),
-                    key: key.into_vec().into(),
+                    key: CallKey::from(&key[..]),
                     version,
                     hints: Hints::NONE,
                     bytes: record.into_vec(),

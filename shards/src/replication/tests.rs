@@ -16,7 +16,7 @@ fn config(node: u16, secret: &[u8], incarnation: u64) -> LinkConfig {
 fn change(n: u64) -> Change {
     Change {
         stripe: StripeId(n as u32 % 1024),
-        key: format!("call-{n}").into_bytes().into(),
+        key: format!("call-{n}").as_bytes().into(),
         version: n,
         hints: Hints::NONE,
         bytes: vec![n as u8; 100],

@@ -130,25 +130,41 @@ pub fn server_key_of_response(response: &Message<'_>) -> Result<ServerKey, KeyEr
 }
 
 fn rfc3261_key(via: &ViaBranchSentBy<'_>, method: KeyMethod) -> ServerKey {
-    // itoa, not fmt: this runs for every request, and fmt costs more than the rest of the key.
-    let mut digits = itoa::Buffer::new();
-    let port = via.port.map_or(&b""[..], |port| digits.format(port).as_bytes());
-    let parts: [&[u8]; 5] = [via.branch, b" ", via.host, if port.is_empty() { b"" } else { b":" }, port];
-    let len: usize = parts.iter().map(|part| part.len()).sum();
-    let host = via.branch.len() + 1..via.branch.len() + 1 + via.host.len();
-    let mut text = if len <= INLINE_KEY_TEXT {
-        // Written in place and moved in whole: one copy per part, no capacity checks.
-        let mut inline = [0u8; INLINE_KEY_TEXT];
-        let mut at = 0;
-        for part in parts {
-            inline[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
+    // Port digits written backwards into a stack buffer, not through fmt: this runs for every
+    // request, and fmt costs more than the rest of the key.
+    let mut digits = [0u8; 6];
+    let mut port_at = digits.len();
+    if let Some(mut port) = via.port {
+        loop {
+            port_at -= 1;
+            digits[port_at] = b'0' + (port % 10) as u8;
+            port /= 10;
+            if port == 0 {
+                break;
+            }
         }
+        port_at -= 1;
+        digits[port_at] = b':';
+    }
+    let port = &digits[port_at..];
+    let len = via.branch.len() + 1 + via.host.len() + port.len();
+    let text = if len <= INLINE_KEY_TEXT {
+        // Written in place and moved in whole: the branch and the port copied, the host
+        // lower-cased as it is copied, one pass each.
+        let mut inline = [0u8; INLINE_KEY_TEXT];
+        let (branch, rest) = inline.split_at_mut(via.branch.len());
+        branch.copy_from_slice(via.branch);
+        rest[0] = b' ';
+        for (to, from) in rest[1..].iter_mut().zip(via.host) {
+            *to = from.to_ascii_lowercase();
+        }
+        rest[1 + via.host.len()..1 + via.host.len() + port.len()].copy_from_slice(port);
         KeyText::from_buf_and_len(inline, len)
     } else {
-        KeyText::from_vec(parts.concat())
+        let mut text = KeyText::from_vec([via.branch, b" ", via.host, port].concat());
+        text[via.branch.len() + 1..via.branch.len() + 1 + via.host.len()].make_ascii_lowercase();
+        text
     };
-    text[host].make_ascii_lowercase();
     ServerKey::Rfc3261 { branch_sent_by: text, method }
 }
 
