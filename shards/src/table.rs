@@ -247,24 +247,27 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     /// and is `NotFound` otherwise (nothing is then checked out).
     #[inline(always)]
     pub fn get_and_lock(&mut self, stripe: StripeId, key: &[u8], create: bool) -> Result<Checkout<R>, TableError> {
-        if let Some((stored, slot)) = self.stripe_mut(stripe).get_key_value_mut(key) {
-            if slot.checked_out {
-                return Err(TableError::Busy);
+        let room = self.has_room();
+        // One hash and one probe, whether the key is there or gets its slot.
+        match grown(&mut self.stripes, stripe).entry_ref(key) {
+            hashbrown::hash_map::EntryRef::Occupied(mut entry) => {
+                let stored = CallKey::clone(entry.key());
+                let slot = entry.get_mut();
+                if slot.checked_out {
+                    return Err(TableError::Busy);
+                }
+                slot.checked_out = true;
+                Ok(Checkout { record: slot.record.take(), version: slot.version, key: stored })
             }
-            slot.checked_out = true;
-            return Ok(Checkout { record: slot.record.take(), version: slot.version, key: CallKey::clone(stored) });
+            hashbrown::hash_map::EntryRef::Vacant(_) if !create => Err(TableError::NotFound),
+            hashbrown::hash_map::EntryRef::Vacant(_) if !room => Err(TableError::Full),
+            hashbrown::hash_map::EntryRef::Vacant(entry) => {
+                let slot = Slot { version: 0, record: None, checked_out: true, lingering: false };
+                let stored = CallKey::clone(entry.insert_entry(slot).key());
+                self.live += 1;
+                Ok(Checkout { record: None, version: 0, key: stored })
+            }
         }
-        if !create {
-            return Err(TableError::NotFound);
-        }
-        if !self.has_room() {
-            return Err(TableError::Full);
-        }
-        self.live += 1;
-        let key = CallKey::from(key);
-        let slot = Slot { version: 0, record: None, checked_out: true, lingering: false };
-        self.stripe_mut(stripe).insert(CallKey::clone(&key), slot);
-        Ok(Checkout { record: None, version: 0, key })
     }
 
     /// Checks a record back in: bumps its version and emits one change. Returns the new version.
@@ -378,11 +381,6 @@ impl<R: Serialize + DeserializeOwned> CallTable<R> {
     /// A stripe's records, if the table has seen the stripe.
     fn stripe(&self, stripe: StripeId) -> Option<&StripeTable<R>> {
         self.stripes.get(stripe.0 as usize)
-    }
-
-    /// A stripe's records, the table grown to hold the stripe.
-    fn stripe_mut(&mut self, stripe: StripeId) -> &mut StripeTable<R> {
-        grown(&mut self.stripes, stripe)
     }
 
     /// Drops a record without a change on the feed (a replica whose owner removed it); a
