@@ -47,8 +47,38 @@ use crate::transaction::{
 };
 
 /// A message as written once and then shared: a transaction keeps it for retransmission
-/// and the output that sends it holds the same bytes (no copy per send).
-pub type SharedBytes = std::sync::Arc<[u8]>;
+/// and the output that sends it holds the same bytes (no copy per send). Empty holds nothing:
+/// `Arc<[u8]>`'s own empty value is one process-wide allocation whose count every shard's
+/// every new transaction would increment and decrement (two atomic operations each on one
+/// cache line all cores share).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct SharedBytes(Option<std::sync::Arc<[u8]>>);
+
+impl core::ops::Deref for SharedBytes {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl From<&[u8]> for SharedBytes {
+    fn from(bytes: &[u8]) -> Self {
+        SharedBytes((!bytes.is_empty()).then(|| bytes.into()))
+    }
+}
+
+impl From<Vec<u8>> for SharedBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        SharedBytes((!bytes.is_empty()).then(|| bytes.into()))
+    }
+}
+
+impl core::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self))
+    }
+}
 
 /// Serde for [`SharedBytes`]: the encoding `serde_bytes` gives a `Vec<u8>`, so a record's
 /// wire form does not depend on how the shard holds the bytes.
@@ -62,9 +92,8 @@ mod shared_bytes {
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SharedBytes, D::Error> {
-        let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
         // An empty one allocates nothing (most kept responses and requests are empty).
-        Ok(if bytes.is_empty() { SharedBytes::default() } else { bytes.into_vec().into() })
+        Ok(serde_bytes::ByteBuf::deserialize(deserializer)?.into_vec().into())
     }
 }
 
@@ -2584,6 +2613,36 @@ mod tests {
         then.iter().for_each(|&(port, text)| send(&mut fx, port, text));
         fx.relayed_first(before_trying);
         sent(&fx).into_iter().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn empty_shared_bytes_hold_no_allocation_and_a_record_keeps_its_wire_form() {
+        // No shared empty value: a new transaction's empty response and request touch no count.
+        assert!(SharedBytes::default().0.is_none());
+        assert!(SharedBytes::from(&b""[..]).0.is_none() && SharedBytes::from(Vec::new()).0.is_none());
+        let bytes = SharedBytes::from(&b"SIP/2.0 486 Busy Here\r\n"[..]);
+        assert_eq!(&*bytes, b"SIP/2.0 486 Busy Here\r\n");
+        assert_eq!(&*bytes.clone(), &*bytes);
+        assert_eq!(&*SharedBytes::default(), b"");
+        // Empty and kept bytes encode as serde bytes (empty, or the message) and decode back.
+        let mut record = CallRecord::default();
+        record.clients.push(ClientTxn {
+            id: 1,
+            server: 0,
+            branch: "z9hG4bKc".into(),
+            cancel: false,
+            fsm: ClientFsm::NonInvite(ClientNonInvite::new(false, &TimerConfig::default())),
+            peer: Peer { addr: SocketAddr::from(([127, 0, 0, 1], 5090)), transport: Transport::Udp },
+            request: bytes.clone(),
+            timers: TxnTimers::default(),
+        });
+        let mut emptied = record.clients[0].clone();
+        (emptied.id, emptied.request) = (2, SharedBytes::default());
+        record.clients.push(emptied);
+        let (_, decoded) = codec::decode::<CallRecord>(&codec::encode(StripeId(3), 1, &record)).expect("decodes");
+        assert_eq!(decoded, record);
+        assert_eq!(&*decoded.clients[0].request, &*bytes);
+        assert!(decoded.clients[1].request.0.is_none(), "an empty message decodes to no allocation");
     }
 
     #[test]
