@@ -107,7 +107,6 @@ fn main() {
             response: vec![b'x'; 330].into(),
             answered: true,
             request: Default::default(),
-            top_via: Default::default(),
             timers: {
                 let mut timers = TxnTimers::default();
                 timers.set(TxnTimer::J, 32_000);

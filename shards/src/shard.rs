@@ -40,7 +40,7 @@ use crate::registrar::{self, Binding, LocationUpdate, RegistrarConfig};
 use crate::stripe::{NodeId, Route, ShardId, StripeId, StripeMap};
 use crate::table::{CallKey, CallTable, Change, Checkout, Hints, TableError, codec};
 use crate::timer::{TimerId, TimerWheel};
-use crate::transaction::matching::{KeyMethod, ServerKey, server_key, server_key_of_response};
+use crate::transaction::matching::{ServerKey, server_key, server_key_of_response};
 use crate::transaction::{
     Action, Actions, ClientEvent, ClientInvite, ClientInviteState, ClientNonInvite, ClientNonInviteState,
     ResponseClass, ServerEvent, ServerInvite, ServerInviteState, ServerNonInvite, TimerConfig, TxnTimer,
@@ -467,14 +467,6 @@ pub struct ShardStats {
     pub tu_errors: u64,
 }
 
-/// How a request's server transaction is found in its call's record (§17.2.3).
-enum Matching {
-    /// Already found, by its first Via line's bytes ([`TopVia`]).
-    Found(usize),
-    /// By this key (a new transaction is stored under it).
-    Key(ServerKey),
-}
-
 /// A server transaction as stored in its call's record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerTxn {
@@ -496,63 +488,6 @@ pub struct ServerTxn {
     pub request: SharedBytes,
     /// Armed timers and their deadlines (ms on the shard's clock).
     pub timers: TxnTimers,
-    /// The first Via line of the request that started it, as written (not part of the record's
-    /// wire form).
-    #[serde(skip)]
-    pub top_via: TopVia,
-}
-
-/// Longest first Via line a [`TopVia`] holds.
-pub const TOP_VIA_BYTES: usize = 63;
-
-/// The first Via line of the request that started a server transaction, as written (when it
-/// fits in [`TOP_VIA_BYTES`]): a later request whose first Via line is the same bytes, with
-/// the same method (or ACK for an INVITE), has the same §17.2.3 key, so it matches without its
-/// key being read. That is the usual case: an ACK's Via equals the INVITE's top Via
-/// (§17.1.1.3) and a retransmission is the same datagram. Kept on the shard that runs the
-/// transaction only, like the timers' wheel handles: a copy elsewhere (a replica, a restored
-/// record) matches by its key, and it takes no part in comparisons.
-#[derive(Copy, Clone)]
-pub struct TopVia {
-    len: u8,
-    bytes: [u8; TOP_VIA_BYTES],
-}
-
-impl TopVia {
-    /// A copy of `via`, or none when it is longer than [`TOP_VIA_BYTES`].
-    fn of(via: &[u8]) -> TopVia {
-        let mut top = TopVia::default();
-        if let Some(bytes) = top.bytes.get_mut(..via.len()) {
-            bytes.copy_from_slice(via);
-            top.len = via.len() as u8;
-        }
-        top
-    }
-
-    /// Whether this holds `via`'s bytes (never when it holds none).
-    fn is(&self, via: &[u8]) -> bool {
-        self.len != 0 && self.bytes[..usize::from(self.len)] == *via
-    }
-}
-
-impl Default for TopVia {
-    fn default() -> Self {
-        TopVia { len: 0, bytes: [0; TOP_VIA_BYTES] }
-    }
-}
-
-impl PartialEq for TopVia {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for TopVia {}
-
-impl core::fmt::Debug for TopVia {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{:?}", String::from_utf8_lossy(&self.bytes[..usize::from(self.len)]))
-    }
 }
 
 /// A client transaction (a request this shard relayed downstream), stored in its call's record.
@@ -1337,33 +1272,11 @@ impl<T: TransactionUser> Shard<T> {
             self.stats.refused_too_large += 1;
             self.respond_stateless(msg, peer, 513, "Message Too Large");
         } else {
-            if let Some(i) = self.match_by_top_via(stripe, key, msg) {
-                return self.on_request(now_ms, stripe, key, peer, msg, Matching::Found(i), registering);
-            }
             match server_key(msg) {
-                Ok(txn_key) => self.on_request(now_ms, stripe, key, peer, msg, Matching::Key(txn_key), registering),
+                Ok(txn_key) => self.on_request(now_ms, stripe, key, peer, msg, txn_key, registering),
                 Err(_) => self.stats.dropped_malformed += 1,
             }
         }
-    }
-
-    /// §17.2.3 by the bytes: the call's server transaction whose request had the same first Via
-    /// line and whose key has this request's method (ACK as INVITE), if any. Same bytes give the
-    /// same branch and sent-by, so this is the transaction the key would match, found without
-    /// reading the key (an RFC 2543 key also holds other fields: never matched here).
-    fn match_by_top_via(&self, stripe: StripeId, call_id: &[u8], msg: &Message<'_>) -> Option<usize> {
-        // Only an ACK looks (only INVITE transactions keep their Via): a new request would pay a
-        // lookup for nothing.
-        if msg.method()? != Method::Ack {
-            return None;
-        }
-        let via = msg.header(HeaderName::Via)?;
-        let (record, _) = self.table.peek(stripe, call_id)?;
-        let found = record.transactions.iter().position(|t| {
-            t.top_via.is(via) && matches!(&t.key, ServerKey::Rfc3261 { method: KeyMethod::Invite, .. })
-        })?;
-        debug_assert_eq!(server_key(msg).ok().as_ref(), Some(&record.transactions[found].key), "same bytes, same key");
-        Some(found)
     }
 
     /// The AoR key of a REGISTER addressed to this server (a registrar).
@@ -1414,7 +1327,7 @@ impl<T: TransactionUser> Shard<T> {
         call_id: &[u8],
         peer: Peer,
         msg: &Message<'_>,
-        key: Matching,
+        key: ServerKey,
         registering: bool,
     ) {
         let method = msg.method();
@@ -1450,11 +1363,7 @@ impl<T: TransactionUser> Shard<T> {
         };
         let mut fx = self.take_effects();
         let side = record.bridge.as_ref().map(|bridge| side_of(bridge, msg));
-        let found = match &key {
-            Matching::Found(i) => Some(*i),
-            Matching::Key(key) => record.transactions.iter().position(|t| t.key == *key),
-        };
-        if let Some(i) = found {
+        if let Some(i) = record.transactions.iter().position(|t| t.key == key) {
             self.stats.retransmissions_received += u64::from(!is_ack);
             let event = if is_ack { ServerEvent::Ack } else { ServerEvent::Request };
             let before = record.transactions[i].fsm;
@@ -1509,18 +1418,11 @@ impl<T: TransactionUser> Shard<T> {
         } else {
             ServerFsm::NonInvite(ServerNonInvite::new(reliable))
         };
-        let Matching::Key(key) = key else { unreachable!("invariant: a found transaction returned above") };
         // Most calls hold one transaction at a time: grow by one, not by Vec's default four.
         record.transactions.reserve_exact(1);
         record.transactions.push(ServerTxn {
             id,
             key,
-            // Kept for the ACK of a non-2xx final response (other requests match by key).
-            top_via: if is_invite {
-                msg.header(HeaderName::Via).map(TopVia::of).unwrap_or_default()
-            } else {
-                TopVia::default()
-            },
             fsm,
             peer,
             response: SharedBytes::default(),
