@@ -131,3 +131,54 @@ fn a_lone_transaction_ends_its_record_with_one_removal() {
     assert_eq!((shard.transactions(), shard.calls(), shard.armed_timers()), (0, 0, 0));
     assert_eq!(shard.stats().transactions_ended, 2);
 }
+
+/// §17.2.3: the ACK of a 486 matches its INVITE's transaction whether its Via is the INVITE's
+/// bytes or written otherwise with the same branch and sent-by; a CANCEL with the INVITE's very
+/// Via is a transaction of its own (the method is part of the key).
+#[test]
+fn an_ack_matches_its_invite_by_branch_and_sent_by_and_a_cancel_with_the_same_via_does_not() {
+    use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, Transport};
+    use sipshard_shards::testing::{BusyInvites, request};
+
+    let start = Instant::now();
+    let mut shard = Shard::new(ShardConfig::standalone(8), BusyInvites, start);
+    let peer = Peer { addr: "127.0.0.1:5062".parse().unwrap(), transport: Transport::Udp };
+    let responses = |shard: &mut Shard<BusyInvites>| {
+        std::iter::from_fn(|| shard.poll_output())
+            .filter_map(|o| match o {
+                Output::Transmit { bytes, .. } => Some(String::from_utf8(bytes.to_vec()).expect("utf8")),
+                _ => None,
+            })
+            .map(|r| r.lines().next().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let invite = |call: &str, shard: &mut Shard<BusyInvites>| {
+        let bytes = request("INVITE", peer.addr, call, 1, "i1");
+        shard.handle(start, Input::Datagram { peer, bytes: &bytes });
+        assert_eq!(responses(shard), ["SIP/2.0 486 Busy Here"]);
+    };
+
+    // The same Via bytes: absorbed, the transaction confirmed (timer I only).
+    invite("same-via@test", &mut shard);
+    let ack = request("ACK", peer.addr, "same-via@test", 1, "i1");
+    shard.handle(start, Input::Datagram { peer, bytes: &ack });
+    assert_eq!(responses(&mut shard), Vec::<String>::new());
+    assert_eq!((shard.transactions(), shard.armed_timers()), (1, 1), "timers G and H gone, I armed");
+
+    // The parameters the other way round: other bytes, the same key.
+    invite("other-via@test", &mut shard);
+    let ack = String::from_utf8(request("ACK", peer.addr, "other-via@test", 1, "i1")).expect("utf8");
+    let reordered = ack.replace(";branch=z9hG4bKi1;rport", ";rport;branch=z9hG4bKi1");
+    assert_ne!(reordered, ack);
+    shard.handle(start, Input::Datagram { peer, bytes: reordered.as_bytes() });
+    assert_eq!(responses(&mut shard), Vec::<String>::new());
+    assert_eq!((shard.transactions(), shard.armed_timers()), (2, 2), "the second INVITE confirmed too");
+
+    // A CANCEL with the INVITE's Via is a transaction of its own, answered; the INVITE's 486
+    // is not sent again.
+    invite("cancelled@test", &mut shard);
+    let cancel = request("CANCEL", peer.addr, "cancelled@test", 1, "i1");
+    shard.handle(start, Input::Datagram { peer, bytes: &cancel });
+    assert_eq!(responses(&mut shard), ["SIP/2.0 200 OK"]);
+    assert_eq!(shard.stats().retransmissions_received, 0);
+}
