@@ -48,9 +48,9 @@ use crate::transaction::{
 
 /// A message as written once and then shared: a transaction keeps it for retransmission
 /// and the output that sends it holds the same bytes (no copy per send). Empty holds nothing:
-/// `Arc<[u8]>`'s own empty value is one process-wide allocation whose count every shard's
-/// every new transaction would increment and decrement (two atomic operations each on one
-/// cache line all cores share).
+/// `Arc<[u8]>`'s own empty value is one process-wide allocation whose count every new
+/// transaction on every shard would increment and decrement (four atomic operations per
+/// transaction on one cache line all cores share).
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct SharedBytes(Option<std::sync::Arc<[u8]>>);
 

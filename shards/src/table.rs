@@ -20,7 +20,8 @@ use serde::de::DeserializeOwned;
 
 use crate::stripe::StripeId;
 
-/// Bytes of a [`CallKey`] held inline (SIPp's Call-IDs and most phones' fit).
+/// Bytes of a [`CallKey`] held inline (SIPp's Call-IDs fit; many phones' 40-60 byte ones do not
+/// and are shared).
 pub const INLINE_CALL_KEY: usize = 38;
 
 /// A record's key (a Call-ID, or a registrar's AoR) as the table stores it: up to
