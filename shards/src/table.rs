@@ -549,6 +549,8 @@ mod tests {
             table.unlock(S, &bytes, Some(record)).expect("back");
         }
         assert_ne!(CallKey::from(&b"a"[..]), CallKey::from(&b"b"[..]));
+        // What a table slot pays for the key (a shared key's pointer and length took 16).
+        assert_eq!(std::mem::size_of::<CallKey>(), 40);
     }
 
     #[test]
