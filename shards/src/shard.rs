@@ -532,8 +532,26 @@ impl PartialEq for TxnTimers {
 
 impl Eq for TxnTimers {}
 
-/// The shard's timer wheel: each entry names a transaction (or a call's timers) and the timer.
-type Wheel = TimerWheel<(u64, WheelTimer)>;
+/// The shard's timer wheel: each entry names a transaction (or a call's timers), the timer and
+/// the call, so a timer that fires finds its record with no index of transactions.
+type Wheel = TimerWheel<TimerKey>;
+
+/// The call whose record an input has checked out: its stripe and its key as the table stores it
+/// (a clone copies at most the inline bytes, or counts a shared key: never allocates).
+#[derive(Clone, Debug)]
+struct CallRef {
+    stripe: StripeId,
+    key: CallKey,
+}
+
+/// What a wheel entry names.
+#[derive(Clone, Debug)]
+struct TimerKey {
+    /// The transaction's id (or the call's timer id, for a call timer).
+    id: u64,
+    timer: WheelTimer,
+    call: CallRef,
+}
 
 impl TxnTimers {
     /// Records `timer` for `deadline_ms` in a record no wheel holds (one being built, a dormant copy).
@@ -556,13 +574,13 @@ impl TxnTimers {
         self.armed.iter().position(Option::is_none).expect("invariant: a transaction arms at most 3 timers")
     }
 
-    /// Arms `timer` of transaction `id` for `deadline_ms`, in the record and in the wheel.
-    fn arm(&mut self, wheel: &mut Wheel, id: u64, timer: TxnTimer, deadline_ms: u64) {
+    /// Arms `timer` of transaction `id` of `call` for `deadline_ms`, in the record and in the wheel.
+    fn arm(&mut self, wheel: &mut Wheel, id: u64, call: &CallRef, timer: TxnTimer, deadline_ms: u64) {
         if let Some(old) = self.clear(timer) {
             wheel.cancel(old);
         }
         let handle = wheel
-            .arm(deadline_ms, (id, WheelTimer::Txn(timer)))
+            .arm(deadline_ms, TimerKey { id, timer: WheelTimer::Txn(timer), call: call.clone() })
             .expect("invariant: new transactions keep TIMER_HEADROOM free");
         let i = self.free_slot();
         self.armed[i] = Some((timer, deadline_ms));
@@ -576,21 +594,21 @@ impl TxnTimers {
         }
     }
 
-    /// Arms every stored deadline in the wheel, for transaction `id` (a record made live here).
-    fn rearm(&mut self, wheel: &mut Wheel, id: u64) {
+    /// Arms every stored deadline in the wheel, for transaction `id` of `call` (a record made live here).
+    fn rearm(&mut self, wheel: &mut Wheel, id: u64, call: &CallRef) {
         self.disarm(wheel);
         for (armed, handle) in self.armed.iter().zip(self.handles.iter_mut()) {
             if let Some((timer, deadline)) = *armed {
-                let key = (id, WheelTimer::Txn(timer));
+                let key = TimerKey { id, timer: WheelTimer::Txn(timer), call: call.clone() };
                 *handle = Some(wheel.arm(deadline, key).expect("invariant: the wheel is sized for every record"));
             }
         }
     }
 
-    /// Carries out an `Arm` or `Cancel` action of transaction `id` (record and wheel alike).
-    fn apply(&mut self, wheel: &mut Wheel, id: u64, now_ms: u64, action: Action) {
+    /// Carries out an `Arm` or `Cancel` action of transaction `id` of `call` (record and wheel alike).
+    fn apply(&mut self, wheel: &mut Wheel, id: u64, call: &CallRef, now_ms: u64, action: Action) {
         match action {
-            Action::Arm(timer, after) => self.arm(wheel, id, timer, now_ms + after.as_millis() as u64),
+            Action::Arm(timer, after) => self.arm(wheel, id, call, timer, now_ms + after.as_millis() as u64),
             Action::Cancel(timer) => {
                 if let Some(handle) = self.clear(timer) {
                     wheel.cancel(handle);
@@ -740,6 +758,8 @@ const RELAY_ROOM: usize = 512;
 /// out after the check-in (DESIGN.md §3 step 6).
 #[derive(Default)]
 struct Effects {
+    /// The call checked out (`None` between inputs): what its timers name in the wheel.
+    call: Option<CallRef>,
     sends: Vec<(Peer, SharedBytes)>,
     timer_ops: Vec<TimerOp>,
     hints: Hints,
@@ -782,10 +802,8 @@ pub struct Shard<T> {
     /// Call timers armed in the wheel, by (call-timer id, timer) (a transaction's timers keep
     /// their handles in the record: [`TxnTimers`]).
     armed: hashbrown::HashMap<(u64, WheelTimer), TimerId>,
-    /// Which call each live transaction belongs to.
-    txn_calls: hashbrown::HashMap<u64, (StripeId, CallKey)>,
-    /// Which call each call-timer id belongs to.
-    timer_calls: hashbrown::HashMap<u64, (StripeId, CallKey)>,
+    /// Live transactions, server and client (of records live here; a dormant copy's do not count).
+    live_transactions: usize,
     /// B2BUA calls: the A leg's Call-ID (the record key) of each B leg's Call-ID.
     b_index: hashbrown::HashMap<Box<[u8]>, Box<[u8]>>,
     outputs: std::collections::VecDeque<Output>,
@@ -853,9 +871,8 @@ impl<T: TransactionUser> Shard<T> {
             udp_contact: format!("sip:{own}"),
             wheel: TimerWheel::new(config.max_timers, start_ms),
             armed: hashbrown::HashMap::new(),
-            txn_calls: hashbrown::HashMap::new(),
+            live_transactions: 0,
             b_index: hashbrown::HashMap::new(),
-            timer_calls: hashbrown::HashMap::new(),
             outputs: std::collections::VecDeque::new(),
             epoch: origin,
             next_txn: 1,
@@ -902,7 +919,7 @@ impl<T: TransactionUser> Shard<T> {
 
     /// Live transactions, server and client.
     pub fn transactions(&self) -> usize {
-        self.txn_calls.len()
+        self.live_transactions
     }
 
     /// Transactions still waiting for a final response (a graceful shutdown waits for these;
@@ -1070,26 +1087,25 @@ impl<T: TransactionUser> Shard<T> {
     /// timers (the old owner's could collide with ours), the indexes rebuilt, every timer armed
     /// at its stored deadline (those already past fire at the next timeout).
     fn activate(&mut self, stripe: StripeId, key: &[u8]) {
-        let Some(mut record) = self.checkout_existing(stripe, key) else { return };
-        let mut fx = self.take_effects();
+        let Some((mut record, stored)) = self.checkout_existing(stripe, key) else { return };
+        let mut fx = self.take_effects(stripe, stored);
+        let call = fx.call.as_ref().expect("invariant: set by take_effects");
         let mut renamed: Vec<(u64, u64)> = Vec::with_capacity(record.transactions.len());
         for txn in &mut record.transactions {
             let id = self.new_txn_id();
             renamed.push((txn.id, id));
             txn.id = id;
-            self.txn_calls.insert(id, (stripe, key.into()));
-            txn.timers.rearm(&mut self.wheel, id);
+            txn.timers.rearm(&mut self.wheel, id, call);
         }
         for client in &mut record.clients {
             let id = self.new_txn_id();
             client.id = id;
             client.server = renamed.iter().find(|(old, _)| *old == client.server).map_or(0, |(_, new)| *new);
-            self.txn_calls.insert(id, (stripe, key.into()));
-            client.timers.rearm(&mut self.wheel, id);
+            client.timers.rearm(&mut self.wheel, id, call);
         }
+        self.live_transactions += record.transactions.len() + record.clients.len();
         if !record.call_timers.is_empty() {
             record.call_timer_id = self.new_txn_id();
-            self.timer_calls.insert(record.call_timer_id, (stripe, key.into()));
             for &(timer, deadline) in &record.call_timers {
                 fx.timer_ops.push(TimerOp::Arm(record.call_timer_id, WheelTimer::Call(timer), deadline));
             }
@@ -1104,22 +1120,17 @@ impl<T: TransactionUser> Shard<T> {
     /// Makes a live record dormant, its stripe now another node's: its timers are cancelled
     /// (they stay stored in the record, for the new owner to arm) and it leaves the indexes.
     fn deactivate(&mut self, stripe: StripeId, key: &[u8]) {
-        let Some(mut record) = self.checkout_existing(stripe, key) else { return };
-        let mut fx = self.take_effects();
-        for (id, timers) in record
-            .transactions
-            .iter_mut()
-            .map(|t| (t.id, &mut t.timers))
-            .chain(record.clients.iter_mut().map(|c| (c.id, &mut c.timers)))
-        {
-            self.txn_calls.remove(&id);
+        let Some((mut record, stored)) = self.checkout_existing(stripe, key) else { return };
+        let mut fx = self.take_effects(stripe, stored);
+        let timers = record.transactions.iter_mut().map(|t| &mut t.timers);
+        for timers in timers.chain(record.clients.iter_mut().map(|c| &mut c.timers)) {
             timers.disarm(&mut self.wheel);
         }
+        self.live_transactions -= record.transactions.len() + record.clients.len();
         if record.call_timer_id != 0 {
             for &(timer, _) in &record.call_timers {
                 fx.timer_ops.push(TimerOp::Cancel(record.call_timer_id, WheelTimer::Call(timer)));
             }
-            self.timer_calls.remove(&record.call_timer_id);
         }
         if let Some(bridge) = &record.bridge {
             self.b_index.remove(bridge.b_call_id.as_bytes());
@@ -1309,8 +1320,11 @@ impl<T: TransactionUser> Shard<T> {
         }
     }
 
-    fn take_effects(&mut self) -> Effects {
-        std::mem::take(&mut self.scratch)
+    /// The input's effects list, for the call just checked out (`key` as the table stores it).
+    fn take_effects(&mut self, stripe: StripeId, key: CallKey) -> Effects {
+        let mut fx = std::mem::take(&mut self.scratch);
+        fx.call = Some(CallRef { stripe, key });
+        fx
     }
 
     fn new_txn_id(&mut self) -> u64 {
@@ -1361,7 +1375,7 @@ impl<T: TransactionUser> Shard<T> {
             }
             Err(e) => panic!("invariant: a shard never holds a checkout across inputs ({e:?})"),
         };
-        let mut fx = self.take_effects();
+        let mut fx = self.take_effects(stripe, stored_key);
         let side = record.bridge.as_ref().map(|bridge| side_of(bridge, msg));
         if let Some(i) = record.transactions.iter().position(|t| t.key == key) {
             self.stats.retransmissions_received += u64::from(!is_ack);
@@ -1430,7 +1444,7 @@ impl<T: TransactionUser> Shard<T> {
             request: SharedBytes::default(),
             timers: TxnTimers::default(),
         });
-        self.txn_calls.insert(id, (stripe, stored_key));
+        self.live_transactions += 1;
         self.stats.transactions_created += 1;
         let mut location = None;
         let decision = if method == Some(Method::Cancel) {
@@ -1468,7 +1482,7 @@ impl<T: TransactionUser> Shard<T> {
                     fx.relayed_first(before_trying);
                     // §16.8: the proxy's Timer C bounds how long the INVITE may ring.
                     let deadline = now_ms + self.config.no_answer.as_millis() as u64;
-                    self.arm_call_timer(&mut record, stripe, call_id, CallTimer::C, deadline, &mut fx);
+                    self.arm_call_timer(&mut record, CallTimer::C, deadline, &mut fx);
                 }
             }
             Decision::Bridge(relay) => {
@@ -1478,7 +1492,7 @@ impl<T: TransactionUser> Shard<T> {
                 self.bridge_call(now_ms, &mut record, id, stripe, call_id, peer, msg, &relay, &mut fx);
                 fx.relayed_first(before_trying);
                 let deadline = now_ms + self.config.no_answer.as_millis() as u64;
-                self.arm_call_timer(&mut record, stripe, call_id, CallTimer::NoAnswer, deadline, &mut fx);
+                self.arm_call_timer(&mut record, CallTimer::NoAnswer, deadline, &mut fx);
             }
         }
         self.finish(stripe, call_id, record, fx);
@@ -1574,15 +1588,15 @@ impl<T: TransactionUser> Shard<T> {
         self.stats.dropped_malformed += 1;
         if let Some(i) = record.transactions.iter().position(|t| t.id == id) {
             let mut txn = record.transactions.swap_remove(i);
-            self.forget_txn(txn.id, &mut txn.timers);
+            self.forget_txn(&mut txn.timers);
             self.stats.transactions_ended += 1;
         }
     }
 
     /// A transaction is over: its timers are cancelled, its call forgotten.
-    fn forget_txn(&mut self, id: u64, timers: &mut TxnTimers) {
+    fn forget_txn(&mut self, timers: &mut TxnTimers) {
         timers.disarm(&mut self.wheel);
-        self.txn_calls.remove(&id);
+        self.live_transactions -= 1;
     }
 
     /// Hands `response` to server transaction `id` as the TU's response.
@@ -1693,17 +1707,12 @@ impl<T: TransactionUser> Shard<T> {
         };
         record.clients.reserve_exact(1);
         record.clients.push(ClientTxn { id, server, branch, cancel, fsm, peer, request, timers: TxnTimers::default() });
-        let (stripe, call_id) = self
-            .txn_calls
-            .get(&server)
-            .or_else(|| self.timer_calls.get(&record.call_timer_id))
-            .cloned()
-            .expect("invariant: the server transaction, or the call's timers, are live");
-        self.txn_calls.insert(id, (stripe, call_id.clone()));
+        let call = fx.call.clone().expect("invariant: set by take_effects");
+        self.live_transactions += 1;
         self.stats.client_transactions_created += 1;
         let i = record.clients.len() - 1;
         let actions = record.clients[i].fsm.on(ClientEvent::Send, &self.config.timers);
-        self.apply_client(now_ms, record, i, &call_id, actions, None, fx);
+        self.apply_client(now_ms, record, i, &call.key, actions, None, fx);
     }
 
     /// Carries out a server transition's actions on the record; sends and timer changes
@@ -1725,7 +1734,10 @@ impl<T: TransactionUser> Shard<T> {
                     fx.responses += 1;
                     fx.sends.push((txn.peer, txn.response.clone()));
                 }
-                Action::Arm(..) | Action::Cancel(_) => txn.timers.apply(&mut self.wheel, txn.id, now_ms, action),
+                Action::Arm(..) | Action::Cancel(_) => {
+                    let call = fx.call.as_ref().expect("invariant: set by take_effects");
+                    txn.timers.apply(&mut self.wheel, txn.id, call, now_ms, action);
+                }
                 Action::Timeout(_) | Action::TransportError => {
                     self.stats.transaction_failures += 1;
                     self.tu.on_failure(call_id);
@@ -1737,7 +1749,7 @@ impl<T: TransactionUser> Shard<T> {
         }
         if ended {
             let mut txn = record.transactions.swap_remove(i);
-            self.forget_txn(txn.id, &mut txn.timers);
+            self.forget_txn(&mut txn.timers);
             self.stats.transactions_ended += 1;
         } else if matches!(txn.fsm, ServerFsm::Invite(ServerInvite { state: ServerInviteState::Accepted, .. })) {
             // RFC 6026: in Accepted the transaction only sends a 2xx the TU hands it again, and
@@ -1781,7 +1793,10 @@ impl<T: TransactionUser> Shard<T> {
                         fx.sends.push((txn.peer, out));
                     }
                 }
-                Action::Arm(..) | Action::Cancel(_) => txn.timers.apply(&mut self.wheel, txn.id, now_ms, action),
+                Action::Arm(..) | Action::Cancel(_) => {
+                    let call = fx.call.as_ref().expect("invariant: set by take_effects");
+                    txn.timers.apply(&mut self.wheel, txn.id, call, now_ms, action);
+                }
                 Action::PassToTu => {
                     if let Some(response) = response {
                         self.relay_response(now_ms, record, i, call_id, response, fx);
@@ -1802,7 +1817,7 @@ impl<T: TransactionUser> Shard<T> {
         }
         if ended {
             let mut txn = record.clients.swap_remove(i);
-            self.forget_txn(txn.id, &mut txn.timers);
+            self.forget_txn(&mut txn.timers);
             self.stats.client_transactions_ended += 1;
         } else if let ClientFsm::Invite(ClientInvite { state: ClientInviteState::Accepted, .. }) = record.clients[i].fsm
         {
@@ -1887,7 +1902,7 @@ impl<T: TransactionUser> Shard<T> {
             return;
         };
         if is_invite && code >= 200 {
-            self.invite_answered(now_ms, record, call_id, code, fx);
+            self.invite_answered(now_ms, record, code, fx);
         }
         if is_invite && (200..300).contains(&code) && record.dialog != Some(DialogState::Confirmed) {
             record.dialog = Some(DialogState::Confirmed);
@@ -1912,14 +1927,14 @@ impl<T: TransactionUser> Shard<T> {
             return;
         };
         let cancel = msg.cseq().ok().flatten().is_some_and(|c| c.method == Method::Cancel);
-        let Some(mut record) = self.checkout_existing(stripe, call_id) else {
+        let Some((mut record, stored)) = self.checkout_existing(stripe, call_id) else {
             return self.relay_stateless(msg);
         };
         let Some(i) = record.clients.iter().position(|c| *c.branch == *branch && c.cancel == cancel) else {
             self.table.unlock(stripe, call_id, Some(record)).expect("invariant: checked out above");
             return self.relay_stateless(msg);
         };
-        let mut fx = self.take_effects();
+        let mut fx = self.take_effects(stripe, stored);
         let actions = record.clients[i].fsm.on(ClientEvent::Response(ResponseClass::of(code)), &self.config.timers);
         self.apply_client(now_ms, &mut record, i, call_id, actions, Some(msg), &mut fx);
         self.finish(stripe, call_id, record, fx);
@@ -1969,7 +1984,6 @@ impl<T: TransactionUser> Shard<T> {
                 for (timer, _) in &record.call_timers {
                     fx.timer_ops.push(TimerOp::Cancel(record.call_timer_id, WheelTimer::Call(*timer)));
                 }
-                self.timer_calls.remove(&record.call_timer_id);
             }
             let ended = if record.dialog == Some(DialogState::Terminated) { Hints::CALL_ENDED } else { Hints::NONE };
             self.table.remove(stripe, call_id, fx.hints | ended);
@@ -1989,9 +2003,10 @@ impl<T: TransactionUser> Shard<T> {
         for op in fx.timer_ops.drain(..) {
             match op {
                 TimerOp::Arm(id, timer, deadline) => {
+                    let call = fx.call.clone().expect("invariant: set by take_effects");
                     let handle = self
                         .wheel
-                        .arm(deadline, (id, timer))
+                        .arm(deadline, TimerKey { id, timer, call })
                         .expect("invariant: new transactions keep TIMER_HEADROOM free");
                     if let Some(old) = self.armed.insert((id, timer), handle) {
                         self.wheel.cancel(old);
@@ -2004,6 +2019,7 @@ impl<T: TransactionUser> Shard<T> {
                 }
             }
         }
+        fx.call = None;
         fx.hints = Hints::NONE;
         fx.responses = 0;
         fx.requests = 0;
@@ -2011,9 +2027,10 @@ impl<T: TransactionUser> Shard<T> {
     }
 
     /// Checks out the record of a call that should exist; `None` if it is gone.
-    fn checkout_existing(&mut self, stripe: StripeId, call_id: &[u8]) -> Option<CallRecord> {
+    /// Checks out the record of `call_id`, if there is one; with its key as the table stores it.
+    fn checkout_existing(&mut self, stripe: StripeId, call_id: &[u8]) -> Option<(CallRecord, CallKey)> {
         match self.table.get_and_lock(stripe, call_id, false) {
-            Ok(checkout) => Some(checkout.record.expect("invariant: a stored record is never empty")),
+            Ok(checkout) => Some((checkout.record.expect("invariant: a stored record is never empty"), checkout.key)),
             Err(TableError::NotFound) => None,
             Err(e) => panic!("invariant: a shard never holds a checkout across inputs ({e:?})"),
         }
@@ -2035,8 +2052,8 @@ impl<T: TransactionUser> Shard<T> {
         });
         self.slots = slots;
         let Some(target) = target else { return };
-        let Some(mut record) = self.checkout_existing(stripe, call_id) else { return };
-        let mut fx = self.take_effects();
+        let Some((mut record, stored)) = self.checkout_existing(stripe, call_id) else { return };
+        let mut fx = self.take_effects(stripe, stored);
         match target {
             Ok(key) => {
                 if let Some(i) = record.transactions.iter().position(|t| t.key == key) {
@@ -2056,29 +2073,25 @@ impl<T: TransactionUser> Shard<T> {
     }
 
     fn fire_timers(&mut self, now_ms: u64) {
-        while let Some((_, (id, wheel_timer))) = self.wheel.poll_expired(now_ms) {
+        while let Some((_, TimerKey { id, timer, call })) = self.wheel.poll_expired(now_ms) {
             // A call timer's handle is indexed here; a transaction's is in its record (cleared as it fires).
-            let is_call_timer = matches!(wheel_timer, WheelTimer::Call(_));
-            if is_call_timer {
-                self.armed.remove(&(id, wheel_timer));
+            if matches!(timer, WheelTimer::Call(_)) {
+                self.armed.remove(&(id, timer));
             }
-            let calls = if is_call_timer { &self.timer_calls } else { &self.txn_calls };
-            let Some((stripe, key)) = calls.get(&id) else { continue };
-            // The call's key, held here (the map entry may go while it fires): shared, not copied.
-            let (stripe, call_id) = (*stripe, CallKey::clone(key));
-            self.fire_timer(now_ms, stripe, &call_id, id, wheel_timer);
+            self.fire_timer(now_ms, call, id, timer);
         }
     }
 
-    /// One expired timer of transaction (or call-timer id) `id` in call `call_id`.
-    fn fire_timer(&mut self, now_ms: u64, stripe: StripeId, call_id: &[u8], id: u64, wheel_timer: WheelTimer) {
+    /// One expired timer of transaction (or call-timer id) `id` in `call`.
+    fn fire_timer(&mut self, now_ms: u64, call: CallRef, id: u64, wheel_timer: WheelTimer) {
+        let (stripe, call_id) = (call.stripe, &call.key[..]);
         if let WheelTimer::Txn(timer) = wheel_timer
             && self.end_lone_transaction(stripe, call_id, id, timer)
         {
             return;
         }
-        let Some(mut record) = self.checkout_existing(stripe, call_id) else { return };
-        let mut fx = self.take_effects();
+        let Some((mut record, _)) = self.checkout_existing(stripe, call_id) else { return };
+        let mut fx = self.take_effects(stripe, call.key.clone());
         let timer = match wheel_timer {
             WheelTimer::Txn(timer) => timer,
             WheelTimer::Call(timer) => {
@@ -2124,32 +2137,16 @@ impl<T: TransactionUser> Shard<T> {
             return false;
         }
         let ended = if record.dialog == Some(DialogState::Terminated) { Hints::CALL_ENDED } else { Hints::NONE };
-        let call_timer_id = record.call_timer_id;
-        if call_timer_id != 0 {
-            self.timer_calls.remove(&call_timer_id);
-        }
-        self.txn_calls.remove(&id);
+        self.live_transactions -= 1;
         self.table.remove(stripe, call_id, ended);
         self.stats.transactions_ended += 1;
         true
     }
 
     /// Arms a call timer (the record's wheel id is made on first use).
-    fn arm_call_timer(
-        &mut self,
-        record: &mut CallRecord,
-        stripe: StripeId,
-        call_id: &[u8],
-        timer: CallTimer,
-        deadline: u64,
-        fx: &mut Effects,
-    ) {
+    fn arm_call_timer(&mut self, record: &mut CallRecord, timer: CallTimer, deadline: u64, fx: &mut Effects) {
         if record.call_timer_id == 0 {
             record.call_timer_id = self.new_txn_id();
-            // The table's key, shared through the call's server transaction (a copy otherwise).
-            let shared = record.transactions.iter().find_map(|t| self.txn_calls.get(&t.id));
-            let key = shared.map_or_else(|| CallKey::from(call_id), |(_, key)| CallKey::clone(key));
-            self.timer_calls.insert(record.call_timer_id, (stripe, key));
         }
         record.call_timers.retain(|(t, _)| *t != timer);
         record.call_timers.push((timer, deadline));
@@ -2165,14 +2162,13 @@ impl<T: TransactionUser> Shard<T> {
 
     /// A final response to an INVITE: no more waiting for an answer; a 2xx of the first
     /// INVITE starts the call's maximum duration.
-    fn invite_answered(&mut self, now_ms: u64, record: &mut CallRecord, call_id: &[u8], code: u16, fx: &mut Effects) {
+    fn invite_answered(&mut self, now_ms: u64, record: &mut CallRecord, code: u16, fx: &mut Effects) {
         self.cancel_call_timer(record, CallTimer::NoAnswer, fx);
         self.cancel_call_timer(record, CallTimer::C, fx);
         let first_answer = !matches!(record.dialog, Some(DialogState::Confirmed | DialogState::Terminated));
         if (200..300).contains(&code) && first_answer && record.call_timer_id != 0 {
-            let stripe = StripeId::of_call_id(call_id, self.stripes.stripe_count());
             let deadline = now_ms + self.config.max_call_duration.as_millis() as u64;
-            self.arm_call_timer(record, stripe, call_id, CallTimer::MaxDuration, deadline, fx);
+            self.arm_call_timer(record, CallTimer::MaxDuration, deadline, fx);
         }
     }
 
@@ -2413,7 +2409,7 @@ impl<T: TransactionUser> Shard<T> {
         fx: &mut Effects,
     ) {
         if is_invite && code >= 200 {
-            self.invite_answered(now_ms, record, call_id, code, fx);
+            self.invite_answered(now_ms, record, code, fx);
         }
         let bridge = record.bridge.as_mut().expect("invariant: a bridged record");
         let side = side_of(bridge, response);

@@ -56,7 +56,7 @@ pub struct TimerWheel<K> {
     len: usize,
 }
 
-impl<K: Copy> TimerWheel<K> {
+impl<K> TimerWheel<K> {
     /// A wheel for at most `capacity` armed timers, starting at time `now_ms`.
     pub fn new(capacity: usize, now_ms: u64) -> Self {
         assert!(capacity < NIL as usize, "invariant: capacity fits u32");

@@ -132,6 +132,50 @@ fn a_lone_transaction_ends_its_record_with_one_removal() {
     assert_eq!(shard.stats().transactions_ended, 2);
 }
 
+/// A timer finds its call through the wheel entry alone (no index of transactions): a Call-ID
+/// too long to be held inline (a shared key) gets its 486 retransmitted by timer G (the record
+/// checked out and back in) and its transaction ended by timer H, as a short one does.
+#[test]
+fn timers_find_their_call_whether_its_key_is_inline_or_shared() {
+    use std::time::Duration;
+
+    use sipshard_shards::shard::{Input, Output, Peer, Shard, ShardConfig, Transport};
+    use sipshard_shards::table::INLINE_CALL_KEY;
+    use sipshard_shards::testing::{BusyInvites, request};
+
+    let start = Instant::now();
+    let mut shard = Shard::new(ShardConfig::standalone(8), BusyInvites, start);
+    let peer = Peer { addr: "127.0.0.1:5060".parse().unwrap(), transport: Transport::Udp };
+    let long = format!("{}@phone.example.com", "a1b2c3d4".repeat(8));
+    assert!(long.len() > INLINE_CALL_KEY && "short@test".len() <= INLINE_CALL_KEY);
+    let sent = |shard: &mut Shard<BusyInvites>| {
+        let mut responses = Vec::new();
+        while let Some(output) = shard.poll_output() {
+            let Output::Transmit { bytes, .. } = output else { panic!("unexpected {output:?}") };
+            responses.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        responses
+    };
+    for (call_id, branch) in [(long.as_str(), "l1"), ("short@test", "s1")] {
+        shard.handle(start, Input::Datagram { peer, bytes: &request("INVITE", peer.addr, call_id, 1, branch) });
+        assert!(sent(&mut shard)[0].starts_with("SIP/2.0 486 "), "{call_id} answered");
+    }
+    assert_eq!((shard.transactions(), shard.armed_timers()), (2, 4), "timers G and H of each");
+    // Timer G (T1): each 486 again, from its own record.
+    shard.handle(start + Duration::from_millis(500), Input::Timeout);
+    let again = sent(&mut shard);
+    assert_eq!(again.len(), 2, "{again:?}");
+    for call_id in [long.as_str(), "short@test"] {
+        assert!(again.iter().any(|r| r.starts_with("SIP/2.0 486 ") && r.contains(call_id)), "{call_id}: {again:?}");
+    }
+    assert_eq!((shard.transactions(), shard.calls(), shard.armed_timers()), (2, 2, 4), "G re-armed, H waits");
+    // Timer H (64·T1): no ACK came; both transactions end, and their records with them.
+    shard.handle(start + Duration::from_secs(33), Input::Timeout);
+    sent(&mut shard);
+    assert_eq!((shard.transactions(), shard.calls(), shard.armed_timers()), (0, 0, 0));
+    assert_eq!(shard.stats().transactions_ended, 2);
+}
+
 /// §17.2.3: the ACK of a 486 matches its INVITE's transaction whether its Via is the INVITE's
 /// bytes or written otherwise with the same branch and sent-by; a CANCEL with the INVITE's very
 /// Via is a transaction of its own (the method is part of the key).
