@@ -103,24 +103,74 @@ pub enum Action {
 /// Most actions one transition produces.
 const MAX_ACTIONS: usize = 6;
 
-/// The actions of one transition, in order; no allocation.
+/// The actions of one transition, in order; no allocation. Each is kept in 8 bytes (an
+/// [`Action`] takes 24, a `Duration` 16 of them): a transition's result is moved and walked
+/// for every message, and a smaller one is cheaper to move. A timer's duration is kept in
+/// whole milliseconds, the wheel's resolution.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Actions {
-    items: [Option<Action>; MAX_ACTIONS],
-    len: usize,
+    items: [PackedAction; MAX_ACTIONS],
+    len: u8,
+}
+
+/// An [`Action`] as [`Actions`] keeps it: what to do, the timer it names, the milliseconds of an `Arm`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+struct PackedAction {
+    kind: u8,
+    timer: u8,
+    ms: u32,
+}
+
+/// Every timer, in declaration order: `TIMERS[t as usize] == t`.
+const TIMERS: [TxnTimer; 12] = {
+    use TxnTimer::*;
+    [A, B, D, E, F, G, H, I, J, K, L, M]
+};
+
+impl PackedAction {
+    fn pack(action: Action) -> PackedAction {
+        let (kind, timer, ms) = match action {
+            Action::SendRequest => (0, None, 0),
+            Action::SendAck => (1, None, 0),
+            Action::SendResponse => (2, None, 0),
+            Action::PassToTu => (3, None, 0),
+            Action::Timeout(timer) => (4, Some(timer), 0),
+            Action::TransportError => (5, None, 0),
+            Action::Arm(timer, after) => (6, Some(timer), u32::try_from(after.as_millis()).unwrap_or(u32::MAX)),
+            Action::Cancel(timer) => (7, Some(timer), 0),
+            Action::Terminated => (8, None, 0),
+        };
+        PackedAction { kind, timer: timer.map_or(0, |t| t as u8), ms }
+    }
+
+    fn unpack(self) -> Action {
+        let timer = TIMERS[usize::from(self.timer)];
+        match self.kind {
+            0 => Action::SendRequest,
+            1 => Action::SendAck,
+            2 => Action::SendResponse,
+            3 => Action::PassToTu,
+            4 => Action::Timeout(timer),
+            5 => Action::TransportError,
+            6 => Action::Arm(timer, Duration::from_millis(u64::from(self.ms))),
+            7 => Action::Cancel(timer),
+            _ => Action::Terminated,
+        }
+    }
 }
 
 impl Actions {
     fn push(&mut self, action: Action) -> &mut Self {
-        assert!(self.len < MAX_ACTIONS, "invariant: a transition yields at most {MAX_ACTIONS} actions");
-        self.items[self.len] = Some(action);
+        let len = usize::from(self.len);
+        assert!(len < MAX_ACTIONS, "invariant: a transition yields at most {MAX_ACTIONS} actions");
+        self.items[len] = PackedAction::pack(action);
         self.len += 1;
         self
     }
 
     /// The actions in order.
     pub fn iter(&self) -> impl Iterator<Item = Action> + '_ {
-        self.items[..self.len].iter().flatten().copied()
+        self.items[..usize::from(self.len)].iter().map(|packed| packed.unpack())
     }
 
     /// Whether there is no action (the event was absorbed or ignored).
@@ -130,7 +180,8 @@ impl Actions {
 
     /// Whether `action` is among them.
     pub fn contains(&self, action: Action) -> bool {
-        self.iter().any(|a| a == action)
+        let packed = PackedAction::pack(action);
+        self.items[..usize::from(self.len)].contains(&packed)
     }
 }
 

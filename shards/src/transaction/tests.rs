@@ -241,3 +241,23 @@ fn retransmission_schedules_double_up_to_t2_and_time_out() {
     assert_eq!(sends, vec![0, 500, 1_500, 3_500, 7_500, 11_500, 15_500, 19_500, 23_500, 27_500, 31_500]);
     assert_eq!(log.last(), Some(&(32_000, Timeout(H))));
 }
+
+#[test]
+fn actions_keep_every_action_as_pushed() {
+    let timers = [A, B, D, E, F, G, H, I, J, K, L, M];
+    let mut all = vec![SendRequest, SendAck, SendResponse, PassToTu, TransportError, Terminated];
+    for t in timers {
+        all.extend([Timeout(t), Cancel(t), Arm(t, ms(0)), Arm(t, ms(500)), Arm(t, ms(4_000_000_000))]);
+    }
+    for chunk in all.chunks(MAX_ACTIONS) {
+        let mut actions = Actions::default();
+        for &action in chunk {
+            actions.push(action);
+        }
+        assert_eq!(actions.iter().collect::<Vec<_>>(), chunk, "round trip");
+        assert!(chunk.iter().all(|&action| actions.contains(action)));
+        assert!(!actions.contains(Arm(A, ms(1))), "another duration is another action");
+    }
+    let size = core::mem::size_of::<Actions>();
+    assert!(size <= 52, "a transition's result stays small to move: {size} bytes");
+}
