@@ -3,8 +3,11 @@
 # workload of shards/examples/profile_txns.rs (OPTIONS + 200 with timer J, or
 # INVITE + 486 + ACK with timers G, H, I, on one shard with the server's 1,024
 # stripes), both builds run alternately so a noisy minute of a shared host hits
-# both alike; prints each build's median transactions/s (set-up excluded), its
-# range, and the ratio of the medians.
+# both alike; prints each build's median transactions/s, its range, and the
+# ratio of the medians. The rate is the steady state's: set-up and the first
+# round (the shard's tables and wheel growing) are not timed, as criterion's
+# warm-up is not (before 2026-11-24 that round was timed, which flattered
+# changes that removed a growing map: OPTIONS 1.28x then, 1.09x warm).
 #
 #   tools/ab-core.sh [--runs N] [--rounds R] [--modes "options invite"] REV
 #
