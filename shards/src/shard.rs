@@ -22,7 +22,9 @@
 //!
 //! Then the record is checked back in, and only then are the messages sent and
 //! the timers armed. Timers (transaction and call timers) are stored in the
-//! record as deadlines, so a replica or a restarted node can re-arm them.
+//! record as deadlines, so a replica or a restarted node can re-arm them; each
+//! wheel entry names its call (stripe and key), so a timer that fires finds its
+//! record with no index of transactions.
 
 use core::time::Duration;
 use std::borrow::Cow;
