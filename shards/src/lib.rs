@@ -5,8 +5,9 @@
 //! Built: the stripe map ([`stripe`]), the call tables ([`table`]), the timer
 //! wheel ([`timer`]), the RFC 3261 transaction layer ([`transaction`]), the
 //! [`shard::Shard`] state machine with the mechanics every role shares, and
-//! the roles: the stateful proxy ([`proxy`]), the B2BUA ([`b2bua`]) and the
-//! registrar ([`registrar`]), and the sans-IO replica links ([`replication`]).
+//! the roles: the stateful proxy ([`proxy`], with [`nat`] for callers behind
+//! a NAT), the B2BUA ([`b2bua`]) and the registrar ([`registrar`]), and the
+//! sans-IO replica links ([`replication`]).
 //! Geo shipping and the cold path come next.
 
 pub mod timer;
@@ -14,6 +15,7 @@ pub mod transaction;
 
 pub mod b2bua;
 pub mod dialog;
+pub mod nat;
 pub mod proxy;
 pub mod registrar;
 pub mod replication;

@@ -183,6 +183,10 @@ impl Proxy {
         };
         let local = self.names_us(&uri, ctx);
         if !local {
+            // A Contact this proxy aliased (a caller behind a NAT): to the address it came from.
+            if let Some((peer, request_uri)) = crate::nat::take_alias(&uri) {
+                return Ok(relay(peer, pop_route, Some(request_uri.into())));
+            }
             if let Ok(peer) = peer_of(&uri) {
                 return Ok(relay(peer, pop_route, None));
             }

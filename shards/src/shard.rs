@@ -1670,8 +1670,18 @@ impl<T: TransactionUser> Shard<T> {
         let mut via = String::with_capacity(prefix.len() + branch.len());
         via.push_str(prefix);
         via.push_str(branch);
+        // A dialog-creating request's Contact, aliased to where it came from when it names
+        // another address (a caller behind a NAT): in-dialog requests then reach it (crate::nat).
+        let aliased = relay
+            .record_route
+            .then(|| msg.header(HeaderName::Contact))
+            .flatten()
+            .and_then(|contact| crate::nat::contact_with_alias(contact, from));
         let mut editor = Editor::new(msg);
         editor.push_via(via.as_bytes()).ok()?.mark_received(from.addr).ok()?.decrement_max_forwards().ok()?;
+        if let Some(contact) = &aliased {
+            editor.replace_header("Contact", contact.as_bytes()).ok()?;
+        }
         if relay.record_route {
             // Both sides send in-dialog requests to it: the shard's own port only if both use UDP.
             let udp_both_ways = from.transport == Transport::Udp && relay.to.transport == Transport::Udp;
@@ -1683,7 +1693,10 @@ impl<T: TransactionUser> Shard<T> {
         if let Some(uri) = &relay.request_uri {
             editor.set_request_uri(uri).ok()?;
         }
-        let need = msg.len() + RELAY_ROOM + relay.request_uri.as_ref().map_or(0, |u| u.len());
+        let need = msg.len()
+            + RELAY_ROOM
+            + relay.request_uri.as_ref().map_or(0, |u| u.len())
+            + aliased.as_ref().map_or(0, String::len);
         written(&mut self.write_buf, need, |out| editor.write(out).ok())
     }
 

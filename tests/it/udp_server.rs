@@ -226,6 +226,40 @@ fn a_caller_whose_via_names_another_address_gets_it_marked_received_and_rport_fi
 }
 
 #[test]
+fn a_caller_whose_contact_names_another_address_still_gets_the_callees_bye() {
+    // As behind a NAT: the Contact names an address the INVITE does not come from (a loopback
+    // one nothing listens on, so nothing leaves loopback). The proxy aliases it to the source.
+    let callee = Ua::new();
+    let (_server, proxy) = start(Some(callee.addr));
+    let caller = Ua::new();
+    let uri = format!("sip:callee@{proxy}");
+    let invite = request("INVITE", &uri, &caller, "natted-contact", 1, "")
+        .replace(&format!("Contact: <sip:caller@{}>", caller.addr), "Contact: <sip:caller@127.0.0.9:5999>");
+    caller.send(proxy, &invite);
+    let (relayed, _) = callee.expect("INVITE ");
+    let contact = header(&relayed, "Contact");
+    let aliased = format!("<sip:caller@127.0.0.9:5999;alias=127.0.0.1~{}~1>", caller.addr.port());
+    assert_eq!(contact, aliased, "the Contact aliased to where the INVITE came from");
+    callee.send(proxy, &answer(&relayed, "200 OK", callee.addr));
+    let (ok, _) = caller.expect("SIP/2.0 200 OK");
+    assert!(ok.contains(&format!("Record-Route: <sip:{proxy};lr>")), "{ok}");
+    // The callee hangs up toward the Contact it was given, through the proxy's Record-Route.
+    let target = aliased.trim_matches(['<', '>']);
+    let bye = format!(
+        "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKnattedbye\r\nMax-Forwards: 70\r\n\
+Route: <sip:{proxy};lr>\r\nFrom: <{uri}>;tag=callee\r\nTo: <sip:caller@{}>;tag=caller\r\n\
+Call-ID: natted-contact\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        callee.addr, caller.addr
+    );
+    callee.send(proxy, &bye);
+    let (bye_at_caller, from) = caller.expect("BYE ");
+    assert_eq!(from, proxy);
+    assert!(bye_at_caller.starts_with("BYE sip:caller@127.0.0.9:5999 SIP/2.0\r\n"), "alias taken off: {bye_at_caller}");
+    caller.send(proxy, &answer(&bye_at_caller, "200 OK", caller.addr));
+    callee.expect("SIP/2.0 200 OK");
+}
+
+#[test]
 fn a_cancelled_call_ends_with_487_on_both_sides() {
     let callee = Ua::new();
     let (_server, proxy) = start(Some(callee.addr));
