@@ -65,7 +65,7 @@ fn names(uri: &Uri<'_>, addr: SocketAddr) -> bool {
 /// in-dialog request toward a NATed caller goes, and what it carries there. `None` when the URI
 /// has no alias or a malformed one (the request is then routed by the URI as written).
 pub fn take_alias(uri: &Uri<'_>) -> Option<(Peer, String)> {
-    let value = uri.params.value(ALIAS)?;
+    let value = uri.params.get(ALIAS)?.value?;
     let mut parts = value.split('~');
     let (ip, port, proto) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -78,11 +78,12 @@ pub fn take_alias(uri: &Uri<'_>) -> Option<(Peer, String)> {
         "2" => Transport::Tcp,
         _ => return None,
     };
-    // The parameter as written, `;alias=value`: the value is a slice of the URI's text.
+    // The parameter as written, `;alias=value`: the value is a slice of the URI's text (checked
+    // slicing all the same: a URI that is not its own text gives no alias, never a panic).
     let raw = uri.raw;
-    let value_at = (value.as_ptr() as usize).checked_sub(raw.as_ptr() as usize).filter(|&at| at <= raw.len())?;
-    let param_at = raw[..value_at].rfind(';')?;
-    let stripped = format!("{}{}", &raw[..param_at], &raw[value_at + value.len()..]);
+    let value_at = (value.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+    let param_at = raw.get(..value_at)?.rfind(';')?;
+    let stripped = format!("{}{}", raw.get(..param_at)?, raw.get(value_at + value.len()..)?);
     Some((Peer { addr: SocketAddr::new(ip, port), transport }, stripped))
 }
 
@@ -143,7 +144,13 @@ mod tests {
         );
         let uri = Uri::parse("sip:alice@[fd00::1];alias=[2001:db8::1]~5070~2").unwrap();
         assert_eq!(take_alias(&uri), Some((peer("[2001:db8::1]:5070", Transport::Tcp), "sip:alice@[fd00::1]".into())));
-        for bad in ["sip:a@h", "sip:a@h;alias=1.2.3.4~5060", "sip:a@h;alias=x~5060~1", "sip:a@h;alias=1.2.3.4~0~1"] {
+        for bad in [
+            "sip:a@h",
+            "sip:a@h;alias=1.2.3.4~5060",
+            "sip:a@h;alias=x~5060~1",
+            "sip:a@h;alias=1.2.3.4~0~1",
+            "sip:a@h;alias",
+        ] {
             assert_eq!(take_alias(&Uri::parse(bad).unwrap()), None, "{bad}");
         }
         // What contact_with_alias writes, take_alias reads back.
