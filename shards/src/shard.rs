@@ -1595,7 +1595,7 @@ impl<T: TransactionUser> Shard<T> {
         }
     }
 
-    /// A transaction is over: its timers are cancelled, its call forgotten.
+    /// A transaction is over: its timers are cancelled, and it no longer counts as live.
     fn forget_txn(&mut self, timers: &mut TxnTimers) {
         timers.disarm(&mut self.wheel);
         self.live_transactions -= 1;
@@ -2041,8 +2041,8 @@ impl<T: TransactionUser> Shard<T> {
         self.scratch = fx;
     }
 
-    /// Checks out the record of a call that should exist; `None` if it is gone.
-    /// Checks out the record of `call_id`, if there is one; with its key as the table stores it.
+    /// Checks out the record of a call that should exist, with its key as the table stores it;
+    /// `None` if it is gone.
     fn checkout_existing(&mut self, stripe: StripeId, call_id: &[u8]) -> Option<(CallRecord, CallKey)> {
         match self.table.get_and_lock(stripe, call_id, false) {
             Ok(checkout) => Some((checkout.record.expect("invariant: a stored record is never empty"), checkout.key)),
