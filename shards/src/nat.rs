@@ -1,30 +1,45 @@
-//! NAT traversal for the record-routing proxy: the caller's Contact aliased
-//! to the address its INVITE came from (as Kamailio's nathelper
-//! `add_contact_alias` / `handle_ruri_alias` do).
+//! NAT traversal: a phone's Contact aliased to the address its request came
+//! from (as Kamailio's nathelper `add_contact_alias` / `handle_ruri_alias`
+//! do).
 //!
-//! A phone behind a NAT writes its private address in its Contact
-//! (`<sip:alice@192.168.1.10:5060>`). The callee sends its in-dialog requests
-//! (BYE, re-INVITE) to that Contact, through this proxy's Record-Route; relayed
-//! there as written they would go nowhere. So when the proxy relays a
-//! dialog-creating INVITE whose Contact does not name the address the INVITE
-//! came from, it appends `;alias=IP~PORT~T` to the Contact's URI (T: 1 for UDP,
-//! 2 for TCP). A request whose Request-URI carries an alias is relayed to that
-//! address, the alias taken off the Request-URI, so the phone gets its own
-//! Contact back. A Contact that names its source already is left as it is.
+//! A phone behind a NAT writes its private address in its Via and Contact
+//! (`<sip:alice@192.168.1.10:5060>`); its requests arrive from the NAT's public
+//! address. That is the test for a NAT ([`behind_nat`]): the top Via's sent-by
+//! is not the address the request came from (RFC 3261 §18.2.1's `received`
+//! case). Two places then keep the source with the Contact, as
+//! `;alias=IP~PORT~T` on its URI (T: 1 for UDP, 2 for TCP):
+//!
+//! - the proxy relaying a dialog-creating INVITE it Record-Routes: the callee's
+//!   in-dialog requests (BYE, re-INVITE) come back through it to that Contact;
+//! - the registrar keeping a binding: calls to the AoR go to the NAT's address.
+//!
+//! A request whose Request-URI (or whose registered Contact) carries an alias
+//! goes to that address, the alias taken off, so the phone gets its own Contact
+//! as the Request-URI. A Contact that names its source is left as it is, and so
+//! is every Contact of a request whose Via names its source (no NAT between: a
+//! third-party registration, §10.2, keeps routing where it says).
 
 use std::net::{IpAddr, SocketAddr};
 
-use sipshard_parser::Uri;
+use sipshard_parser::{Message, Uri};
 
 use crate::shard::{Peer, Transport};
 
 /// The URI parameter that carries the address a Contact was reached from.
 pub const ALIAS: &str = "alias";
 
-/// The Contact header value `contact` of a dialog-creating request from `source`, with an
-/// `alias` parameter naming `source` added to its URI. `None` when the Contact names `source`
-/// already, carries an alias, or is not one SIP URI this rewrites (several values, `*`, another
-/// scheme): the request is then relayed with its Contact as it is.
+/// Whether `request` came through a NAT: its top Via's sent-by (port 5060 if none) is not the
+/// address it came from. A request with no readable Via: no.
+pub fn behind_nat(request: &Message<'_>, source: Peer) -> bool {
+    let Ok(Some(via)) = request.top_via() else { return false };
+    let host = via.host.trim_matches(['[', ']']).parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    host != Some(source.addr.ip().to_canonical()) || via.port.unwrap_or(5060) != source.addr.port()
+}
+
+/// The Contact header value `contact` of a dialog-creating request from `source` (behind a NAT),
+/// with an `alias` parameter naming `source` added to its URI. `None` when the Contact names
+/// `source` already, carries an alias, or is not one SIP URI this rewrites (several values, `*`,
+/// another scheme): the request is then relayed with its Contact as it is.
 pub fn contact_with_alias(contact: &[u8], source: Peer) -> Option<String> {
     let text = core::str::from_utf8(contact).ok()?.trim();
     if text.contains(',') {
@@ -42,17 +57,49 @@ pub fn contact_with_alias(contact: &[u8], source: Peer) -> Option<String> {
         _ => return None,
     };
     let parsed = Uri::parse(uri).ok()?;
-    if !parsed.scheme.is_sip() || parsed.params.value(ALIAS).is_some() || names(&parsed, source.addr) {
+    if names(&parsed, source.addr) {
         return None;
     }
-    let (uri, headers) = uri.split_at(uri.find('?').unwrap_or(uri.len()));
+    let aliased = with_alias(&parsed, source)?;
     let close = if tail.starts_with('>') { "" } else { ">" };
+    Some(format!("{head}{aliased}{close}{tail}"))
+}
+
+/// A registered Contact URI (the bare URI, as the registrar keeps it) of a REGISTER from
+/// `source` (behind a NAT), aliased to `source`; `None` when it names `source` already or is not
+/// a `sip:` URI without an alias. The registrar answers with the URI as registered
+/// ([`without_alias`]); the proxy routes a call to the alias ([`take_alias`]).
+pub fn registered_with_alias(uri: &str, source: Peer) -> Option<String> {
+    let parsed = Uri::parse(uri).ok()?;
+    if names(&parsed, source.addr) {
+        return None;
+    }
+    with_alias(&parsed, source)
+}
+
+/// `uri` with `;alias=` naming `source` (before its `?` headers); `None` for a URI that is not
+/// `sip:` or has an alias already.
+fn with_alias(uri: &Uri<'_>, source: Peer) -> Option<String> {
+    if !uri.scheme.is_sip() || uri.params.contains(ALIAS) {
+        return None;
+    }
+    let raw = uri.raw;
+    let (uri, headers) = raw.split_at(raw.find('?').unwrap_or(raw.len()));
     let ip = match source.addr.ip().to_canonical() {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),
     };
     let proto = if source.transport == Transport::Tcp { 2 } else { 1 };
-    Some(format!("{head}{uri};{ALIAS}={ip}~{}~{proto}{headers}{close}{tail}", source.addr.port()))
+    Some(format!("{uri};{ALIAS}={ip}~{}~{proto}{headers}", source.addr.port()))
+}
+
+/// `uri` without the alias this server added (the URI as its UA wrote it); `uri` itself when it
+/// has none.
+pub fn without_alias(uri: &str) -> std::borrow::Cow<'_, str> {
+    match Uri::parse(uri).ok().and_then(|parsed| take_alias(&parsed)) {
+        Some((_, stripped)) => stripped.into(),
+        None => uri.into(),
+    }
 }
 
 /// Whether `uri`'s host and port (5060 if none) are `addr`.
@@ -133,6 +180,45 @@ mod tests {
         ] {
             assert_eq!(contact_with_alias(contact.as_bytes(), source), None, "{contact}");
         }
+    }
+
+    #[test]
+    fn a_request_is_behind_a_nat_when_its_via_does_not_name_its_source() {
+        let source = peer("203.0.113.5:40000", Transport::Udp);
+        let request = |via: &str| {
+            format!("REGISTER sip:r.test SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bKn;rport\r\nCall-ID: n\r\n\r\n")
+        };
+        for (via, natted) in [
+            ("192.168.1.10:5060", true),
+            ("203.0.113.5", true),
+            ("203.0.113.5:40000", false),
+            ("[::ffff:203.0.113.5]:40000", false),
+            ("phone.test:40000", true),
+        ] {
+            let text = request(via);
+            let mut slots = vec![sipshard_parser::HeaderSlot::EMPTY; Message::SLOTS];
+            let msg = sipshard_parser::parse(text.as_bytes(), &mut slots).unwrap();
+            assert_eq!(behind_nat(&msg, source), natted, "{via}");
+        }
+    }
+
+    #[test]
+    fn a_registered_contact_is_aliased_unless_it_names_its_source() {
+        let source = peer("203.0.113.5:40000", Transport::Udp);
+        for contact in ["10.1.2.3", "192.168.1.10:5062", "127.0.0.9:5999", "198.51.100.7"] {
+            let uri = format!("sip:alice@{contact}");
+            let aliased = registered_with_alias(&uri, source).unwrap_or_else(|| panic!("{uri} not aliased"));
+            assert_eq!(aliased, format!("{uri};alias=203.0.113.5~40000~1"));
+            assert_eq!(without_alias(&aliased), uri, "the registrar answers with the URI as registered");
+        }
+        assert_eq!(
+            registered_with_alias("sip:alice@[fd00::1]:5060;ob", peer("[2001:db8::1]:5070", Transport::Tcp)).as_deref(),
+            Some("sip:alice@[fd00::1]:5060;ob;alias=[2001:db8::1]~5070~2")
+        );
+        for uri in ["sip:alice@203.0.113.5:40000", "sip:alice@10.0.0.1;alias=203.0.113.5~40000~1", "tel:+1555"] {
+            assert_eq!(registered_with_alias(uri, source), None, "{uri}");
+        }
+        assert_eq!(without_alias("sip:alice@10.0.0.1"), "sip:alice@10.0.0.1");
     }
 
     #[test]

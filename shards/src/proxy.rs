@@ -197,8 +197,15 @@ impl Proxy {
         if local {
             let registered = aor_key(&uri).and_then(|aor| self.location.lookup(&aor, ctx.now_ms).cloned());
             if let Some(binding) = registered {
-                let contact = Uri::parse(&binding.contact).ok().and_then(|c| peer_of(&c).ok());
-                return contact.map(|peer| relay(peer, pop_route, Some(binding.contact))).ok_or(Hop::NotFound);
+                let Ok(contact) = Uri::parse(&binding.contact) else { return Err(Hop::NotFound) };
+                // A phone registered from behind a NAT: to the address it registered from, its
+                // Contact as it wrote it in the Request-URI (crate::nat).
+                if let Some((peer, request_uri)) = crate::nat::take_alias(&contact) {
+                    return Ok(relay(peer, pop_route, Some(request_uri.into())));
+                }
+                return peer_of(&contact)
+                    .map(|peer| relay(peer, pop_route, Some(binding.contact.clone())))
+                    .map_err(|_| Hop::NotFound);
             }
         }
         self.route_by_rules(&uri).map(|peer| relay(peer, pop_route, None)).ok_or(Hop::NotFound)

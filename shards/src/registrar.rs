@@ -14,7 +14,8 @@
 use serde::{Deserialize, Serialize};
 use sipshard_parser::{Contact, Message, Uri};
 
-use crate::shard::FinalResponse;
+use crate::nat::{registered_with_alias, without_alias};
+use crate::shard::{FinalResponse, Peer};
 
 /// One binding of an address-of-record to a contact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,12 +84,16 @@ pub fn register_aor(request: &Message<'_>) -> Option<String> {
     aor_key(&request.to().ok().flatten()?.uri)
 }
 
-/// Applies a REGISTER to `bindings` (§10.3 steps 6-8) and says what to answer.
+/// Applies a REGISTER to `bindings` (§10.3 steps 6-8) and says what to answer. `natted`: the
+/// address a REGISTER from behind a NAT came from ([`crate::nat::behind_nat`]); its Contacts
+/// are kept aliased to it ([`crate::nat::registered_with_alias`]), and matched and answered as
+/// registered.
 pub fn register(
     config: &RegistrarConfig,
     now_ms: u64,
     bindings: &mut Vec<Binding>,
     request: &Message<'_>,
+    natted: Option<Peer>,
 ) -> FinalResponse {
     bindings.retain(|b| b.expires_at_ms > now_ms);
     let call_id = request.call_id().ok().flatten().unwrap_or_default();
@@ -128,7 +133,7 @@ pub fn register(
     }
     for (uri, expires, q) in contacts {
         let seconds = expires.or(header_expires).unwrap_or(config.default_expires_s).min(config.max_expires_s);
-        let existing = bindings.iter().position(|b| *b.contact == *uri);
+        let existing = bindings.iter().position(|b| without_alias(&b.contact) == uri);
         if let Some(i) = existing {
             // §10.3 step 7: an older or repeated REGISTER of the same Call-ID changes nothing.
             if *bindings[i].call_id == *call_id && bindings[i].cseq >= cseq {
@@ -144,7 +149,10 @@ pub fn register(
             return FinalResponse::new(403, "Forbidden (too many bindings)");
         }
         let binding = Binding {
-            contact: uri.into(),
+            // A re-registration from another NAT mapping replaces the alias.
+            contact: natted
+                .and_then(|source| registered_with_alias(uri, source))
+                .map_or_else(|| uri.into(), String::into_boxed_str),
             expires_at_ms: now_ms + u64::from(seconds) * 1_000,
             q: q.unwrap_or(1_000),
             call_id: call_id.into(),
@@ -163,7 +171,7 @@ fn ok_with_bindings(now_ms: u64, bindings: &[Binding]) -> FinalResponse {
     let mut response = FinalResponse::new(200, "OK");
     for b in bindings {
         let left = b.expires_at_ms.saturating_sub(now_ms).div_ceil(1_000);
-        response = response.with_header("Contact", format!("<{}>;expires={left}", b.contact));
+        response = response.with_header("Contact", format!("<{}>;expires={left}", without_alias(&b.contact)));
     }
     response
 }
@@ -215,7 +223,9 @@ impl Location {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::Transport;
     use sipshard_parser::{HeaderSlot, parse};
+    use std::net::SocketAddr;
 
     fn register(extra: &str, call_id: &str, cseq: u32) -> String {
         format!(
@@ -229,7 +239,8 @@ CSeq: {cseq} REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"
         let mut slots = [HeaderSlot::EMPTY; 64];
         let msg = parse(text.as_bytes(), &mut slots).expect("parses");
         assert_eq!(register_aor(&msg).as_deref(), Some("alice@127.0.0.1"));
-        super::register(&RegistrarConfig::default(), now_ms, bindings, &msg)
+        // Not from behind a NAT: every binding kept as registered.
+        super::register(&RegistrarConfig::default(), now_ms, bindings, &msg, None)
     }
 
     #[test]
@@ -259,6 +270,34 @@ CSeq: {cseq} REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"
         apply(&mut bindings, 302_000, &register("Contact: <sip:alice@127.0.0.1:5070>\r\n", "c2", 1));
         assert_eq!(bindings[0].expires_at_ms, 302_000 + 3_600_000, "default expiry");
         apply(&mut bindings, 303_000, &register("Contact: *\r\nExpires: 0\r\n", "c3", 1));
+        assert!(bindings.is_empty());
+    }
+
+    #[test]
+    fn a_binding_from_behind_a_nat_keeps_its_source_and_answers_as_registered() {
+        let from =
+            |port: u16| Some(Peer { addr: SocketAddr::from(([203, 0, 113, 5], port)), transport: Transport::Udp });
+        let natted = |bindings: &mut Vec<Binding>, now_ms, text: &str, source| {
+            let mut slots = [HeaderSlot::EMPTY; 64];
+            let msg = parse(text.as_bytes(), &mut slots).expect("parses");
+            super::register(&RegistrarConfig::default(), now_ms, bindings, &msg, source)
+        };
+        let mut bindings = Vec::new();
+        let contact = "Contact: <sip:alice@192.168.1.10:5060>\r\nExpires: 120\r\n";
+        let ok = natted(&mut bindings, 0, &register(contact, "n1", 1), from(40000));
+        assert_eq!(ok.headers, vec![("Contact", "<sip:alice@192.168.1.10:5060>;expires=120".into())]);
+        assert_eq!(&*bindings[0].contact, "sip:alice@192.168.1.10:5060;alias=203.0.113.5~40000~1");
+        // A refresh through a new NAT mapping: the same binding, the new source.
+        let ok = natted(&mut bindings, 1_000, &register(contact, "n1", 2), from(40002));
+        assert_eq!(ok.headers, vec![("Contact", "<sip:alice@192.168.1.10:5060>;expires=120".into())]);
+        assert_eq!(&*bindings[0].contact, "sip:alice@192.168.1.10:5060;alias=203.0.113.5~40002~1");
+        // Removed by the Contact as registered.
+        natted(
+            &mut bindings,
+            2_000,
+            &register("Contact: <sip:alice@192.168.1.10:5060>;expires=0\r\n", "n1", 3),
+            from(40002),
+        );
         assert!(bindings.is_empty());
     }
 

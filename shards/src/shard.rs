@@ -1458,7 +1458,8 @@ impl<T: TransactionUser> Shard<T> {
             return self.finish(stripe, call_id, record, fx);
         } else if let (true, Some(registrar)) = (registering, self.config.registrar.as_ref()) {
             let before = record.bindings.clone();
-            let answer = registrar::register(registrar, now_ms, &mut record.bindings, msg);
+            let natted = crate::nat::behind_nat(msg, peer).then_some(peer);
+            let answer = registrar::register(registrar, now_ms, &mut record.bindings, msg, natted);
             if record.bindings != before {
                 let aor = core::str::from_utf8(call_id).expect("invariant: AoR keys are text");
                 location = Some(LocationUpdate { aor: aor.into(), bindings: record.bindings.clone() });
@@ -1670,10 +1671,9 @@ impl<T: TransactionUser> Shard<T> {
         let mut via = String::with_capacity(prefix.len() + branch.len());
         via.push_str(prefix);
         via.push_str(branch);
-        // A dialog-creating request's Contact, aliased to where it came from when it names
-        // another address (a caller behind a NAT): in-dialog requests then reach it (crate::nat).
-        let aliased = relay
-            .record_route
+        // The Contact of a dialog-creating request from behind a NAT, aliased to where it came
+        // from: in-dialog requests then reach the caller (crate::nat).
+        let aliased = (relay.record_route && crate::nat::behind_nat(msg, from))
             .then(|| msg.header(HeaderName::Contact))
             .flatten()
             .and_then(|contact| crate::nat::contact_with_alias(contact, from));
