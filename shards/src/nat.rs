@@ -11,7 +11,9 @@
 //!
 //! - the proxy relaying a dialog-creating INVITE it Record-Routes: the callee's
 //!   in-dialog requests (BYE, re-INVITE) come back through it to that Contact;
-//! - the registrar keeping a binding: calls to the AoR go to the NAT's address.
+//! - the registrar keeping a binding: calls to the AoR go to the NAT's address,
+//!   and the phone's answer, whose Contact is the one the INVITE was addressed
+//!   to, is aliased to where the INVITE went, for the caller's ACK and BYE.
 //!
 //! A request whose Request-URI (or whose registered Contact) carries an alias
 //! goes to that address, the alias taken off, so the phone gets its own Contact
@@ -41,21 +43,42 @@ pub fn behind_nat(request: &Message<'_>, source: Peer) -> bool {
 /// `source` already, carries an alias, or is not one SIP URI this rewrites (several values, `*`,
 /// another scheme): the request is then relayed with its Contact as it is.
 pub fn contact_with_alias(contact: &[u8], source: Peer) -> Option<String> {
+    let (head, uri, tail) = split_contact(contact)?;
+    aliased_contact(head, uri, tail, source)
+}
+
+/// The Contact of a dialog-creating response to an INVITE this proxy sent to `peer` addressed
+/// to `request_uri`, aliased to `peer` when it is that very URI yet does not name `peer`: a phone
+/// registered from behind a NAT, called at its alias ([`take_alias`]), answering with the Contact
+/// it registered. The caller's ACK, BYE and re-INVITE then reach it too. `None` otherwise (a
+/// trunk reached by a route answers with a Contact of its own: left alone).
+pub fn answer_contact_with_alias(contact: &[u8], request_uri: &str, peer: Peer) -> Option<String> {
+    let (head, uri, tail) = split_contact(contact)?;
+    (uri == request_uri).then(|| aliased_contact(head, uri, tail, peer)).flatten()
+}
+
+/// One Contact value as (what precedes its URI, the URI, what follows): `name-addr` (the URI in
+/// angle brackets) or `addr-spec` (a bare URI, whose `;` parameters are the header's: the
+/// rewritten form puts the URI in brackets before them). `None` for several values.
+fn split_contact(contact: &[u8]) -> Option<(&str, &str, &str)> {
     let text = core::str::from_utf8(contact).ok()?.trim();
     if text.contains(',') {
         // Several values (or a quoted comma): not a dialog's one remote target; left alone.
         return None;
     }
-    // `name-addr` (the URI in angle brackets) or `addr-spec` (a bare URI: its `;` parameters
-    // are the header's, so the rewritten form puts the URI in brackets before them).
-    let (head, uri, tail) = match (text.find('<'), text.rfind('>')) {
-        (Some(open), Some(close)) if open < close => (&text[..=open], &text[open + 1..close], &text[close..]),
+    match (text.find('<'), text.rfind('>')) {
+        (Some(open), Some(close)) if open < close => Some((&text[..=open], &text[open + 1..close], &text[close..])),
         (None, None) => {
             let end = text.find(';').unwrap_or(text.len());
-            ("<", &text[..end], &text[end..])
+            Some(("<", &text[..end], &text[end..]))
         }
-        _ => return None,
-    };
+        _ => None,
+    }
+}
+
+/// The Contact value of [`split_contact`]'s parts with its URI aliased to `source`, unless it
+/// names `source` already.
+fn aliased_contact(head: &str, uri: &str, tail: &str, source: Peer) -> Option<String> {
     let parsed = Uri::parse(uri).ok()?;
     if names(&parsed, source.addr) {
         return None;
@@ -180,6 +203,20 @@ mod tests {
         ] {
             assert_eq!(contact_with_alias(contact.as_bytes(), source), None, "{contact}");
         }
+    }
+
+    #[test]
+    fn an_answer_with_the_contact_the_invite_was_addressed_to_is_aliased_to_where_it_was_sent() {
+        let phone = peer("203.0.113.5:40000", Transport::Udp);
+        let contact = b"<sip:alice@192.168.1.10:5060>;expires=60";
+        assert_eq!(
+            answer_contact_with_alias(contact, "sip:alice@192.168.1.10:5060", phone).as_deref(),
+            Some("<sip:alice@192.168.1.10:5060;alias=203.0.113.5~40000~1>;expires=60")
+        );
+        // A trunk reached by a route (another Request-URI), or a phone reached where its Contact says.
+        assert_eq!(answer_contact_with_alias(contact, "sip:alice@carrier.test", phone), None);
+        let direct = peer("192.168.1.10:5060", Transport::Udp);
+        assert_eq!(answer_contact_with_alias(contact, "sip:alice@192.168.1.10:5060", direct), None);
     }
 
     #[test]

@@ -1910,8 +1910,21 @@ impl<T: TransactionUser> Shard<T> {
         if record.bridge.is_some() {
             return self.bridge_response(now_ms, record, server, is_invite, call_id, response, code, fx);
         }
-        let popped =
-            written(&mut self.write_buf, response.len(), |out| Editor::new(response).pop_via().ok()?.write(out).ok());
+        // A NATed phone called at its alias answers with the Contact it registered: aliased too,
+        // when this proxy Record-Routes the dialog (crate::nat).
+        let aliased = (is_invite && code < 300 && record.dialog.is_some())
+            .then(|| Some((response.header(HeaderName::Contact)?, request_uri_of(&client.request)?)))
+            .flatten()
+            .and_then(|(contact, uri)| crate::nat::answer_contact_with_alias(contact, uri, client.peer));
+        let need = response.len() + aliased.as_ref().map_or(0, String::len);
+        let popped = written(&mut self.write_buf, need, |out| {
+            let mut editor = Editor::new(response);
+            editor.pop_via().ok()?;
+            if let Some(contact) = &aliased {
+                editor.replace_header("Contact", contact.as_bytes()).ok()?;
+            }
+            editor.write(out).ok()
+        });
         let Some(out) = popped else {
             self.stats.dropped_malformed += 1;
             return;
@@ -2585,6 +2598,14 @@ fn upstream_of(response: &Message<'_>) -> Option<Peer> {
     let via = response.vias().nth(1)?.ok()?;
     let transport = if via.transport.is_reliable() { Transport::Tcp } else { Transport::Udp };
     Some(Peer { addr: via.response_address()?, transport })
+}
+
+/// The Request-URI of a request as written (its first line's middle), if it reads as text.
+fn request_uri_of(request: &[u8]) -> Option<&str> {
+    let line = &request[..request.iter().position(|&c| c == b'\r').unwrap_or(request.len())];
+    let mut parts = line.split(|&c| c == b' ');
+    let (_, uri) = (parts.next()?, parts.next()?);
+    core::str::from_utf8(uri).ok()
 }
 
 #[derive(Copy, Clone, Debug)]

@@ -261,7 +261,7 @@ Call-ID: natted-contact\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
 }
 
 #[test]
-fn a_phone_registered_from_behind_a_nat_is_called_at_the_address_it_registered_from() {
+fn a_phone_registered_from_behind_a_nat_is_called_and_hung_up_on_where_it_registered_from() {
     // The embedded default runs the registrar. The phone's Via and Contact name 127.0.0.9:5999
     // (nothing listens there); its REGISTER comes from its socket.
     let (_server, server) = start(None);
@@ -288,8 +288,33 @@ fn a_phone_registered_from_behind_a_nat_is_called_at_the_address_it_registered_f
         let (invite, from) = phone.expect("INVITE ");
         assert_eq!(from, server);
         assert!(invite.starts_with("INVITE sip:alice@127.0.0.9:5999 SIP/2.0\r\n"), "alias taken off: {invite}");
-        phone.send(server, &answer(&invite, "486 Busy Here", phone.addr));
-        caller.expect("SIP/2.0 486 Busy Here");
+        // The phone answers with the Contact it registered: the caller gets it aliased, and its
+        // BYE (through the Record-Route) reaches the phone's socket too.
+        let ok = answer(&invite, "200 OK", phone.addr)
+            .replace(&format!("Contact: <sip:callee@{}>", phone.addr), "Contact: <sip:alice@127.0.0.9:5999>");
+        phone.send(server, &ok);
+        let (ok, _) = caller.expect("SIP/2.0 200 OK");
+        let aliased = format!("<sip:alice@127.0.0.9:5999;alias=127.0.0.1~{}~1>", phone.addr.port());
+        assert_eq!(header(&ok, "Contact"), aliased, "{ok}");
+        let in_dialog = |method: &str, cseq: u32| {
+            request(
+                method,
+                aliased.trim_matches(['<', '>']),
+                &caller,
+                &call_id,
+                cseq,
+                &format!("Route: <sip:{server};lr>\r\n"),
+            )
+            .replace(&format!("To: <{}>", aliased.trim_matches(['<', '>'])), &format!("To: <{aor}>;tag=callee"))
+        };
+        caller.send(server, &in_dialog("ACK", 1));
+        let (ack, _) = phone.expect("ACK ");
+        assert!(ack.starts_with("ACK sip:alice@127.0.0.9:5999 SIP/2.0\r\n"), "{ack}");
+        caller.send(server, &in_dialog("BYE", 2));
+        let (bye, _) = phone.expect("BYE ");
+        assert!(bye.starts_with("BYE sip:alice@127.0.0.9:5999 SIP/2.0\r\n"), "{bye}");
+        phone.send(server, &answer(&bye, "200 OK", phone.addr));
+        caller.expect("SIP/2.0 200 OK");
         return;
     }
     panic!("the registration never reached the shard the INVITE landed on");
