@@ -5,8 +5,9 @@
 //! A phone behind a NAT writes its private address in its Via and Contact
 //! (`<sip:alice@192.168.1.10:5060>`); its requests arrive from the NAT's public
 //! address. That is the test for a NAT ([`behind_nat`]): the top Via's sent-by
-//! is not the address the request came from (RFC 3261 §18.2.1's `received`
-//! case). Two places then keep the source with the Contact, as
+//! host is not the address the request came from (RFC 3261 §18.2.1's
+//! `received` case), or its port is not the source port of a UDP request that
+//! asks for `rport`. Two places then keep the source with the Contact, as
 //! `;alias=IP~PORT~T` on its URI (T: 1 for UDP, 2 for TCP):
 //!
 //! - the proxy relaying a dialog-creating INVITE it Record-Routes: the callee's
@@ -30,12 +31,17 @@ use crate::shard::{Peer, Transport};
 /// The URI parameter that carries the address a Contact was reached from.
 pub const ALIAS: &str = "alias";
 
-/// Whether `request` came through a NAT: its top Via's sent-by (port 5060 if none) is not the
-/// address it came from. A request with no readable Via: no.
+/// Whether `request` came through a NAT: its top Via's sent-by host is not the address it came
+/// from, or (over UDP, with `rport`: RFC 3581's symmetric UA) its port is not the source port
+/// (5060 if none). A port alone differing without `rport` is a UA that sends from one port and
+/// listens on another, and over TCP the source port is the connection's: neither is a NAT. A
+/// request with no readable Via: no.
 pub fn behind_nat(request: &Message<'_>, source: Peer) -> bool {
     let Ok(Some(via)) = request.top_via() else { return false };
     let host = via.host.trim_matches(['[', ']']).parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
-    host != Some(source.addr.ip().to_canonical()) || via.port.unwrap_or(5060) != source.addr.port()
+    let port_moved =
+        source.transport == Transport::Udp && via.rport.is_some() && via.port.unwrap_or(5060) != source.addr.port();
+    host != Some(source.addr.ip().to_canonical()) || port_moved
 }
 
 /// The Contact header value `contact` of a dialog-creating request from `source` (behind a NAT),
@@ -221,21 +227,25 @@ mod tests {
 
     #[test]
     fn a_request_is_behind_a_nat_when_its_via_does_not_name_its_source() {
-        let source = peer("203.0.113.5:40000", Transport::Udp);
+        let udp = peer("203.0.113.5:40000", Transport::Udp);
+        let tcp = peer("203.0.113.5:40000", Transport::Tcp);
         let request = |via: &str| {
-            format!("REGISTER sip:r.test SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bKn;rport\r\nCall-ID: n\r\n\r\n")
+            format!("REGISTER sip:r.test SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bKn\r\nCall-ID: n\r\n\r\n")
         };
-        for (via, natted) in [
-            ("192.168.1.10:5060", true),
-            ("203.0.113.5", true),
-            ("203.0.113.5:40000", false),
-            ("[::ffff:203.0.113.5]:40000", false),
-            ("phone.test:40000", true),
+        for (via, source, natted) in [
+            ("192.168.1.10:5060;rport", udp, true),
+            ("192.168.1.10:5060", tcp, true),
+            ("203.0.113.5;rport", udp, true),
+            ("203.0.113.5", udp, false),
+            ("203.0.113.5;rport", tcp, false),
+            ("203.0.113.5:40000;rport", udp, false),
+            ("[::ffff:203.0.113.5]:40000;rport", udp, false),
+            ("phone.test:40000;rport", udp, true),
         ] {
             let text = request(via);
             let mut slots = vec![sipshard_parser::HeaderSlot::EMPTY; Message::SLOTS];
             let msg = sipshard_parser::parse(text.as_bytes(), &mut slots).unwrap();
-            assert_eq!(behind_nat(&msg, source), natted, "{via}");
+            assert_eq!(behind_nat(&msg, source), natted, "{via} from {source:?}");
         }
     }
 
