@@ -450,6 +450,57 @@ fn through_the_b2bua_cancel_reaches_the_b_leg() {
 }
 
 #[test]
+fn a_phone_registered_over_tcp_from_behind_a_nat_is_called_on_its_own_connection() {
+    use std::io::{Read, Write};
+    let server: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let _sipshard = Running(
+        Command::new(env!("CARGO_BIN_EXE_sipshard"))
+            .args(["run", "--listen", &server.to_string(), "--shards", "2", "--transport", "both"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipshard starts"),
+    );
+    wait_until_healthy(server);
+    // The phone's Via and Contact name 127.0.0.9:5999 (nothing listens there): behind a NAT.
+    let mut phone = std::net::TcpStream::connect(server).expect("connect");
+    phone.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let aor = format!("sip:alice@{server}");
+    let register = format!(
+        "REGISTER sip:{server} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.9:5999;branch=z9hG4bKtcpnat\r\nMax-Forwards: 70\r\n\
+From: <{aor}>;tag=p\r\nTo: <{aor}>\r\nCall-ID: tcp-natted-reg\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:alice@127.0.0.9:5999;transport=tcp>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    phone.write_all(register.as_bytes()).expect("write");
+    let mut buf = [0u8; 8192];
+    let n = phone.read(&mut buf).expect("the registrar answers on the connection");
+    let ok = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+    assert_eq!(header(&ok, "Contact"), "<sip:alice@127.0.0.9:5999;transport=tcp>;expires=600", "as registered");
+    // A call over UDP reaches the phone on the connection it registered on.
+    let caller = Ua::new();
+    for attempt in 0..20 {
+        let call_id = format!("to-tcp-natted-{attempt}");
+        caller.send(server, &request("INVITE", &aor, &caller, &call_id, 1, ""));
+        let (reply, _) = caller.expect("SIP/2.0 ");
+        if reply.starts_with("SIP/2.0 404 ") {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let n = phone.read(&mut buf).expect("the INVITE on the phone's connection");
+        let invite = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            invite.starts_with("INVITE sip:alice@127.0.0.9:5999;transport=tcp SIP/2.0\r\n"),
+            "alias taken off: {invite}"
+        );
+        phone.write_all(answer(&invite, "486 Busy Here", server).as_bytes()).expect("write");
+        caller.expect("SIP/2.0 486 Busy Here");
+        return;
+    }
+    panic!("the registration never reached the shard the INVITE landed on");
+}
+
+#[test]
 fn over_tcp_keep_alives_get_pongs_and_a_stream_that_does_not_frame_is_closed_and_counted() {
     use std::io::{Read, Write};
     let server: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
