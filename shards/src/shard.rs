@@ -416,6 +416,9 @@ pub struct ShardStats {
     pub forwarded_to_node: u64,
     /// Datagrams without a Call-ID, or that did not parse: dropped.
     pub dropped_malformed: u64,
+    /// Keep-alive datagrams (CRLFs, empty, NUL: what phones behind a NAT send to keep their
+    /// binding open): dropped, not counted as malformed.
+    pub keepalives_received: u64,
     /// Responses that matched no client transaction and could not be relayed by their Via.
     pub stray_responses: u64,
     /// Replica records installed or updated (dormant).
@@ -1211,6 +1214,11 @@ impl<T: TransactionUser> Shard<T> {
         // A message that does not parse is dropped here rather than moved to fail at its owner.
         match sipshard_parser::parse(bytes, &mut slots) {
             Ok(msg) => self.route_parsed(now_ms, peer, &msg, may_forward),
+            // A phone behind a NAT keeps its binding open with a datagram of CRLFs (or nothing,
+            // or a NUL): not a message, and not an error either.
+            Err(_) if bytes.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\0')) => {
+                self.stats.keepalives_received += 1;
+            }
             Err(_) => self.stats.dropped_malformed += 1,
         }
         self.slots = slots;

@@ -127,7 +127,7 @@ impl ShardReport {
     /// One line, `shard N (core C): key=value ...`, as `sipshard run` prints it on exit.
     pub(crate) fn line(&self) -> String {
         let s = &self.stats;
-        let counters: [(&str, u64); 28] = [
+        let counters: [(&str, u64); 29] = [
             ("local", s.local),
             ("forwarded_to_shard", s.forwarded_to_shard),
             ("transactions", s.transactions_created),
@@ -139,6 +139,7 @@ impl ShardReport {
             ("retransmissions_received", s.retransmissions_received),
             ("failures", s.transaction_failures),
             ("dropped_malformed", s.dropped_malformed),
+            ("keepalives", s.keepalives_received),
             ("stray_responses", s.stray_responses),
             ("refused_full", s.refused_full),
             ("refused_draining", s.refused_draining),

@@ -226,3 +226,21 @@ fn an_ack_matches_its_invite_by_branch_and_sent_by_and_a_cancel_with_the_same_vi
     assert_eq!(responses(&mut shard), ["SIP/2.0 200 OK"]);
     assert_eq!(shard.stats().retransmissions_received, 0);
 }
+
+/// Keep-alives (a datagram of CRLFs, an empty one, a NUL: what phones behind a NAT send every few
+/// seconds) are counted as such, not as malformed, and answered with nothing.
+#[test]
+fn keep_alive_datagrams_are_counted_and_not_malformed() {
+    use sipshard_shards::shard::{Input, Peer, Shard, ShardConfig, Transport};
+    use sipshard_shards::testing::BusyInvites;
+
+    let start = Instant::now();
+    let mut shard = Shard::new(ShardConfig::standalone(8), BusyInvites, start);
+    let peer = Peer { addr: "127.0.0.1:5060".parse().unwrap(), transport: Transport::Udp };
+    for bytes in [&b"\r\n\r\n"[..], b"\r\n", b"", b"\0", b"junk\r\n\r\n"] {
+        shard.handle(start, Input::Datagram { peer, bytes });
+        assert!(shard.poll_output().is_none(), "{bytes:?} answered");
+    }
+    let stats = shard.stats();
+    assert_eq!((stats.keepalives_received, stats.dropped_malformed), (4, 1), "{stats:?}");
+}
