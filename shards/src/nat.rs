@@ -38,10 +38,9 @@ pub const ALIAS: &str = "alias";
 /// request with no readable Via: no.
 pub fn behind_nat(request: &Message<'_>, source: Peer) -> bool {
     let Ok(Some(via)) = request.top_via() else { return false };
-    let host = via.host.trim_matches(['[', ']']).parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
     let port_moved =
         source.transport == Transport::Udp && via.rport.is_some() && via.port.unwrap_or(5060) != source.addr.port();
-    host != Some(source.addr.ip().to_canonical()) || port_moved
+    !is_ip(via.host, source.addr.ip()) || port_moved
 }
 
 /// The Contact header value `contact` of a dialog-creating request from `source` (behind a NAT),
@@ -85,20 +84,16 @@ fn split_contact(contact: &[u8]) -> Option<(&str, &str, &str)> {
 /// The Contact value of [`split_contact`]'s parts with its URI aliased to `source`, unless it
 /// names `source` already.
 fn aliased_contact(head: &str, uri: &str, tail: &str, source: Peer) -> Option<String> {
-    let parsed = Uri::parse(uri).ok()?;
-    if names(&parsed, source.addr) {
-        return None;
-    }
-    let aliased = with_alias(&parsed, source)?;
+    let aliased = uri_with_alias(uri, source)?;
     let close = if tail.starts_with('>') { "" } else { ">" };
     Some(format!("{head}{aliased}{close}{tail}"))
 }
 
-/// A registered Contact URI (the bare URI, as the registrar keeps it) of a REGISTER from
-/// `source` (behind a NAT), aliased to `source`; `None` when it names `source` already or is not
-/// a `sip:` URI without an alias. The registrar answers with the URI as registered
-/// ([`without_alias`]); the proxy routes a call to the alias ([`take_alias`]).
-pub fn registered_with_alias(uri: &str, source: Peer) -> Option<String> {
+/// A Contact URI (bare, as the registrar keeps a binding's) of a request from `source` (behind a
+/// NAT), aliased to `source`; `None` when it names `source` already or is not a `sip:` URI without
+/// an alias. The registrar answers with the URI as registered ([`without_alias`]); the proxy
+/// routes to the alias ([`take_alias`]).
+pub fn uri_with_alias(uri: &str, source: Peer) -> Option<String> {
     let parsed = Uri::parse(uri).ok()?;
     if names(&parsed, source.addr) {
         return None;
@@ -133,8 +128,13 @@ pub fn without_alias(uri: &str) -> std::borrow::Cow<'_, str> {
 
 /// Whether `uri`'s host and port (5060 if none) are `addr`.
 fn names(uri: &Uri<'_>, addr: SocketAddr) -> bool {
-    let host = uri.host.trim_matches(['[', ']']).parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
-    host == Some(addr.ip().to_canonical()) && uri.port.unwrap_or(5060) == addr.port()
+    is_ip(uri.host, addr.ip()) && uri.port.unwrap_or(5060) == addr.port()
+}
+
+/// Whether a sent-by or URI host (an IPv6 reference in brackets) is the address `ip`, an
+/// IPv4-mapped IPv6 form counting as its IPv4 address.
+fn is_ip(host: &str, ip: IpAddr) -> bool {
+    host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok_and(|h| h.to_canonical() == ip.to_canonical())
 }
 
 /// The address an aliased Request-URI names, and the Request-URI without its alias: where an
@@ -254,16 +254,16 @@ mod tests {
         let source = peer("203.0.113.5:40000", Transport::Udp);
         for contact in ["10.1.2.3", "192.168.1.10:5062", "127.0.0.9:5999", "198.51.100.7"] {
             let uri = format!("sip:alice@{contact}");
-            let aliased = registered_with_alias(&uri, source).unwrap_or_else(|| panic!("{uri} not aliased"));
+            let aliased = uri_with_alias(&uri, source).unwrap_or_else(|| panic!("{uri} not aliased"));
             assert_eq!(aliased, format!("{uri};alias=203.0.113.5~40000~1"));
             assert_eq!(without_alias(&aliased), uri, "the registrar answers with the URI as registered");
         }
         assert_eq!(
-            registered_with_alias("sip:alice@[fd00::1]:5060;ob", peer("[2001:db8::1]:5070", Transport::Tcp)).as_deref(),
+            uri_with_alias("sip:alice@[fd00::1]:5060;ob", peer("[2001:db8::1]:5070", Transport::Tcp)).as_deref(),
             Some("sip:alice@[fd00::1]:5060;ob;alias=[2001:db8::1]~5070~2")
         );
         for uri in ["sip:alice@203.0.113.5:40000", "sip:alice@10.0.0.1;alias=203.0.113.5~40000~1", "tel:+1555"] {
-            assert_eq!(registered_with_alias(uri, source), None, "{uri}");
+            assert_eq!(uri_with_alias(uri, source), None, "{uri}");
         }
         assert_eq!(without_alias("sip:alice@10.0.0.1"), "sip:alice@10.0.0.1");
     }

@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use sipshard_parser::{Contact, Message, Uri};
 
-use crate::nat::{registered_with_alias, without_alias};
+use crate::nat::{uri_with_alias, without_alias};
 use crate::shard::{FinalResponse, Peer};
 
 /// One binding of an address-of-record to a contact.
@@ -86,7 +86,7 @@ pub fn register_aor(request: &Message<'_>) -> Option<String> {
 
 /// Applies a REGISTER to `bindings` (§10.3 steps 6-8) and says what to answer. `natted`: the
 /// address a REGISTER from behind a NAT came from ([`crate::nat::behind_nat`]); its Contacts
-/// are kept aliased to it ([`crate::nat::registered_with_alias`]), and matched and answered as
+/// are kept aliased to it ([`crate::nat::uri_with_alias`]), and matched and answered as
 /// registered.
 pub fn register(
     config: &RegistrarConfig,
@@ -151,7 +151,7 @@ pub fn register(
         let binding = Binding {
             // A re-registration from another NAT mapping replaces the alias.
             contact: natted
-                .and_then(|source| registered_with_alias(uri, source))
+                .and_then(|source| uri_with_alias(uri, source))
                 .map_or_else(|| uri.into(), String::into_boxed_str),
             expires_at_ms: now_ms + u64::from(seconds) * 1_000,
             q: q.unwrap_or(1_000),

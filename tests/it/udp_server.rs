@@ -30,6 +30,20 @@ fn start_as(role: &str, route: Option<SocketAddr>) -> (Running, SocketAddr) {
     (running, server)
 }
 
+/// A sipshard proxy on a free port over UDP and TCP, its counters report going to `stdout`.
+fn start_with_tcp(stdout: Stdio) -> (Running, SocketAddr) {
+    let server: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let child = Command::new(env!("CARGO_BIN_EXE_sipshard"))
+        .args(["run", "--listen", &server.to_string(), "--shards", "2", "--transport", "both"])
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipshard starts");
+    let running = Running(child);
+    wait_until_healthy(server);
+    (running, server)
+}
+
 /// A test UA: one UDP socket, reads with a timeout.
 struct Ua {
     socket: UdpSocket,
@@ -452,16 +466,7 @@ fn through_the_b2bua_cancel_reaches_the_b_leg() {
 #[test]
 fn a_phone_registered_over_tcp_from_behind_a_nat_is_called_on_its_own_connection() {
     use std::io::{Read, Write};
-    let server: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let _sipshard = Running(
-        Command::new(env!("CARGO_BIN_EXE_sipshard"))
-            .args(["run", "--listen", &server.to_string(), "--shards", "2", "--transport", "both"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipshard starts"),
-    );
-    wait_until_healthy(server);
+    let (_sipshard, server) = start_with_tcp(Stdio::null());
     // The phone's Via and Contact name 127.0.0.9:5999 (nothing listens there): behind a NAT.
     let mut phone = std::net::TcpStream::connect(server).expect("connect");
     phone.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
@@ -503,16 +508,7 @@ Contact: <sip:alice@127.0.0.9:5999;transport=tcp>\r\nExpires: 600\r\nContent-Len
 #[test]
 fn over_tcp_keep_alives_get_pongs_and_a_stream_that_does_not_frame_is_closed_and_counted() {
     use std::io::{Read, Write};
-    let server: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut sipshard = Running(
-        Command::new(env!("CARGO_BIN_EXE_sipshard"))
-            .args(["run", "--listen", &server.to_string(), "--shards", "2", "--transport", "both"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipshard starts"),
-    );
-    wait_until_healthy(server);
+    let (mut sipshard, server) = start_with_tcp(Stdio::piped());
     let mut stream = std::net::TcpStream::connect(server).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
     let local = stream.local_addr().expect("addr");
